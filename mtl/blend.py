@@ -1,0 +1,49 @@
+"""Combine the folds' probabilities, and tune multi-label thresholds on out-of-fold predictions.
+
+mean      plain average of the folds' probabilities (default)
+rank      average of each fold's per-column ranks scaled to [0, 1]: robust to folds whose
+          probabilities are calibrated differently; the result orders rows, it is not a
+          probability (thresholds still apply to it as a score)
+weighted  average weighted by each fold's validation score
+"""
+
+from __future__ import annotations
+
+import numpy as np
+from sklearn.metrics import f1_score
+
+BLEND_METHODS = ("mean", "rank", "weighted")
+
+
+def blend(
+    fold_probs: list[np.ndarray], method: str = "mean", fold_scores: list[float] | None = None
+) -> np.ndarray:
+    """(F folds of (N, C)) → (N, C)."""
+    if not fold_probs:
+        raise ValueError("nothing to blend: no fold predictions")
+    stack = np.stack([np.asarray(p, dtype=np.float64) for p in fold_probs])  # (F, N, C)
+    if method == "mean":
+        return stack.mean(axis=0)
+    if method == "rank":
+        ranks = stack.argsort(axis=1).argsort(axis=1).astype(np.float64)
+        return (ranks / max(1, stack.shape[1] - 1)).mean(axis=0)
+    if method == "weighted":
+        if fold_scores is None or len(fold_scores) != len(fold_probs):
+            raise ValueError("weighted blending needs one score per fold")
+        weights = np.clip(np.asarray(fold_scores, dtype=np.float64), 1e-12, None)
+        return np.tensordot(weights / weights.sum(), stack, axes=1)
+    raise ValueError(f"unknown blend method '{method}'; use one of {BLEND_METHODS}")
+
+
+def tune_thresholds(
+    probs: np.ndarray, labels: np.ndarray, grid: np.ndarray | None = None
+) -> list[float]:
+    """Per label, the threshold on `grid` that maximises that label's F1 (ties → closest to 0.5)."""
+    grid = np.round(np.arange(0.05, 0.951, 0.01), 2) if grid is None else grid
+    best = []
+    for c in range(probs.shape[1]):
+        truth = labels[:, c].astype(int)
+        scores = [f1_score(truth, (probs[:, c] >= t).astype(int), zero_division=0) for t in grid]
+        top = np.flatnonzero(np.isclose(scores, max(scores)))
+        best.append(float(grid[top[np.argmin(np.abs(grid[top] - 0.5))]]))
+    return best

@@ -1,0 +1,345 @@
+"""The one place that reads YAML: defaults, `key.sub=value` overrides, validation up front.
+
+    cfg = load_config("configs/default.yaml", ["trainer.max_epochs=1", "tasks.sentiment=null"])
+
+Every key has a default; an unknown key, a wrong type or a bad choice is a `ConfigError` naming
+the key (and the close spelling when there is one) before any work starts.
+"""
+
+from __future__ import annotations
+
+import copy
+import difflib
+from pathlib import Path
+from typing import Any
+
+import yaml
+from box import Box
+
+from mtl.errors import ConfigError
+from mtl.io import write_text
+
+DEFAULTS: dict[str, Any] = {
+    "seed": 42,
+    "run": {"name": "default", "output_dir": "checkpoints"},
+    "data_dir": ".",
+    "backbone": {
+        "name": "minilm",  # the packaged offline all-MiniLM-L6-v2; or any HF id / local path
+        "pooling": "cls",
+        "dropout": 0.2,
+        "head": "linear",
+        "head_hidden": 256,
+        "gradient_checkpointing": False,
+        "attn_implementation": "sdpa",
+    },
+    "tasks": {},
+    "loss_weighting": "uncertainty",
+    "weighting": {"log_var_clamp": 5.0, "dwa_temperature": 2.0},
+    "sampling": {"mode": "proportional", "temperature": 2.0, "length_grouping": True},
+    "data": {
+        "max_length": 128,
+        "batch_size": 32,
+        "eval_batch_size": 64,
+        "num_workers": 0,
+        "preprocess": None,
+        "on_bad_rows": "error",
+        "val_fraction": 0.1,
+        "cache_dir": None,
+    },
+    "cv": {"n_splits": 1, "blend": "mean", "folds": None},
+    "optim": {
+        "lr_backbone": 2.0e-5,
+        "lr_heads": 5.0e-5,
+        "lr_log_vars": 1.0e-3,
+        "weight_decay": 0.01,
+        "layer_lr_decay": 1.0,
+        "scheduler": "onecycle",
+        "warmup_ratio": 0.1,
+        "betas": [0.9, 0.999],
+        "eps": 1.0e-8,
+    },
+    "trainer": {
+        "max_epochs": 4,
+        "accumulate_grad_batches": 1,
+        "gradient_clip_val": 1.0,
+        "precision": "32-true",
+        "accelerator": "auto",
+        "devices": "auto",
+        "strategy": "auto",
+        "num_nodes": 1,
+        "log_every_n_steps": 10,
+        "limit_train_batches": None,
+        "limit_val_batches": None,
+        "deterministic": False,
+        "compile": False,
+        "enable_progress_bar": True,
+    },
+    "early_stopping": {"enabled": True, "patience": 3, "min_delta": 0.0},
+    "monitor": {"metric": "score", "mode": "max"},
+}
+
+TASK_DEFAULTS: dict[str, Any] = {
+    "type": "binary",
+    "train": None,
+    "val": None,
+    "test": None,
+    "text_column": "text",
+    "label_columns": ["label"],
+    "classes": None,
+    "group_column": None,
+    "loss": None,  # ce for binary/multiclass, bce for multilabel
+    "gamma": 2.0,
+    "class_weights": None,
+    "label_smoothing": 0.0,
+    "threshold": 0.5,
+    "weight": 1.0,
+}
+
+CHOICES: dict[str, tuple] = {
+    "backbone.pooling": ("cls", "pooler", "mean"),
+    "backbone.head": ("linear", "mlp"),
+    "loss_weighting": ("uncertainty", "equal", "fixed", "dwa"),
+    "sampling.mode": ("proportional", "temperature", "uniform"),
+    "data.on_bad_rows": ("error", "drop"),
+    "optim.scheduler": ("onecycle", "linear", "cosine", "constant"),
+    "monitor.mode": ("min", "max"),
+    "cv.blend": ("mean", "rank", "weighted"),
+    "task.type": ("binary", "multiclass", "multilabel"),
+    "task.loss": (None, "ce", "focal", "bce"),
+}
+
+_NONE = type(None)
+# Keys whose default does not tell their type (None defaults, several accepted forms).
+TYPES: dict[str, tuple] = {
+    "data.preprocess": (str, _NONE),
+    "data.cache_dir": (str, _NONE),
+    "cv.folds": (list, int, str, _NONE),
+    "trainer.precision": (str, int),
+    "trainer.devices": (int, str, list),
+    "trainer.limit_train_batches": (int, float, _NONE),
+    "trainer.limit_val_batches": (int, float, _NONE),
+    "trainer.gradient_clip_val": (float, _NONE),
+    "task.train": (str,),
+    "task.val": (str, _NONE),
+    "task.test": (str, _NONE),
+    "task.classes": (list, _NONE),
+    "task.group_column": (str, _NONE),
+    "task.loss": (str, _NONE),
+    "task.class_weights": (str, list, _NONE),
+    "task.threshold": (float, str, list),
+}
+
+DEFAULT_CONFIG = Path(__file__).resolve().parent.parent / "configs" / "default.yaml"
+
+
+def load_config(path: str | Path | None = None, overrides: list[str] = ()) -> Box:
+    """Read YAML, apply overrides, validate, fill defaults. Returns a fully resolved `Box`."""
+    raw = _read_yaml(Path(path)) if path is not None else {}
+    for item in overrides:
+        _apply_override(raw, item)
+    _check_tree(raw, DEFAULTS, prefix="")
+    cfg = _merge(copy.deepcopy(DEFAULTS), raw)
+    _check_tasks(cfg)
+    return Box(cfg, box_dots=False, default_box=False)
+
+
+def save_config(cfg: Box | dict, path: str | Path) -> Path:
+    return write_text(path, yaml.safe_dump(to_dict(cfg), sort_keys=False))
+
+
+def to_dict(cfg: Box | dict) -> dict:
+    return cfg.to_dict() if isinstance(cfg, Box) else copy.deepcopy(dict(cfg))
+
+
+def config_from_dict(data: dict) -> Box:
+    """Rebuild a config stored in a checkpoint or run folder, validating it like a user file."""
+    raw = copy.deepcopy(data)
+    _check_tree(raw, DEFAULTS, prefix="")
+    cfg = _merge(copy.deepcopy(DEFAULTS), raw)
+    _check_tasks(cfg)
+    return Box(cfg, default_box=False)
+
+
+def _read_yaml(path: Path) -> dict:
+    if not path.is_file():
+        raise ConfigError(
+            f"Config file not found: {path}. Pass an existing YAML file with --config."
+        )
+    try:
+        data = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except yaml.YAMLError as err:
+        raise ConfigError(f"Config file {path} is not valid YAML: {err}") from None
+    if data is None:
+        return {}
+    if not isinstance(data, dict):
+        raise ConfigError(
+            f"Config file {path} must hold a mapping of keys, got {type(data).__name__}."
+        )
+    return data
+
+
+def _apply_override(raw: dict, item: str) -> None:
+    key, sep, text = item.partition("=")
+    if not sep or not key:
+        raise ConfigError(
+            f"Override '{item}' is not of the form key.sub=value (e.g. trainer.max_epochs=1)."
+        )
+    try:
+        value = yaml.safe_load(text) if text != "" else ""
+    except yaml.YAMLError:
+        value = text
+    node = raw
+    parts = key.split(".")
+    for part in parts[:-1]:
+        child = node.get(part)
+        if not isinstance(child, dict):
+            child = node[part] = {}
+        node = child
+    if value is None and len(parts) == 2 and parts[0] == "tasks":
+        node.pop(parts[-1], None)  # tasks.sentiment=null drops a task
+        return
+    node[parts[-1]] = value
+
+
+def _check_tree(raw: dict, defaults: dict, prefix: str) -> None:
+    for key in list(raw):
+        path = f"{prefix}{key}"
+        if key == "tasks" and not prefix:
+            _check_task_block(raw["tasks"])
+            continue
+        if key not in defaults:
+            raise ConfigError(_unknown_key(path, key, defaults))
+        raw[key] = _checked_value(path, raw[key], defaults[key])
+        if isinstance(defaults[key], dict) and defaults[key]:
+            _check_tree(raw[key], defaults[key], prefix=f"{path}.")
+
+
+def _check_task_block(tasks: Any) -> None:
+    if not isinstance(tasks, dict):
+        raise ConfigError(
+            f"Config key 'tasks' must be a mapping of task name to settings, got {tasks!r}."
+        )
+    for name, spec in tasks.items():
+        if not isinstance(spec, dict):
+            raise ConfigError(
+                f"Config key 'tasks.{name}' must be a mapping (type, train, ...), got {spec!r}."
+            )
+        for key in list(spec):
+            path = f"tasks.{name}.{key}"
+            if key not in TASK_DEFAULTS:
+                raise ConfigError(_unknown_key(path, key, TASK_DEFAULTS))
+            spec[key] = _checked_value(
+                path, spec[key], TASK_DEFAULTS[key], schema_key=f"task.{key}"
+            )
+
+
+def _checked_value(path: str, value: Any, default: Any, schema_key: str | None = None) -> Any:
+    schema_key = schema_key or path
+    allowed = TYPES.get(schema_key) or _types_of(default)
+    value = _coerce(value, allowed)
+    if not isinstance(value, allowed) or (isinstance(value, bool) and bool not in allowed):
+        names = " or ".join(sorted({"null" if t is _NONE else t.__name__ for t in allowed}))
+        raise ConfigError(
+            f"Config key '{path}' must be {names}, got {value!r} ({type(value).__name__})."
+        )
+    choices = CHOICES.get(schema_key)
+    if choices is not None and value not in choices:
+        shown = ", ".join("null" if c is None else str(c) for c in choices)
+        hint = _close(str(value), [str(c) for c in choices if c is not None])
+        raise ConfigError(f"Config key '{path}' must be one of: {shown}; got {value!r}.{hint}")
+    return value
+
+
+def _types_of(default: Any) -> tuple:
+    if isinstance(default, bool):
+        return (bool,)
+    if isinstance(default, float):
+        return (float,)
+    if isinstance(default, int):
+        return (int,)
+    if default is None:
+        return (_NONE,)
+    return (type(default),)
+
+
+def _coerce(value: Any, allowed: tuple) -> Any:
+    """YAML reads `1e-5` as a string and `1` as an int; accept both where a float is meant."""
+    if float in allowed and not isinstance(value, bool):
+        if isinstance(value, int):
+            return float(value)
+        if isinstance(value, str):
+            try:
+                return float(value)
+            except ValueError:
+                return value
+    return value
+
+
+def _unknown_key(path: str, key: str, known: dict) -> str:
+    return f"Unknown config key '{path}'.{_close(key, list(known))} Known keys here: {', '.join(known)}."
+
+
+def _close(word: str, options: list[str]) -> str:
+    match = difflib.get_close_matches(word, options, n=1, cutoff=0.6)
+    return f" Did you mean '{match[0]}'?" if match else ""
+
+
+def _merge(base: dict, update: dict) -> dict:
+    for key, value in update.items():
+        if isinstance(value, dict) and isinstance(base.get(key), dict) and key != "tasks":
+            _merge(base[key], value)
+        else:
+            base[key] = value
+    return base
+
+
+def _check_tasks(cfg: dict) -> None:
+    tasks = cfg["tasks"]
+    if not tasks:
+        raise ConfigError(
+            "The config defines no tasks. Add at least one under 'tasks:' (see configs/default.yaml)."
+        )
+    for name, raw in list(tasks.items()):
+        spec = _merge(copy.deepcopy(TASK_DEFAULTS), raw)
+        where = f"tasks.{name}"
+        if not spec["train"]:
+            raise ConfigError(
+                f"Config key '{where}.train' is missing: give the task's training file."
+            )
+        kind = spec["type"]
+        cols = spec["label_columns"]
+        if not cols or not all(isinstance(c, str) for c in cols):
+            raise ConfigError(
+                f"Config key '{where}.label_columns' must be a non-empty list of column names."
+            )
+        if kind != "multilabel" and len(cols) != 1:
+            raise ConfigError(
+                f"Config key '{where}.label_columns' must name exactly one column for a {kind} task, got {cols}."
+            )
+        if spec["loss"] is None:
+            spec["loss"] = "bce" if kind == "multilabel" else "ce"
+        if (kind == "multilabel") != (spec["loss"] in ("bce", "focal")) or (
+            kind != "multilabel" and spec["loss"] == "bce"
+        ):
+            allowed = "bce or focal" if kind == "multilabel" else "ce or focal"
+            raise ConfigError(
+                f"Config key '{where}.loss' must be {allowed} for a {kind} task, got '{spec['loss']}'."
+            )
+        if isinstance(spec["class_weights"], str) and spec["class_weights"] != "auto":
+            raise ConfigError(
+                f"Config key '{where}.class_weights' must be 'auto', a list of numbers or null."
+            )
+        if isinstance(spec["threshold"], str) and spec["threshold"] != "tuned":
+            raise ConfigError(
+                f"Config key '{where}.threshold' must be a number, a list per label, or 'tuned'."
+            )
+        if not 0.0 <= spec["label_smoothing"] < 1.0:
+            raise ConfigError(
+                f"Config key '{where}.label_smoothing' must be in [0, 1), got {spec['label_smoothing']}."
+            )
+        tasks[name] = spec
+    for key in ("max_length", "batch_size", "eval_batch_size"):
+        if cfg["data"][key] < 1:
+            raise ConfigError(
+                f"Config key 'data.{key}' must be a positive integer, got {cfg['data'][key]}."
+            )

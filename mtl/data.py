@@ -1,0 +1,366 @@
+"""Task files → validated labels and once-tokenized ids.
+
+Reads CSV / TSV / Parquet / JSON Lines, checks every row up front (empty text, labels outside
+the declared classes, non-0/1 multi-hot values) and either stops with an error naming the file,
+the rows and the fix, or drops them with a logged count (`data.on_bad_rows: drop`). Token ids
+are computed once per file with the fast tokenizer, batched, and cached on disk keyed by the
+tokenizer, max_length, preprocessing and the file's content.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import importlib
+import logging
+import re
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+from box import Box
+
+from mtl.errors import ConfigError, DataError, first_rows
+from mtl.io import atomic_write
+from mtl.tasks import TaskMeta
+
+log = logging.getLogger(__name__)
+
+READERS: dict[str, Callable[[Path], pd.DataFrame]] = {
+    ".csv": lambda p: pd.read_csv(p, keep_default_na=False, na_values=[""]),
+    ".tsv": lambda p: pd.read_csv(p, sep="\t", keep_default_na=False, na_values=[""]),
+    ".parquet": pd.read_parquet,
+    ".jsonl": lambda p: pd.read_json(p, lines=True),
+    ".json": lambda p: pd.read_json(p, lines=True),
+}
+SPLITS = ("train", "val", "test")
+
+
+@dataclass
+class TaskData:
+    """One split of one task: texts, token ids and labels, row-aligned."""
+
+    task: str
+    split: str
+    path: Path
+    rows: np.ndarray  # (N,) 0-based data-row numbers in the source file
+    texts: list[str]
+    input_ids: list[np.ndarray]  # N arrays of int32, unpadded
+    labels: (
+        np.ndarray | None
+    )  # (N,) int64 class index, or (N, C) float32 multi-hot; None if unlabeled
+    groups: np.ndarray | None = None
+
+    def __len__(self) -> int:
+        return len(self.rows)
+
+    def subset(self, index: np.ndarray) -> TaskData:
+        index = np.asarray(index, dtype=np.int64)
+        return TaskData(
+            task=self.task,
+            split=self.split,
+            path=self.path,
+            rows=self.rows[index],
+            texts=[self.texts[i] for i in index],
+            input_ids=[self.input_ids[i] for i in index],
+            labels=None if self.labels is None else self.labels[index],
+            groups=None if self.groups is None else self.groups[index],
+        )
+
+
+def resolve_path(cfg: Box, name: str) -> Path:
+    path = Path(name).expanduser()
+    return path if path.is_absolute() else Path(cfg.data_dir).expanduser() / path
+
+
+def read_table(path: Path, key: str) -> pd.DataFrame:
+    """Read one task file; `key` is the config key that named it, for the error message."""
+    if not path.is_file():
+        raise DataError(
+            f"File not found: {path} (from config key '{key}'). Fix the path or data_dir."
+        )
+    reader = READERS.get(path.suffix.lower())
+    if reader is None:
+        raise DataError(
+            f"Cannot read {path} (config key '{key}'): unknown extension '{path.suffix}'. "
+            f"Use one of {', '.join(READERS)}."
+        )
+    try:
+        frame = reader(path)
+    except pd.errors.EmptyDataError:
+        raise DataError(
+            f"File {path} (config key '{key}') is empty: it needs a header and data rows."
+        ) from None
+    except (ValueError, pd.errors.ParserError, OSError) as err:
+        raise DataError(f"Cannot parse {path} (config key '{key}'): {err}") from None
+    if len(frame) == 0:
+        raise DataError(f"File {path} (config key '{key}') has a header but no data rows.")
+    return frame
+
+
+def load_tasks(cfg: Box, tokenizer) -> tuple[dict[str, dict[str, TaskData]], dict[str, TaskMeta]]:
+    """Read, check and tokenize every file of every task. Returns (data[task][split], metas)."""
+    preprocess = preprocessor(cfg.data.preprocess)
+    data: dict[str, dict[str, TaskData]] = {}
+    metas: dict[str, TaskMeta] = {}
+    for name, spec in cfg.tasks.items():
+        data[name] = {}
+        for split in SPLITS:
+            if not spec[split]:
+                continue
+            key = f"tasks.{name}.{split}"
+            path = resolve_path(cfg, spec[split])
+            frame = read_table(path, key)
+            if split == "train":
+                metas[name] = TaskMeta(
+                    name=name, type=spec.type, classes=declared_classes(spec, frame, path)
+                )
+            part = build_task_data(
+                frame, path, name, split, spec, metas[name], cfg.data.on_bad_rows
+            )
+            if split == "train" and len(part) == 0:
+                raise DataError(
+                    f"Task '{name}' has no training rows left in {path} after dropping bad rows."
+                )
+            part.texts = [preprocess(t) for t in part.texts]
+            part.input_ids = tokenize(part.texts, tokenizer, cfg, path, key)
+            data[name][split] = part
+        train = data[name]["train"]
+        metas[name].class_weights = class_weights(spec, metas[name], train.labels)
+        metas[name].threshold = thresholds(spec, metas[name])
+    return data, metas
+
+
+def declared_classes(spec: Box, frame: pd.DataFrame, path: Path) -> list:
+    """The task's classes: label columns (multilabel), the config's list, or the training labels."""
+    if spec.type == "multilabel":
+        return list(spec.label_columns)
+    if spec.classes:
+        return list(spec.classes)
+    if spec.type == "binary":
+        return [0, 1]
+    column = spec.label_columns[0]
+    if column not in frame.columns:
+        return []  # reported with the other column checks
+    values = frame[column].dropna().unique().tolist()
+    return sorted(values, key=lambda v: (isinstance(v, str), v))
+
+
+def build_task_data(
+    frame: pd.DataFrame,
+    path: Path,
+    task: str,
+    split: str,
+    spec: Box,
+    meta: TaskMeta,
+    on_bad_rows: str,
+) -> TaskData:
+    key = f"tasks.{task}.{split}"
+    labelled = split != "test" or all(c in frame.columns for c in spec.label_columns)
+    needed = [spec.text_column] + (list(spec.label_columns) if labelled else [])
+    if spec.group_column and split == "train":
+        needed.append(spec.group_column)
+    missing = [c for c in needed if c not in frame.columns]
+    if missing:
+        raise DataError(
+            f"File {path} (config key '{key}') has no column {', '.join(map(repr, missing))}; "
+            f"its columns are {list(frame.columns)}. Set tasks.{task}.text_column / label_columns to match."
+        )
+    text = frame[spec.text_column]
+    bad: dict[str, np.ndarray] = {}
+    empty = text.isna().to_numpy() | (text.astype(str).str.strip() == "").to_numpy()
+    if empty.any():
+        bad["empty or missing text"] = empty
+    labels = None
+    if labelled:
+        labels, invalid, problem = encode_labels(frame, spec, meta)
+        if invalid.any():
+            bad[problem] = invalid
+    drop = np.zeros(len(frame), dtype=bool)
+    for problem, mask in bad.items():
+        rows = np.flatnonzero(mask) + 1
+        if on_bad_rows == "error":
+            raise DataError(
+                f"File {path} (config key '{key}'): {problem} in data rows {first_rows(rows)} "
+                f"(1-based, header not counted). Fix or remove these rows, or set data.on_bad_rows=drop "
+                f"to skip them with a logged count."
+            )
+        log.warning(
+            "%s: dropping %d rows with %s (data rows %s)",
+            path,
+            len(rows),
+            problem,
+            first_rows(rows),
+        )
+        drop |= mask
+    keep = np.flatnonzero(~drop)
+    groups = (
+        frame[spec.group_column].to_numpy()[keep]
+        if spec.group_column and split == "train"
+        else None
+    )
+    return TaskData(
+        task=task,
+        split=split,
+        path=path,
+        rows=keep,
+        texts=text.iloc[keep].astype(str).tolist(),
+        input_ids=[],
+        labels=None if labels is None else labels[keep],
+        groups=groups,
+    )
+
+
+def encode_labels(
+    frame: pd.DataFrame, spec: Box, meta: TaskMeta
+) -> tuple[np.ndarray, np.ndarray, str]:
+    """Labels as class indices (N,) or multi-hot (N, C), a mask of invalid rows, and what is wrong."""
+    if meta.multilabel:
+        values = (
+            frame[list(spec.label_columns)]
+            .apply(pd.to_numeric, errors="coerce")
+            .to_numpy(dtype=np.float64)
+        )
+        invalid = ~np.isin(values, (0.0, 1.0)).all(axis=1)
+        cols = ", ".join(spec.label_columns)
+        return (
+            np.nan_to_num(values).astype(np.float32),
+            invalid,
+            f"a value other than 0/1 in columns [{cols}]",
+        )
+    raw = frame[spec.label_columns[0]]
+    lookup = {_label_key(c): i for i, c in enumerate(meta.classes)}
+    codes = np.array([lookup.get(_label_key(v), -1) for v in raw], dtype=np.int64)
+    problem = f"a label in column '{spec.label_columns[0]}' outside the declared classes {list(meta.classes)}"
+    return codes, codes < 0, problem
+
+
+def _label_key(value) -> str:
+    """Compare labels as text so 1, 1.0, '1' and True all mean class 1."""
+    if isinstance(value, bool | np.bool_):
+        value = int(value)
+    if isinstance(value, float | np.floating) and float(value).is_integer():
+        value = int(value)
+    return str(value).strip()
+
+
+def class_weights(spec: Box, meta: TaskMeta, labels: np.ndarray) -> list[float] | None:
+    """`auto`: inverse class frequency (multi-class) or negatives/positives per label (multi-label)."""
+    weights = spec.class_weights
+    if weights is None:
+        return None
+    if weights == "auto":
+        if meta.multilabel:
+            positives = labels.sum(axis=0)
+            return ((len(labels) - positives) / np.maximum(positives, 1.0)).round(6).tolist()
+        counts = np.bincount(labels, minlength=meta.num_outputs).astype(np.float64)
+        return (len(labels) / (meta.num_outputs * np.maximum(counts, 1.0))).round(6).tolist()
+    if len(weights) != meta.num_outputs or not all(isinstance(w, int | float) for w in weights):
+        raise ConfigError(
+            f"Config key 'tasks.{meta.name}.class_weights' must hold {meta.num_outputs} numbers "
+            f"(one per class {list(meta.classes)}), got {list(weights)}."
+        )
+    return [float(w) for w in weights]
+
+
+def thresholds(spec: Box, meta: TaskMeta) -> list[float]:
+    """Per-class decision thresholds for multi-label tasks (`tuned` starts at 0.5 and is tuned later)."""
+    if not meta.multilabel:
+        return []
+    value = spec.threshold
+    if isinstance(value, list):
+        if len(value) != meta.num_outputs:
+            raise ConfigError(
+                f"Config key 'tasks.{meta.name}.threshold' must hold {meta.num_outputs} numbers, got {value}."
+            )
+        return [float(v) for v in value]
+    return [0.5 if value == "tuned" else float(value)] * meta.num_outputs
+
+
+# --- text preprocessing -------------------------------------------------------------------
+
+_USER = re.compile(r"@\w+")
+_URL = re.compile(r"https?://\S+|www\.\S+")
+_SPACE = re.compile(r"\s+")
+
+
+def normalize_tweet(text: str) -> str:
+    """Users → @user, links → http, HTML entities decoded, whitespace collapsed."""
+    text = _USER.sub("@user", text)
+    text = _URL.sub("http", text)
+    text = text.replace("&amp;", "&").replace("&lt;", "<").replace("&gt;", ">")
+    return _SPACE.sub(" ", text).strip()
+
+
+def preprocessor(name: str | None) -> Callable[[str], str]:
+    """`null` (identity), `tweet`, or `package.module:function` for a hook of your own."""
+    if not name:
+        return lambda text: text
+    if name == "tweet":
+        return normalize_tweet
+    module_name, _, attr = name.partition(":")
+    try:
+        return getattr(importlib.import_module(module_name), attr)
+    except (ImportError, AttributeError, ValueError):
+        raise ConfigError(
+            f"Config key 'data.preprocess' is '{name}': use null, 'tweet', or 'package.module:function' "
+            f"naming an importable function."
+        ) from None
+
+
+# --- tokenization with an on-disk cache ------------------------------------------------------
+
+
+def tokenizer_fingerprint(tokenizer) -> str:
+    cached = getattr(tokenizer, "_mtl_fingerprint", None)
+    if cached is None:
+        backend = getattr(tokenizer, "backend_tokenizer", None)
+        source = (
+            backend.to_str()
+            if backend is not None
+            else f"{type(tokenizer).__name__}:{tokenizer.name_or_path}"
+        )
+        cached = hashlib.sha256(source.encode()).hexdigest()[:16]
+        tokenizer._mtl_fingerprint = cached
+    return cached
+
+
+def tokenize(texts: list[str], tokenizer, cfg: Box, path: Path, key: str) -> list[np.ndarray]:
+    """Token ids per text (truncated to max_length, unpadded), from the cache when it has them."""
+    digest = hashlib.sha256()
+    for part in (tokenizer_fingerprint(tokenizer), str(cfg.data.max_length), "\x1f".join(texts)):
+        digest.update(part.encode("utf-8", "surrogatepass"))
+        digest.update(b"\x00")
+    cache_dir = Path(cfg.data.cache_dir or Path(cfg.run.output_dir) / ".token_cache")
+    cache_file = cache_dir / f"{path.stem}-{digest.hexdigest()[:24]}.npz"
+    if cache_file.is_file():
+        with np.load(cache_file) as stored:
+            return np.split(stored["ids"], stored["offsets"][1:-1])
+    ids = encode_texts(texts, tokenizer, cfg.data.max_length)
+    offsets = np.cumsum([0] + [len(x) for x in ids])
+    flat = np.concatenate(ids) if ids else np.zeros(0, dtype=np.int32)
+
+    def save(tmp: str) -> None:
+        with open(tmp, "wb") as handle:
+            np.savez(handle, ids=flat, offsets=offsets)
+
+    atomic_write(cache_file, save)
+    return ids
+
+
+def encode_texts(
+    texts: list[str], tokenizer, max_length: int, chunk: int = 4096
+) -> list[np.ndarray]:
+    """Batched fast-tokenizer encoding; one call per chunk keeps memory flat on large files."""
+    out: list[np.ndarray] = []
+    for start in range(0, len(texts), chunk):
+        enc = tokenizer(
+            texts[start : start + chunk],
+            truncation=True,
+            max_length=max_length,
+            return_attention_mask=False,
+            return_token_type_ids=False,
+        )
+        out.extend(np.asarray(x, dtype=np.int32) for x in enc["input_ids"])
+    return out

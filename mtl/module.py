@@ -1,0 +1,159 @@
+"""The LightningModule: one `model_step` shared by training and validation, logging per task.
+
+TensorBoard tags: train/loss, train/<task>/loss, val/<task>/<metric>, val/score, sigma/<task>,
+weight/<task>, and learning rates per parameter group (LearningRateMonitor).
+"""
+
+from __future__ import annotations
+
+import json
+
+import lightning as L
+import numpy as np
+import torch
+from box import Box
+
+from mtl.losses import TaskLoss
+from mtl.metrics import TaskMetrics
+from mtl.model import MultiTaskModel, load_encoder
+from mtl.optim import build_optimizer, build_scheduler
+from mtl.tasks import TaskMeta
+from mtl.weighting import build_weighting
+
+
+class MultiTaskModule(L.LightningModule):
+    """`config`: the resolved config as a dict; `tasks`: TaskMeta dicts; `backbone_config`: set when
+    rebuilding from a checkpoint (the encoder is then created empty and filled from the state dict)."""
+
+    def __init__(self, config: dict, tasks: dict[str, dict], backbone_config: dict | None = None):
+        super().__init__()
+        self.save_hyperparameters()
+        self.cfg = Box(config, default_box=False)
+        self.metas = {name: TaskMeta(**meta) for name, meta in tasks.items()}
+        encoder = load_encoder(self.cfg.backbone, backbone_config)
+        # the checkpoint carries the encoder's architecture, so rebuilding needs no download
+        self.hparams.backbone_config = json.loads(encoder.config.to_json_string(use_diff=False))
+        bb = self.cfg.backbone
+        self.model = MultiTaskModel(
+            encoder,
+            {name: meta.num_outputs for name, meta in self.metas.items()},
+            pooling=bb.pooling,
+            dropout=bb.dropout,
+            head=bb.head,
+            head_hidden=bb.head_hidden,
+        )
+        self.weighting = build_weighting(self.cfg)
+        self.losses = torch.nn.ModuleDict(
+            {
+                name: TaskLoss(meta, spec.loss, spec.gamma, spec.label_smoothing)
+                for (name, meta), spec in zip(
+                    self.metas.items(), self.cfg.tasks.values(), strict=True
+                )
+            }
+        )
+        self.val_metrics = torch.nn.ModuleDict(
+            {name: TaskMetrics(meta) for name, meta in self.metas.items()}
+        )
+        self.task_names = list(self.metas)
+        self._loss_sums = {
+            stage: torch.zeros(len(self.task_names), 2) for stage in ("train", "val")
+        }
+        self.val_predictions: dict[str, list] = {}
+        self.last_val_metrics: dict = {}
+
+    def forward(self, input_ids, attention_mask, index=None):
+        return self.model(input_ids, attention_mask, index)
+
+    def setup(self, stage: str) -> None:
+        if self.cfg.trainer.compile and stage == "fit":
+            self.model.encoder = torch.compile(self.model.encoder)
+
+    # --- the shared step ------------------------------------------------------------------------
+
+    def model_step(self, batch: dict, stage: str) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        logits = self(batch["input_ids"], batch["attention_mask"], batch["index"])
+        losses = {
+            name: self.losses[name](logits[name], batch["targets"][name])
+            for name in self.task_names
+        }
+        present = {name: batch["index"][name].numel() > 0 for name in self.task_names}
+        sums = self._loss_sums[stage]
+        for k, name in enumerate(self.task_names):
+            if present[name]:
+                n = batch["index"][name].numel()
+                sums[k, 0] += float(losses[name].detach()) * n
+                sums[k, 1] += n
+        return self.weighting(losses, present), logits
+
+    def training_step(self, batch: dict, batch_idx: int) -> torch.Tensor:
+        total, _ = self.model_step(batch, "train")
+        self.log("train/loss", total, prog_bar=True, batch_size=batch["input_ids"].shape[0])
+        logs = {f"weight/{k}": v for k, v in self.weighting.task_weights().items()}
+        logs.update(self.weighting.extra_logs())
+        self.log_dict(logs, on_step=True, on_epoch=False)
+        return total
+
+    def validation_step(self, batch: dict, batch_idx: int) -> None:
+        _, logits = self.model_step(batch, "val")
+        for name, meta in self.metas.items():
+            if batch["index"][name].numel() == 0:
+                continue
+            probs = meta.probabilities(logits[name])
+            self.val_metrics[name].update(probs, batch["targets"][name])
+            self.val_predictions.setdefault(name, []).append(
+                (batch["rows"][name].cpu().numpy(), probs.detach().cpu().numpy())
+            )
+
+    # --- epoch ends -----------------------------------------------------------------------------
+
+    def _epoch_task_losses(self, stage: str) -> dict[str, float]:
+        sums = self.trainer.strategy.reduce(
+            self._loss_sums[stage].to(self.device), reduce_op="sum"
+        ).cpu()
+        self._loss_sums[stage].zero_()
+        return {
+            name: float(sums[k, 0] / sums[k, 1])
+            for k, name in enumerate(self.task_names)
+            if sums[k, 1] > 0
+        }
+
+    def on_train_epoch_end(self) -> None:
+        means = self._epoch_task_losses("train")
+        self.log_dict({f"train/{name}/loss": v for name, v in means.items()})
+        if len(means) == len(self.task_names):
+            self.weighting.on_epoch_end(means)
+
+    def on_validation_epoch_start(self) -> None:
+        self.val_predictions = {}
+
+    def on_validation_epoch_end(self) -> None:
+        metrics: dict[str, float] = {}
+        primaries = []
+        for name, meta in self.metas.items():
+            values = (
+                self.val_metrics[name].compute()
+                if self.val_metrics[name].metrics.f1_macro.update_called
+                else {}
+            )
+            self.val_metrics[name].reset()
+            metrics.update({f"val/{name}/{k}": v for k, v in values.items()})
+            if meta.primary_metric in values:
+                primaries.append(values[meta.primary_metric])
+        for name, v in self._epoch_task_losses("val").items():
+            metrics[f"val/{name}/loss"] = v
+        metrics["val/score"] = float(np.mean(primaries)) if primaries else 0.0
+        metrics["val/loss"] = sum(v for k, v in metrics.items() if k.endswith("/loss"))
+        self.log_dict(metrics)  # already synced across ranks: identical everywhere
+        self.last_val_metrics = metrics
+
+    # --- optimisation ---------------------------------------------------------------------------
+
+    def configure_optimizers(self):
+        optimizer = build_optimizer(self.model, self.weighting, self.cfg.optim)
+        scheduler = build_scheduler(
+            optimizer, self.cfg.optim, self.trainer.estimated_stepping_batches
+        )
+        return {
+            "optimizer": optimizer,
+            "lr_scheduler": {"scheduler": scheduler, "interval": "step"},
+        }

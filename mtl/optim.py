@@ -1,0 +1,77 @@
+"""AdamW parameter groups (backbone / heads / log-variances, layer-wise LR decay) and schedulers."""
+
+from __future__ import annotations
+
+import math
+import re
+
+import torch
+from box import Box
+from torch import nn
+
+_LAYER = re.compile(r"\.(?:layer|layers|block|blocks)\.(\d+)\.")
+
+
+def layer_depth(name: str, num_layers: int) -> int:
+    """0 for embeddings, i + 1 for encoder layer i, num_layers + 1 for anything above the layers."""
+    match = _LAYER.search(name)
+    if match:
+        return int(match.group(1)) + 1
+    return 0 if "embed" in name else num_layers + 1
+
+
+def param_groups(model: nn.Module, weighting: nn.Module, optim: Box) -> list[dict]:
+    """nanoGPT's rule: tensors with ≥ 2 dims decay; biases, LayerNorm and log-variances do not."""
+    groups: dict[tuple, dict] = {}
+
+    def add(param: torch.Tensor, kind: str, lr: float) -> None:
+        decay = optim.weight_decay if param.dim() >= 2 else 0.0
+        key = (kind, lr, decay)
+        if key not in groups:  # LearningRateMonitor needs unique names: backbone, backbone_1, ...
+            same_kind = sum(k[0] == kind for k in groups)
+            name = f"{kind}_{same_kind}" if same_kind else kind
+            groups[key] = {"params": [], "lr": lr, "weight_decay": decay, "name": name}
+        groups[key]["params"].append(param)
+
+    num_layers = getattr(model.encoder.config, "num_hidden_layers", 0)
+    for name, param in model.encoder.named_parameters():
+        if param.requires_grad:
+            depth = layer_depth(f".{name}", num_layers)
+            scale = optim.layer_lr_decay ** (num_layers + 1 - depth)
+            add(param, "backbone", optim.lr_backbone * scale)
+    for param in model.heads.parameters():
+        add(param, "heads", optim.lr_heads)
+    for param in weighting.parameters():
+        add(param, "log_vars", optim.lr_log_vars)
+    return list(groups.values())
+
+
+def build_optimizer(model: nn.Module, weighting: nn.Module, optim: Box) -> torch.optim.Optimizer:
+    groups = param_groups(model, weighting, optim)
+    fused = all(p.is_cuda for g in groups for p in g["params"])
+    return torch.optim.AdamW(groups, betas=tuple(optim.betas), eps=optim.eps, fused=fused or None)
+
+
+def build_scheduler(optimizer: torch.optim.Optimizer, optim: Box, total_steps: int):
+    total_steps = max(1, int(total_steps))
+    warmup = int(round(optim.warmup_ratio * total_steps))
+    if optim.scheduler == "onecycle":
+        return torch.optim.lr_scheduler.OneCycleLR(
+            optimizer,
+            max_lr=[g["lr"] for g in optimizer.param_groups],
+            total_steps=total_steps,
+            pct_start=max(optim.warmup_ratio, 1.0 / total_steps),
+            anneal_strategy="cos",
+        )
+
+    def factor(step: int) -> float:
+        if step < warmup:
+            return (step + 1) / (warmup + 1)
+        progress = (step - warmup) / max(1, total_steps - warmup)
+        if optim.scheduler == "linear":
+            return max(0.0, 1.0 - progress)
+        if optim.scheduler == "cosine":
+            return 0.5 * (1.0 + math.cos(math.pi * min(1.0, progress)))
+        return 1.0  # constant after warmup
+
+    return torch.optim.lr_scheduler.LambdaLR(optimizer, factor)

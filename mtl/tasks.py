@@ -1,0 +1,59 @@
+"""Task types as data: what differs between binary, multiclass and multilabel lives here only."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import torch
+
+
+@dataclass(frozen=True)
+class TaskType:
+    multilabel: bool  # independent sigmoid per class vs one softmax over classes
+    primary_metric: str  # what `monitor.metric: score` averages across tasks
+
+
+TASK_TYPES: dict[str, TaskType] = {
+    "binary": TaskType(multilabel=False, primary_metric="f1_macro"),
+    "multiclass": TaskType(multilabel=False, primary_metric="f1_macro"),
+    "multilabel": TaskType(multilabel=True, primary_metric="f1_macro"),
+}
+
+
+@dataclass
+class TaskMeta:
+    """What the model needs to know about a task once its training file has been read.
+
+    Stored (as a dict) in every checkpoint so a model can be rebuilt without the data.
+    """
+
+    name: str
+    type: str
+    classes: list  # class names; for multilabel the label columns
+    class_weights: list[float] | None = None
+    threshold: list[float] = field(default_factory=list)  # per class, multilabel only
+
+    @property
+    def num_outputs(self) -> int:
+        return len(self.classes)
+
+    @property
+    def multilabel(self) -> bool:
+        return TASK_TYPES[self.type].multilabel
+
+    @property
+    def primary_metric(self) -> str:
+        return TASK_TYPES[self.type].primary_metric
+
+    def probabilities(self, logits: torch.Tensor) -> torch.Tensor:
+        logits = logits.float()
+        return torch.sigmoid(logits) if self.multilabel else torch.softmax(logits, dim=-1)
+
+    def to_dict(self) -> dict:
+        return {
+            "name": self.name,
+            "type": self.type,
+            "classes": list(self.classes),
+            "class_weights": self.class_weights,
+            "threshold": list(self.threshold),
+        }

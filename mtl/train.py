@@ -1,0 +1,197 @@
+"""`train(cfg) -> results`: read the data once, run every fold, write the run folder.
+
+    python scripts/train.py --config configs/default.yaml trainer.max_epochs=1
+
+Run folder `checkpoints/<run.name>/`: config.yaml, tokenizer/, folds.csv, fold_<k>/ (best.ckpt,
+last.ckpt, metrics.json, val_<task>.csv), tensorboard/fold_<k>/, csv/fold_<k>/, results.json.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import sys
+import warnings
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+from box import Box
+
+from mtl.config import DEFAULT_CONFIG, load_config, save_config
+from mtl.data import load_tasks
+from mtl.errors import ConfigError, MTLError
+from mtl.fit import fit_fold
+from mtl.folds import fold_assignments, fold_split
+from mtl.io import write_csv, write_json
+from mtl.model import load_tokenizer
+from mtl.tasks import TaskMeta
+
+log = logging.getLogger("mtl")
+
+
+def run_dir_of(cfg: Box) -> Path:
+    return Path(cfg.run.output_dir) / cfg.run.name
+
+
+def folds_to_run(cfg: Box) -> list[int]:
+    n = max(1, cfg.cv.n_splits)
+    chosen = cfg.cv.folds
+    if chosen is None:
+        return list(range(n))
+    if isinstance(chosen, int):
+        chosen = [chosen]
+    elif isinstance(chosen, str):
+        chosen = [int(x) for x in chosen.replace(" ", "").split(",") if x != ""]
+    bad = [k for k in chosen if not isinstance(k, int) or not 0 <= k < n]
+    if bad:
+        raise ConfigError(
+            f"cv.folds / --folds: fold(s) {bad} do not exist; with cv.n_splits={n} use 0..{n - 1}."
+        )
+    return sorted(set(chosen))
+
+
+def prepare(cfg: Box):
+    """Everything before the first fold: run folder, tokenizer, data, fold assignment."""
+    run_dir = run_dir_of(cfg)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    check_run_folder(cfg, run_dir)
+    save_config(cfg, run_dir / "config.yaml")
+    tokenizer = load_tokenizer(cfg.backbone.name)
+    if not (run_dir / "tokenizer").is_dir():
+        tokenizer.save_pretrained(run_dir / "tokenizer")
+    data, metas = load_tasks(cfg, tokenizer)
+    folds = fold_assignments(cfg, data)
+    write_csv(run_dir / "folds.csv", folds_frame(data, folds))
+    return run_dir, tokenizer, data, metas, folds
+
+
+def check_run_folder(cfg: Box, run_dir: Path) -> None:
+    """Resuming into a folder trained with other data or models would mix incompatible folds."""
+    saved = run_dir / "config.yaml"
+    if not saved.is_file():
+        return
+    import yaml
+
+    from mtl.config import config_from_dict  # local: only needed when resuming
+
+    old = config_from_dict(yaml.safe_load(saved.read_text()))
+    keys = ("seed", "tasks", "backbone", "cv.n_splits", "data.max_length")
+    for key in keys:
+        a, b = old, cfg
+        for part in key.split("."):
+            a, b = a[part], b[part]
+        if a != b:
+            raise ConfigError(
+                f"Run folder {run_dir} was started with a different '{key}'. Use another run.name "
+                f"(e.g. run.name={cfg.run.name}_2) or delete the folder to start over."
+            )
+
+
+def folds_frame(data, folds: dict[str, np.ndarray]) -> pd.DataFrame:
+    frames = [
+        pd.DataFrame({"task": name, "row": data[name]["train"].rows, "fold": assignment})
+        for name, assignment in folds.items()
+    ]
+    return pd.concat(frames, ignore_index=True)
+
+
+def train(cfg: Box) -> dict:
+    """Train every fold of `cfg` (skipping finished ones) and return the run's results."""
+    run_dir, tokenizer, data, metas, folds = prepare(cfg)
+    fold_metrics = {}
+    for k in folds_to_run(cfg):
+        train_parts, val_parts = fold_split(data, folds, k)
+        log.info("fold %d: training on %s rows", k, {n: len(p) for n, p in train_parts.items()})
+        fold_metrics[k] = fit_fold(
+            cfg, k, run_dir, metas, tokenizer.pad_token_id, train_parts, val_parts
+        )
+    results = summarize(cfg, metas, fold_metrics)
+    write_json(run_dir / "results.json", results)
+    return results
+
+
+def summarize(cfg: Box, metas: dict[str, TaskMeta], fold_metrics: dict[int, dict]) -> dict:
+    """Per task: each fold's metrics and mean ± std over folds; the monitored score likewise."""
+    tasks = {}
+    for name in metas:
+        per_fold = {
+            str(k): {
+                m.split("/")[-1]: v
+                for m, v in fm["metrics"].items()
+                if m.startswith(f"val/{name}/")
+            }
+            for k, fm in fold_metrics.items()
+        }
+        names = sorted({m for values in per_fold.values() for m in values})
+        tasks[name] = {
+            "folds": per_fold,
+            "mean": {m: float(np.mean([v[m] for v in per_fold.values() if m in v])) for m in names},
+            "std": {m: float(np.std([v[m] for v in per_fold.values() if m in v])) for m in names},
+            "primary_metric": metas[name].primary_metric,
+        }
+    scores = [fm["metrics"].get("val/score", float("nan")) for fm in fold_metrics.values()]
+    monitor = cfg.monitor.metric
+    monitored = [
+        fm["metrics"].get("val/score" if monitor == "score" else f"val/{monitor}")
+        for fm in fold_metrics.values()
+    ]
+    return {
+        "run": cfg.run.name,
+        "folds": sorted(fold_metrics),
+        "monitor": monitor,
+        "score": float(np.mean(monitored)),
+        "score_std": float(np.std(monitored)),
+        "mean_primary": float(np.mean(scores)),
+        "tasks": tasks,
+    }
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(
+        description="Train the multi-task model.",
+        epilog="Overrides: key.sub=value, e.g. trainer.max_epochs=1 tasks.toxicity.train=/path/tox.csv",
+    )
+    parser.add_argument("--config", default=None, help=f"YAML config (default: {DEFAULT_CONFIG})")
+    parser.add_argument(
+        "--folds", default=None, help="run only these folds, e.g. 0,2 (for cluster jobs)"
+    )
+    parser.add_argument("overrides", nargs="*", help="key.sub=value")
+    return parser.parse_args(argv)
+
+
+def quiet_libraries() -> None:
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    for name in ("lightning.pytorch.utilities.rank_zero", "lightning.fabric.utilities.rank_zero"):
+        logging.getLogger(name).setLevel(logging.WARNING)
+    warnings.filterwarnings("ignore", message=".*does not have many workers.*")
+    warnings.filterwarnings(
+        "ignore", message=".*Precision.*is not supported by the model summary.*"
+    )
+    warnings.filterwarnings("ignore", message=".*compute.*before.*update.*")
+    warnings.filterwarnings(
+        "ignore", message=".*number of training batches.*smaller than the logging interval.*"
+    )
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    quiet_libraries()
+    try:
+        overrides = list(args.overrides) + ([f"cv.folds={args.folds}"] if args.folds else [])
+        cfg = load_config(args.config or DEFAULT_CONFIG, overrides)
+        folds_to_run(cfg)
+        results = train(cfg)
+    except MTLError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    print(
+        f"done: score {results['score']:.4f} ({results['monitor']}); run folder {run_dir_of(cfg)}"
+    )
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

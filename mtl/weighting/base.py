@@ -1,0 +1,32 @@
+"""The interface every loss-weighting method implements (one small file per method, as in LibMTL)."""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+
+class LossWeighting(nn.Module):
+    """Combines per-task losses into the one scalar Lightning backpropagates.
+
+    `losses` holds every task; `present[name]` says whether the batch had rows of that task.
+    Absent tasks must add exactly zero (their loss is a graph-keeping zero already).
+    """
+
+    def __init__(self, task_names: list[str]):
+        super().__init__()
+        self.task_names = list(task_names)
+
+    def forward(self, losses: dict[str, torch.Tensor], present: dict[str, bool]) -> torch.Tensor:
+        raise NotImplementedError
+
+    def task_weights(self) -> dict[str, float]:
+        """The effective weight of each task now, for logging."""
+        return {name: 1.0 for name in self.task_names}
+
+    def extra_logs(self) -> dict[str, float]:
+        """Anything else worth a TensorBoard curve (σ for uncertainty weighting)."""
+        return {}
+
+    def on_epoch_end(self, epoch_losses: dict[str, float]) -> None:
+        """Called with each task's mean training loss of the finished epoch."""

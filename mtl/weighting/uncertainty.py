@@ -1,0 +1,40 @@
+"""Homoscedastic uncertainty weighting (Kendall, Gal & Cipolla, CVPR 2018).
+
+    total = Σ_k  exp(-s_k) · L_k + s_k,     s_k = log σ_k²  (learned, clamped to ±clamp)
+
+A task with noisy loss learns a large σ and is down-weighted; the `+ s_k` term stops σ from
+growing without bound. Tasks absent from a batch add nothing, and their s_k gets no gradient.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from mtl.weighting.base import LossWeighting
+
+
+class UncertaintyWeighting(LossWeighting):
+    def __init__(self, task_names: list[str], clamp: float = 5.0):
+        super().__init__(task_names)
+        self.clamp = clamp
+        self.log_vars = nn.Parameter(torch.zeros(len(task_names)))  # (K,) 1-D: no weight decay
+
+    def clamped(self) -> torch.Tensor:
+        return self.log_vars.clamp(-self.clamp, self.clamp)
+
+    def forward(self, losses: dict[str, torch.Tensor], present: dict[str, bool]) -> torch.Tensor:
+        log_vars = self.clamped()
+        total = log_vars.sum() * 0.0  # keeps every parameter in the graph (DDP)
+        for k, name in enumerate(self.task_names):
+            if present[name]:
+                total = total + torch.exp(-log_vars[k]) * losses[name] + log_vars[k]
+        return total
+
+    def task_weights(self) -> dict[str, float]:
+        precision = torch.exp(-self.clamped().detach())
+        return {name: float(precision[k]) for k, name in enumerate(self.task_names)}
+
+    def extra_logs(self) -> dict[str, float]:
+        sigma = torch.exp(0.5 * self.clamped().detach())
+        return {f"sigma/{name}": float(sigma[k]) for k, name in enumerate(self.task_names)}
