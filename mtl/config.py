@@ -265,7 +265,7 @@ def _types_of(default: Any) -> tuple:
 def _coerce(value: Any, allowed: tuple) -> Any:
     """YAML reads `1e-5` as a string and `1` as an int; accept both where a float is meant."""
     if float in allowed and not isinstance(value, bool):
-        if isinstance(value, int):
+        if isinstance(value, int) and int not in allowed:  # limit_*_batches: 1 batch, not 100%
             return float(value)
         if isinstance(value, str):
             try:
@@ -318,10 +318,9 @@ def _check_tasks(cfg: dict) -> None:
             )
         if spec["loss"] is None:
             spec["loss"] = "bce" if kind == "multilabel" else "ce"
-        if (kind == "multilabel") != (spec["loss"] in ("bce", "focal")) or (
-            kind != "multilabel" and spec["loss"] == "bce"
-        ):
-            allowed = "bce or focal" if kind == "multilabel" else "ce or focal"
+        losses = ("bce", "focal") if kind == "multilabel" else ("ce", "focal")
+        if spec["loss"] not in losses:
+            allowed = " or ".join(losses)
             raise ConfigError(
                 f"Config key '{where}.loss' must be {allowed} for a {kind} task, got '{spec['loss']}'."
             )

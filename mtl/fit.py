@@ -21,7 +21,7 @@ from lightning.pytorch.plugins.io import TorchCheckpointIO
 
 from mtl.config import to_dict
 from mtl.data import TaskData
-from mtl.datamodule import MultiTaskDataModule
+from mtl.datamodule import MultiTaskDataModule, make_loader
 from mtl.io import atomic_write, write_csv, write_json
 from mtl.module import MultiTaskModule
 from mtl.tasks import TaskMeta
@@ -42,6 +42,11 @@ class AtomicCheckpointIO(TorchCheckpointIO):
 def monitor_key(cfg: Box) -> tuple[str, str]:
     metric = cfg.monitor.metric
     return ("val/score" if metric == "score" else f"val/{metric}"), cfg.monitor.mode
+
+
+def _csv_version(run_dir: Path, fold: int) -> str:
+    earlier = len(list((run_dir / "csv").glob(f"fold_{fold}*/metrics.csv")))
+    return f"fold_{fold}" if earlier == 0 else f"fold_{fold}-resumed{earlier}"
 
 
 def make_trainer(
@@ -71,7 +76,8 @@ def make_trainer(
         TensorBoardLogger(
             run_dir, name="tensorboard", version=f"fold_{fold}", default_hp_metric=False
         ),
-        CSVLogger(run_dir, name="csv", version=f"fold_{fold}"),
+        # a resumed fold logs to a new CSV version (Lightning would overwrite the old one)
+        CSVLogger(run_dir, name="csv", version=_csv_version(run_dir, fold)),
     ]
     optional = {k: t[k] for k in ("limit_train_batches", "limit_val_batches") if t[k] is not None}
     return L.Trainer(
@@ -105,9 +111,14 @@ def fit_fold(
     pad_id: int,
     train_parts: dict[str, TaskData],
     val_parts: dict[str, TaskData | None],
+    predict_parts: dict[str, dict[str, TaskData]] | None = None,
     extra_callbacks: list | None = None,
 ) -> dict:
-    """Train (or resume, or skip) fold `fold`; returns its metrics.json content."""
+    """Train (or resume, or skip) fold `fold`; returns its metrics.json content.
+
+    `predict_parts` ({"test": {task: TaskData}, ...}) are predicted with the best weights and
+    written as fold_<k>/<kind>_<task>.csv for blending.
+    """
     fold_dir = run_dir / f"fold_{fold}"
     done = fold_dir / "metrics.json"
     if done.is_file():
@@ -118,10 +129,20 @@ def fit_fold(
     datamodule = MultiTaskDataModule(cfg, metas, pad_id, train_parts, val_parts)
     trainer = make_trainer(cfg, fold_dir, run_dir, fold, extra_callbacks)
     last = fold_dir / "last.ckpt"
+    if last.is_file():
+        log.info("fold %d: resuming from %s", fold, last)
     trainer.fit(module, datamodule=datamodule, ckpt_path=str(last) if last.is_file() else None)
 
     best = trainer.checkpoint_callback.best_model_path or str(last)
-    trainer.validate(module, datamodule=datamodule, ckpt_path=best, verbose=False)
+    trainer.validate(
+        module, datamodule=datamodule, ckpt_path=best, verbose=False
+    )  # loads best weights
+    outputs = {"val": (val_parts, module.val_predictions)}
+    for kind, parts in (predict_parts or {}).items():
+        if not parts:
+            continue
+        loader = make_loader(cfg, parts, datamodule.collator, train=False)
+        outputs[kind] = (parts, merge_predictions(trainer.predict(module, dataloaders=loader)))
     metrics = {
         "fold": fold,
         "best_checkpoint": Path(best).name,
@@ -130,16 +151,34 @@ def fit_fold(
         "metrics": {k: float(v) for k, v in module.last_val_metrics.items()},
     }
     if trainer.is_global_zero:
-        for name, pieces in module.val_predictions.items():
-            write_csv(fold_dir / f"val_{name}.csv", prediction_frame(metas[name], pieces))
-        write_json(done, metrics)
+        for kind, (parts, predictions) in outputs.items():
+            for name, pieces in predictions.items():
+                frame = prediction_frame(metas[name], parts[name], pieces)
+                write_csv(fold_dir / f"{kind}_{name}.csv", frame)
+        write_json(done, metrics)  # last: its presence marks the fold finished
     return metrics
 
 
-def prediction_frame(meta: TaskMeta, pieces: list[tuple[np.ndarray, np.ndarray]]) -> pd.DataFrame:
-    """(rows, probs) chunks → one frame sorted by source row: row, <class> probability columns."""
+def merge_predictions(batches: list[dict]) -> dict[str, list]:
+    merged: dict[str, list] = {}
+    for batch in batches or []:
+        for name, piece in batch.items():
+            merged.setdefault(name, []).append(piece)
+    return merged
+
+
+def prediction_frame(
+    meta: TaskMeta, part: TaskData, pieces: list[tuple[np.ndarray, np.ndarray]]
+) -> pd.DataFrame:
+    """(rows, probs) chunks → row, text, true label column(s) if known, <task>_<class> probabilities."""
     rows = np.concatenate([r for r, _ in pieces])
     probs = np.concatenate([p for _, p in pieces])
-    frame = pd.DataFrame(probs, columns=[str(c) for c in meta.classes])
-    frame.insert(0, "row", rows)
-    return frame.sort_values("row", kind="stable").reset_index(drop=True)
+    order = np.argsort(rows, kind="stable")
+    rows, probs = rows[order], probs[order]
+    position = pd.Index(part.rows).get_indexer(rows)
+    frame = pd.DataFrame({"row": rows, "text": [part.texts[i] for i in position]})
+    if part.labels is not None:
+        truth = part.labels[position]
+        frame[meta.truth_columns()] = truth.reshape(len(rows), -1).astype(np.int64)
+    frame[meta.prob_columns()] = probs
+    return frame

@@ -104,12 +104,38 @@ class MultiTaskModule(L.LightningModule):
                 (batch["rows"][name].cpu().numpy(), probs.detach().cpu().numpy())
             )
 
+    def predict_step(self, batch: dict, batch_idx: int) -> dict[str, tuple[np.ndarray, np.ndarray]]:
+        """Each task's probabilities for its own rows: {task: (rows, (n, C) probs)}."""
+        logits = self(batch["input_ids"], batch["attention_mask"], batch["index"])
+        return {
+            name: (
+                batch["rows"][name].cpu().numpy(),
+                meta.probabilities(logits[name]).cpu().numpy(),
+            )
+            for name, meta in self.metas.items()
+            if batch["index"][name].numel() > 0
+        }
+
+    # --- resumable randomness: a resumed fold continues with the RNG state it stopped with ---
+
+    def on_save_checkpoint(self, checkpoint: dict) -> None:
+        checkpoint["mtl_rng"] = {"torch": torch.get_rng_state()}
+        if torch.cuda.is_available():
+            checkpoint["mtl_rng"]["cuda"] = torch.cuda.get_rng_state_all()
+
+    def on_load_checkpoint(self, checkpoint: dict) -> None:
+        state = checkpoint.get("mtl_rng")
+        if state:
+            torch.set_rng_state(state["torch"])
+            if "cuda" in state and torch.cuda.is_available():
+                torch.cuda.set_rng_state_all(state["cuda"])
+
     # --- epoch ends -----------------------------------------------------------------------------
 
     def _epoch_task_losses(self, stage: str) -> dict[str, float]:
-        sums = self.trainer.strategy.reduce(
-            self._loss_sums[stage].to(self.device), reduce_op="sum"
-        ).cpu()
+        # clone: on CPU .to()/.cpu() return the same tensor, and the zero_() below would clear it
+        local = self._loss_sums[stage].to(self.device).clone()
+        sums = self.trainer.strategy.reduce(local, reduce_op="sum").cpu()
         self._loss_sums[stage].zero_()
         return {
             name: float(sums[k, 0] / sums[k, 1])
@@ -127,22 +153,20 @@ class MultiTaskModule(L.LightningModule):
         self.val_predictions = {}
 
     def on_validation_epoch_end(self) -> None:
+        # task losses are reduced over ranks first, so every rank agrees on which tasks had rows
+        # (metric compute() is a collective call: all ranks must make it, or none)
+        losses = self._epoch_task_losses("val")
         metrics: dict[str, float] = {}
         primaries = []
         for name, meta in self.metas.items():
-            values = (
-                self.val_metrics[name].compute()
-                if self.val_metrics[name].metrics.f1_macro.update_called
-                else {}
-            )
-            self.val_metrics[name].reset()
-            metrics.update({f"val/{name}/{k}": v for k, v in values.items()})
-            if meta.primary_metric in values:
+            if name in losses:
+                values = self.val_metrics[name].compute()
+                metrics.update({f"val/{name}/{k}": v for k, v in values.items()})
+                metrics[f"val/{name}/loss"] = losses[name]
                 primaries.append(values[meta.primary_metric])
-        for name, v in self._epoch_task_losses("val").items():
-            metrics[f"val/{name}/loss"] = v
+            self.val_metrics[name].reset()
         metrics["val/score"] = float(np.mean(primaries)) if primaries else 0.0
-        metrics["val/loss"] = sum(v for k, v in metrics.items() if k.endswith("/loss"))
+        metrics["val/loss"] = float(sum(losses.values()))
         self.log_dict(metrics)  # already synced across ranks: identical everywhere
         self.last_val_metrics = metrics
 

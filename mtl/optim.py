@@ -55,12 +55,13 @@ def build_optimizer(model: nn.Module, weighting: nn.Module, optim: Box) -> torch
 def build_scheduler(optimizer: torch.optim.Optimizer, optim: Box, total_steps: int):
     total_steps = max(1, int(total_steps))
     warmup = int(round(optim.warmup_ratio * total_steps))
-    if optim.scheduler == "onecycle":
+    if optim.scheduler == "onecycle" and total_steps > 2:  # shorter runs: constant LR below
         return torch.optim.lr_scheduler.OneCycleLR(
             optimizer,
             max_lr=[g["lr"] for g in optimizer.param_groups],
             total_steps=total_steps,
-            pct_start=max(optim.warmup_ratio, 1.0 / total_steps),
+            # OneCycleLR needs at least one step on each side of the peak
+            pct_start=min(max(optim.warmup_ratio, 2.0 / total_steps), 1.0 - 1.0 / total_steps),
             anneal_strategy="cos",
         )
 
@@ -72,6 +73,6 @@ def build_scheduler(optimizer: torch.optim.Optimizer, optim: Box, total_steps: i
             return max(0.0, 1.0 - progress)
         if optim.scheduler == "cosine":
             return 0.5 * (1.0 + math.cos(math.pi * min(1.0, progress)))
-        return 1.0  # constant after warmup
+        return 1.0  # constant after warmup (and onecycle runs of ≤ 2 steps)
 
     return torch.optim.lr_scheduler.LambdaLR(optimizer, factor)

@@ -96,6 +96,9 @@ class MultiTaskBatchSampler(Sampler[list[int]]):
         self.rank = rank
         self.world_size = world_size
         self.epoch = 0
+        # Lightning calls `dataloader.batch_sampler.sampler.set_epoch(epoch)` (never the batch
+        # sampler's own set_epoch): without this hook every epoch replays epoch 0's order
+        self.sampler = _EpochHook(self)
 
     def set_epoch(self, epoch: int) -> None:
         self.epoch = epoch
@@ -158,6 +161,16 @@ class MultiTaskBatchSampler(Sampler[list[int]]):
         sizes = np.bincount(self.task_ids, minlength=num_tasks)
         rows = int(task_sample_counts(sizes, self.mode, self.temperature).sum())
         return math.ceil(math.ceil(rows / self.batch_size) / self.world_size)
+
+
+class _EpochHook:
+    """The `.sampler` Lightning looks for on a batch sampler; forwards `set_epoch` to it."""
+
+    def __init__(self, batch_sampler: MultiTaskBatchSampler):
+        self.batch_sampler = batch_sampler
+
+    def set_epoch(self, epoch: int) -> None:
+        self.batch_sampler.set_epoch(epoch)
 
 
 class Collator:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+import numpy as np
 import torch
 
 
@@ -48,6 +49,19 @@ class TaskMeta:
     def probabilities(self, logits: torch.Tensor) -> torch.Tensor:
         logits = logits.float()
         return torch.sigmoid(logits) if self.multilabel else torch.softmax(logits, dim=-1)
+
+    def prob_columns(self) -> list[str]:
+        return [f"{self.name}_{c}" for c in self.classes]
+
+    def truth_columns(self) -> list[str]:
+        return [f"true_{c}" for c in self.classes] if self.multilabel else ["true"]
+
+    def decide(self, probs: np.ndarray, thresholds: list[float] | None = None) -> list:
+        """Predicted labels: the argmax class, or for multi-label the list of classes over threshold."""
+        if not self.multilabel:
+            return [self.classes[i] for i in probs.argmax(axis=1)]
+        cut = np.asarray(thresholds if thresholds is not None else self.threshold or 0.5)
+        return [[c for c, on in zip(self.classes, row, strict=True) if on] for row in probs >= cut]
 
     def to_dict(self) -> dict:
         return {

@@ -20,13 +20,14 @@ import pandas as pd
 from box import Box
 
 from mtl.config import DEFAULT_CONFIG, load_config, save_config
+from mtl.cv import collect
 from mtl.data import load_tasks
 from mtl.errors import ConfigError, MTLError
 from mtl.fit import fit_fold
 from mtl.folds import fold_assignments, fold_split
 from mtl.io import write_csv, write_json
 from mtl.model import load_tokenizer
-from mtl.tasks import TaskMeta
+from mtl.report import write_report
 
 log = logging.getLogger("mtl")
 
@@ -62,31 +63,35 @@ def prepare(cfg: Box):
     if not (run_dir / "tokenizer").is_dir():
         tokenizer.save_pretrained(run_dir / "tokenizer")
     data, metas = load_tasks(cfg, tokenizer)
+    write_json(run_dir / "tasks.json", {name: meta.to_dict() for name, meta in metas.items()})
     folds = fold_assignments(cfg, data)
     write_csv(run_dir / "folds.csv", folds_frame(data, folds))
     return run_dir, tokenizer, data, metas, folds
 
 
 def check_run_folder(cfg: Box, run_dir: Path) -> None:
-    """Resuming into a folder trained with other data or models would mix incompatible folds."""
+    """Resuming into a folder trained on other data, folds or model would mix incompatible folds."""
     saved = run_dir / "config.yaml"
     if not saved.is_file():
         return
-    import yaml
-
-    from mtl.config import config_from_dict  # local: only needed when resuming
-
-    old = config_from_dict(yaml.safe_load(saved.read_text()))
-    keys = ("seed", "tasks", "backbone", "cv.n_splits", "data.max_length")
-    for key in keys:
-        a, b = old, cfg
-        for part in key.split("."):
-            a, b = a[part], b[part]
-        if a != b:
+    old = load_config(saved)
+    for key, now, before in (
+        ("seed", cfg.seed, old.seed),
+        ("cv.n_splits", cfg.cv.n_splits, old.cv.n_splits),
+        ("backbone.name", cfg.backbone.name, old.backbone.name),
+        ("data.max_length", cfg.data.max_length, old.data.max_length),
+        ("tasks", _task_identity(cfg), _task_identity(old)),
+    ):
+        if now != before:
             raise ConfigError(
-                f"Run folder {run_dir} was started with a different '{key}'. Use another run.name "
-                f"(e.g. run.name={cfg.run.name}_2) or delete the folder to start over."
+                f"Run folder {run_dir} was started with a different '{key}' ({before!r}, now {now!r}). "
+                f"Use another run.name (e.g. run.name={cfg.run.name}_2) or delete the folder to start over."
             )
+
+
+def _task_identity(cfg: Box) -> dict:
+    keys = ("type", "train", "text_column", "label_columns", "classes", "group_column")
+    return {name: {k: spec[k] for k in keys} for name, spec in cfg.tasks.items()}
 
 
 def folds_frame(data, folds: dict[str, np.ndarray]) -> pd.DataFrame:
@@ -98,54 +103,22 @@ def folds_frame(data, folds: dict[str, np.ndarray]) -> pd.DataFrame:
 
 
 def train(cfg: Box) -> dict:
-    """Train every fold of `cfg` (skipping finished ones) and return the run's results."""
+    """Train every fold of `cfg` (skipping finished ones), then blend and write results.json."""
     run_dir, tokenizer, data, metas, folds = prepare(cfg)
-    fold_metrics = {}
+    predict_parts = {"test": {n: s["test"] for n, s in data.items() if s.get("test") is not None}}
+    if cfg.cv.n_splits > 1:  # a task's own val file is scored in addition, never mixed into folds
+        predict_parts["valfile"] = {
+            n: s["val"] for n, s in data.items() if s.get("val") is not None
+        }
     for k in folds_to_run(cfg):
         train_parts, val_parts = fold_split(data, folds, k)
         log.info("fold %d: training on %s rows", k, {n: len(p) for n, p in train_parts.items()})
-        fold_metrics[k] = fit_fold(
-            cfg, k, run_dir, metas, tokenizer.pad_token_id, train_parts, val_parts
+        fit_fold(
+            cfg, k, run_dir, metas, tokenizer.pad_token_id, train_parts, val_parts, predict_parts
         )
-    results = summarize(cfg, metas, fold_metrics)
-    write_json(run_dir / "results.json", results)
+    results = collect(cfg, run_dir)
+    write_report(run_dir, results)
     return results
-
-
-def summarize(cfg: Box, metas: dict[str, TaskMeta], fold_metrics: dict[int, dict]) -> dict:
-    """Per task: each fold's metrics and mean ± std over folds; the monitored score likewise."""
-    tasks = {}
-    for name in metas:
-        per_fold = {
-            str(k): {
-                m.split("/")[-1]: v
-                for m, v in fm["metrics"].items()
-                if m.startswith(f"val/{name}/")
-            }
-            for k, fm in fold_metrics.items()
-        }
-        names = sorted({m for values in per_fold.values() for m in values})
-        tasks[name] = {
-            "folds": per_fold,
-            "mean": {m: float(np.mean([v[m] for v in per_fold.values() if m in v])) for m in names},
-            "std": {m: float(np.std([v[m] for v in per_fold.values() if m in v])) for m in names},
-            "primary_metric": metas[name].primary_metric,
-        }
-    scores = [fm["metrics"].get("val/score", float("nan")) for fm in fold_metrics.values()]
-    monitor = cfg.monitor.metric
-    monitored = [
-        fm["metrics"].get("val/score" if monitor == "score" else f"val/{monitor}")
-        for fm in fold_metrics.values()
-    ]
-    return {
-        "run": cfg.run.name,
-        "folds": sorted(fold_metrics),
-        "monitor": monitor,
-        "score": float(np.mean(monitored)),
-        "score_std": float(np.std(monitored)),
-        "mean_primary": float(np.mean(scores)),
-        "tasks": tasks,
-    }
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:

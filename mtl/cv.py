@@ -1,0 +1,215 @@
+"""After the folds: out-of-fold predictions, tuned thresholds, blended test predictions, results.
+
+Works from the run folder alone, so `scripts/blend.py checkpoints/<run>` can combine folds that
+ran as separate jobs (`--folds 0,2`) and say which are missing.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+from box import Box
+
+from mtl.blend import blend, tune_thresholds
+from mtl.io import write_csv, write_json
+from mtl.metrics import score_arrays
+from mtl.tasks import TaskMeta
+
+log = logging.getLogger(__name__)
+
+
+def finished_folds(run_dir: Path) -> dict[int, dict]:
+    done = {}
+    for path in sorted(run_dir.glob("fold_*/metrics.json")):
+        metrics = json.loads(path.read_text())
+        done[int(metrics["fold"])] = metrics
+    return dict(sorted(done.items()))
+
+
+def read_metas(run_dir: Path) -> dict[str, TaskMeta]:
+    return {
+        name: TaskMeta(**meta)
+        for name, meta in json.loads((run_dir / "tasks.json").read_text()).items()
+    }
+
+
+def collect(cfg: Box, run_dir: Path) -> dict:
+    """Summarise every finished fold of the run in `run_dir`; write results.json and the CSVs."""
+    metas = read_metas(run_dir)
+    folds = finished_folds(run_dir)
+    expected = list(range(max(1, cfg.cv.n_splits)))
+    missing = [k for k in expected if k not in folds]
+    if not folds:
+        raise FileNotFoundError(f"{run_dir} has no finished fold (no fold_*/metrics.json)")
+    if missing:
+        log.warning(
+            "blending %d of %d folds; missing folds: %s", len(folds), len(expected), missing
+        )
+    scores = [fm["metrics"].get("val/score", 0.0) for fm in folds.values()]
+    results: dict = {
+        "run": cfg.run.name,
+        "n_splits": max(1, cfg.cv.n_splits),
+        "folds": list(folds),
+        "missing_folds": missing,
+        "monitor": cfg.monitor.metric,
+        "blend": cfg.cv.blend,
+        "score": float(np.mean([_monitored(cfg, fm) for fm in folds.values()])),
+        "score_std": float(np.std([_monitored(cfg, fm) for fm in folds.values()])),
+        "thresholds": {},
+        "tasks": {},
+    }
+    oof_scores, test_scores = [], []
+    for name, meta in metas.items():
+        entry = fold_table(name, folds)
+        oof = read_fold_frames(run_dir, folds, f"val_{name}.csv")
+        thresholds = meta.threshold or None
+        if oof is not None and meta.multilabel and cfg.tasks[name].threshold == "tuned":
+            thresholds = tune_thresholds(_probs(oof, meta), _truth(oof, meta))
+        if thresholds is not None:
+            results["thresholds"][name] = thresholds
+        if oof is not None and cfg.cv.n_splits > 1:
+            entry["oof"] = score_arrays(meta, _probs(oof, meta), _truth(oof, meta), thresholds)
+            entry["oof_rows"] = len(oof)
+            oof_scores.append(entry["oof"][meta.primary_metric])
+            write_csv(run_dir / f"oof_{name}.csv", oof)
+        for kind in ("test", "valfile"):
+            blended = blend_kind(run_dir, folds, kind, meta, cfg.cv.blend, scores, thresholds)
+            if blended is None:
+                continue
+            frame, score = blended
+            write_csv(run_dir / f"{'test' if kind == 'test' else 'val'}_{name}.csv", frame)
+            if score is not None:
+                entry[f"{kind}_blended"] = score
+                if kind == "test":
+                    test_scores.append(score[meta.primary_metric])
+        results["tasks"][name] = entry
+    if oof_scores:
+        results["oof_score"] = float(np.mean(oof_scores))
+    if test_scores and len(test_scores) == len(metas):
+        results["test_score"] = float(np.mean(test_scores))
+    write_json(run_dir / "results.json", results)
+    return results
+
+
+def _monitored(cfg: Box, fold_metrics: dict) -> float:
+    metric = cfg.monitor.metric
+    return float(
+        fold_metrics["metrics"].get(
+            "val/score" if metric == "score" else f"val/{metric}", float("nan")
+        )
+    )
+
+
+def fold_table(name: str, folds: dict[int, dict]) -> dict:
+    """Per fold, this task's validation metrics at the best epoch; mean and std over folds."""
+    prefix = f"val/{name}/"
+    per_fold = {
+        str(k): {m[len(prefix) :]: v for m, v in fm["metrics"].items() if m.startswith(prefix)}
+        for k, fm in folds.items()
+    }
+    names = sorted({m for values in per_fold.values() for m in values})
+    return {
+        "folds": per_fold,
+        "mean": {m: float(np.mean([v[m] for v in per_fold.values() if m in v])) for m in names},
+        "std": {m: float(np.std([v[m] for v in per_fold.values() if m in v])) for m in names},
+    }
+
+
+def read_fold_frames(run_dir: Path, folds: dict[int, dict], filename: str) -> pd.DataFrame | None:
+    """Concatenate fold_<k>/<filename> (each fold's own validation rows) with a fold column."""
+    frames = []
+    for k in folds:
+        path = run_dir / f"fold_{k}" / filename
+        if path.is_file():
+            frame = pd.read_csv(path, keep_default_na=False)
+            frame.insert(1, "fold", k)
+            frames.append(frame)
+    if not frames:
+        return None
+    return (
+        pd.concat(frames, ignore_index=True)
+        .sort_values(["row", "fold"], kind="stable")
+        .reset_index(drop=True)
+    )
+
+
+def blend_kind(
+    run_dir: Path,
+    folds: dict[int, dict],
+    kind: str,
+    meta: TaskMeta,
+    method: str,
+    fold_scores: list[float],
+    thresholds: list[float] | None,
+) -> tuple[pd.DataFrame, dict | None] | None:
+    """Blend fold_<k>/<kind>_<task>.csv over folds → (frame with probabilities and labels, score)."""
+    frames = {k: run_dir / f"fold_{k}" / f"{kind}_{meta.name}.csv" for k in folds}
+    present = {k: pd.read_csv(p, keep_default_na=False) for k, p in frames.items() if p.is_file()}
+    if not present:
+        return None
+    first = next(iter(present.values()))
+    probs = blend(
+        [f[meta.prob_columns()].to_numpy() for f in present.values()],
+        method,
+        [s for k, s in zip(folds, fold_scores, strict=True) if k in present],
+    )
+    frame = first[["row", "text"]].copy()
+    frame[meta.prob_columns()] = probs
+    labels = meta.decide(probs, thresholds)
+    frame[f"{meta.name}_label"] = (
+        ["|".join(map(str, x)) for x in labels] if meta.multilabel else labels
+    )
+    labelled = all(c in first.columns for c in meta.truth_columns())
+    score = score_arrays(meta, probs, _truth(first, meta), thresholds) if labelled else None
+    return frame, score
+
+
+def _probs(frame: pd.DataFrame, meta: TaskMeta) -> np.ndarray:
+    return frame[meta.prob_columns()].to_numpy(dtype=np.float64)
+
+
+def _truth(frame: pd.DataFrame, meta: TaskMeta) -> np.ndarray:
+    values = frame[meta.truth_columns()].to_numpy()
+    return values if meta.multilabel else values[:, 0].astype(np.int64)
+
+
+def main(argv: list[str] | None = None) -> int:
+    """`scripts/blend.py RUN_DIR`: blend the finished folds of a run folder."""
+    import argparse
+    import sys
+
+    from mtl.config import load_config
+    from mtl.errors import MTLError
+    from mtl.report import write_report
+
+    parser = argparse.ArgumentParser(description="Blend the finished folds of a run folder.")
+    parser.add_argument("run_dir", type=Path)
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    try:
+        if (
+            not (args.run_dir / "config.yaml").is_file()
+            or not (args.run_dir / "tasks.json").is_file()
+        ):
+            raise MTLError(
+                f"{args.run_dir} is not a run folder (no config.yaml / tasks.json). Pass checkpoints/<run>."
+            )
+        cfg = load_config(args.run_dir / "config.yaml")
+        results = collect(cfg, args.run_dir)
+    except (MTLError, FileNotFoundError) as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    write_report(args.run_dir, results)
+    missing = results["missing_folds"]
+    print(
+        f"blended folds {results['folds']}"
+        + (f"; missing folds {missing}" if missing else "; all folds present")
+    )
+    print(
+        f"score {results['score']:.4f} ± {results['score_std']:.4f}; results in {args.run_dir / 'results.json'}"
+    )
+    return 0

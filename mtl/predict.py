@@ -1,0 +1,881 @@
+"""Predictions from a trained run folder (all finished folds, blended) or from one checkpoint.
+
+    from mtl import Predictor
+    p = Predictor.from_run("checkpoints/default")          # every finished fold, blended
+    p = Predictor.from_checkpoint("checkpoints/default/fold_0/best.ckpt")
+    probs = p.predict_proba(["I love this", "you idiot"])  # {task: (N, C) float64 array}
+    frame = p.predict(["I love this", "you idiot"])        # DataFrame: text, <task>_<class>, <task>_label
+    p.predict_file("texts.csv", "preds.csv")               # streamed in chunks, written atomically
+
+    python scripts/predict.py checkpoints/default --text "I love this" --text "you idiot"
+    python scripts/predict.py checkpoints/default --input texts.csv --output preds.csv
+
+Texts go through exactly what the run's own predictions went through: the run's preprocessing
+(`data.preprocess`), its saved tokenizer with truncation at `data.max_length`, the best
+checkpoint of every finished fold in eval mode, and `mtl.blend.blend` with the run's method
+(`results.json` "blend", else `cv.blend`) and multi-label thresholds (`results.json`
+"thresholds", else the ones stored in the checkpoint). Rows are sorted by length and padded per
+batch, so the batch size changes speed, not results.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import math
+import os
+import pickle
+import re
+import sys
+import warnings
+import zipfile
+from collections.abc import Callable, Iterable, Iterator
+from contextlib import nullcontext
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import torch
+
+from mtl.blend import BLEND_METHODS, blend
+from mtl.errors import ConfigError, MTLError
+
+log = logging.getLogger(__name__)
+
+PRECISIONS = {"32-true": None, "32": None, "bf16-mixed": torch.bfloat16, "16-mixed": torch.float16}
+FILE_FORMATS = {
+    ".csv": "csv",
+    ".tsv": "tsv",
+    ".parquet": "parquet",
+    ".jsonl": "jsonl",
+    ".json": "jsonl",
+}
+DEFAULT_CHUNK_SIZE = 10_000  # rows read, predicted and written at a time by predict_file
+_HPARAM_KEYS = ("config", "tasks", "backbone_config")
+
+
+class PredictError(MTLError):
+    """A run folder, input file or option that cannot be used for prediction."""
+
+
+class CheckpointError(PredictError):
+    """A checkpoint that is missing, unreadable, or not written by mtl training."""
+
+
+# --- loading ------------------------------------------------------------------------------------
+
+
+def load_checkpoint(path: str | Path) -> dict:
+    """`torch.load(weights_only=True)` with a clear error for missing, corrupt and foreign files."""
+    path = Path(path)
+    if not path.is_file():
+        raise CheckpointError(
+            f"Checkpoint not found: {path}. Pass a run folder's fold_<k>/best.ckpt or last.ckpt."
+        )
+    if not zipfile.is_zipfile(path):  # torch.save writes a zip archive; its index comes last
+        raise CheckpointError(
+            f"Cannot read checkpoint {path}: the file is truncated, corrupt or not a PyTorch "
+            f"checkpoint (not a complete zip archive). Re-copy it, or use the fold's other "
+            f"checkpoint (best.ckpt / last.ckpt)."
+        )
+    try:
+        ckpt = torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as err:
+        detail = re.search(r"WeightsUnpickler error:\s*([^\n]+)", str(err))
+        raise CheckpointError(
+            f"Checkpoint {path} was refused by the safe loader (weights_only=True): it holds "
+            f"objects other than tensors and plain containers, so it was not written by mtl "
+            f"training ({detail.group(1).strip() if detail else _first_line(err)})."
+        ) from None
+    except Exception as err:  # a damaged archive member, wrong format: many exception types
+        raise CheckpointError(
+            f"Cannot read checkpoint {path}: the file is truncated, corrupt or not a PyTorch "
+            f"checkpoint ({type(err).__name__}: {_first_line(err)}). Re-copy it, or use the "
+            f"fold's other checkpoint (best.ckpt / last.ckpt)."
+        ) from None
+    hparams = ckpt.get("hyper_parameters") if isinstance(ckpt, dict) else None
+    missing = (
+        list(_HPARAM_KEYS)
+        if not isinstance(hparams, dict)
+        else [k for k in _HPARAM_KEYS if not isinstance(hparams.get(k), dict)]
+    )
+    if not isinstance(ckpt, dict) or not isinstance(ckpt.get("state_dict"), dict):
+        missing = ["state_dict"] + missing
+    if missing:
+        found = (
+            f"a dict with keys {sorted(map(str, ckpt))[:8]}"
+            if isinstance(ckpt, dict)
+            else f"a {type(ckpt).__name__}"
+        )
+        raise CheckpointError(
+            f"{path} is not an mtl checkpoint: it holds {found} and lacks "
+            f"{', '.join('hyper_parameters.' + k if k in _HPARAM_KEYS else k for k in missing)}. "
+            f"Pass fold_<k>/best.ckpt or last.ckpt from a run folder written by scripts/train.py."
+        )
+    return ckpt
+
+
+def build_model(ckpt: dict, path: str | Path) -> tuple[torch.nn.Module, dict, dict]:
+    """The checkpoint's network in eval mode, its TaskMeta dicts, and its resolved config dict.
+
+    The encoder is built empty from the stored architecture (no download) and filled from the
+    state dict; the global RNG is left as it was.
+    """
+    from mtl.module import MultiTaskModule
+
+    hparams = ckpt["hyper_parameters"]
+    try:
+        with torch.random.fork_rng(devices=[]), warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            module = MultiTaskModule(
+                hparams["config"], hparams["tasks"], hparams["backbone_config"]
+            )
+        module.load_state_dict(ckpt["state_dict"])
+    except MTLError as err:
+        raise CheckpointError(f"Checkpoint {path}: {err}") from None
+    except (RuntimeError, KeyError, TypeError, ValueError, AttributeError) as err:
+        raise CheckpointError(
+            f"Checkpoint {path} does not describe a model its weights fit: "
+            f"{type(err).__name__}: {_first_line(err)}"
+        ) from None
+    return module.model.eval(), hparams["tasks"], hparams["config"]
+
+
+def load_run_tokenizer(folder: Path | None, backbone_name: str):
+    """The run folder's saved tokenizer, else the backbone's own."""
+    if folder is not None and folder.is_dir():
+        from transformers import AutoTokenizer
+
+        try:
+            return AutoTokenizer.from_pretrained(str(folder), use_fast=True)
+        except Exception as err:  # OSError, ValueError, the tokenizers library's own errors
+            raise PredictError(
+                f"Cannot load the tokenizer in {folder}: {_first_line(err)}"
+            ) from None
+    from mtl.model import load_tokenizer
+
+    return load_tokenizer(backbone_name)
+
+
+def finished_folds(run_dir: Path) -> dict[int, Path]:
+    """fold number → fold folder, for every fold_<k> with a metrics.json, in fold order."""
+    folds = {}
+    for metrics in run_dir.glob("fold_*/metrics.json"):
+        suffix = metrics.parent.name.removeprefix("fold_")
+        if suffix.isdigit():
+            folds[int(suffix)] = metrics.parent
+    return dict(sorted(folds.items()))
+
+
+def _read_json(path: Path) -> dict:
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError) as err:
+        raise PredictError(f"Cannot read {path}: {_first_line(err)}") from None
+    if not isinstance(data, dict):
+        raise PredictError(f"{path} must hold a JSON object, got {type(data).__name__}.")
+    return data
+
+
+def _run_results(run_dir: Path | None) -> dict:
+    path = None if run_dir is None else run_dir / "results.json"
+    return _read_json(path) if path is not None and path.is_file() else {}
+
+
+# --- the predictor ------------------------------------------------------------------------------
+
+
+class Predictor:
+    """Per-task probabilities and labels for raw texts, from one or several (blended) models.
+
+    Build it with `Predictor.from_run(run_dir)` or `Predictor.from_checkpoint(path)`.
+
+    predict_proba(texts) → {task: (N, C) float64 array}; columns in `classes[task]` order.
+        Single-label tasks: softmax probabilities. Multi-label: per-label sigmoid probabilities.
+        With the `rank` blend the values are ranks scaled to [0, 1] within the texts of the
+        call (as the run's blended test predictions are within its test file), not probabilities.
+    predict(texts) → pandas DataFrame, one row per text: `text`, then per task the
+        `<task>_<class>` probability columns (class names as str) and `<task>_label`: the argmax
+        class for binary / multiclass tasks, the labels at or over their threshold joined with
+        "|" for multi-label tasks ("" if none).
+    labels(probs) → {task: list}: per text the class, or for multi-label the list of classes.
+    predict_file(input, output, text_column="text") → rows written: the input's columns plus the
+        prediction columns, streamed in chunks, written atomically.
+    """
+
+    def __init__(
+        self,
+        models: list[torch.nn.Module],
+        metas: dict,
+        cfg,
+        tokenizer,
+        *,
+        thresholds: dict[str, list[float]] | None = None,
+        blend_method: str = "mean",
+        fold_scores: list[float] | None = None,
+        device: str | torch.device | None = None,
+        batch_size: int | None = None,
+        precision: str = "32-true",
+        sources: list[Path] | None = None,
+    ):
+        from mtl.data import preprocessor
+        from mtl.tasks import TaskMeta
+
+        if not models:
+            raise PredictError("A Predictor needs at least one model.")
+        if blend_method not in BLEND_METHODS:
+            raise PredictError(
+                f"Unknown blend method '{blend_method}'; use one of {', '.join(BLEND_METHODS)}."
+            )
+        if blend_method == "weighted" and (fold_scores is None or len(fold_scores) != len(models)):
+            raise PredictError("The 'weighted' blend needs one validation score per model.")
+        if precision not in PRECISIONS:
+            raise PredictError(
+                f"Unknown precision '{precision}'; use one of {', '.join(PRECISIONS)}."
+            )
+        self.metas: dict[str, TaskMeta] = {
+            name: meta if isinstance(meta, TaskMeta) else TaskMeta(**meta)
+            for name, meta in metas.items()
+        }
+        self.cfg = cfg
+        self.tokenizer = tokenizer
+        self.blend_method = blend_method
+        self.fold_scores = None if fold_scores is None else [float(s) for s in fold_scores]
+        self.batch_size = int(cfg.data.eval_batch_size if batch_size is None else batch_size)
+        if self.batch_size < 1:
+            raise PredictError(f"The batch size must be a positive integer, got {batch_size}.")
+        self.max_length = int(cfg.data.max_length)
+        self.precision = precision
+        self.sources = list(sources or [])
+        self.preprocess = preprocessor(cfg.data.preprocess)
+        self.pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
+        self.thresholds: dict[str, np.ndarray] = {}
+        for name, meta in self.metas.items():
+            if not meta.multilabel:
+                continue
+            cut = (thresholds or {}).get(name) or meta.threshold or [0.5] * meta.num_outputs
+            cut = [float(c) for c in (cut if isinstance(cut, list | tuple) else [cut])]
+            if len(cut) == 1:
+                cut = cut * meta.num_outputs
+            if len(cut) != meta.num_outputs:
+                raise PredictError(
+                    f"Task '{name}' needs {meta.num_outputs} thresholds (one per label "
+                    f"{list(meta.classes)}), got {cut}."
+                )
+            self.thresholds[name] = np.asarray(cut, dtype=np.float64)
+        self.device = resolve_device(device)
+        self.models = [model.to(self.device).eval() for model in models]
+
+    # --- construction ---------------------------------------------------------------------------
+
+    @classmethod
+    def from_run(
+        cls,
+        run_dir: str | Path,
+        *,
+        device: str | None = None,
+        batch_size: int | None = None,
+        blend: str | None = None,
+        precision: str = "32-true",
+    ) -> Predictor:
+        """Every finished fold of a run folder (fold_<k>/ with metrics.json), blended like the
+        run's test predictions. `blend` overrides the run's method (mean | rank | weighted)."""
+        run_dir = Path(run_dir)
+        if not run_dir.is_dir():
+            raise PredictError(
+                f"Run folder not found: {run_dir}. Pass checkpoints/<run.name> of a trained run."
+            )
+        folds = finished_folds(run_dir)
+        if not folds:
+            started = sorted(p.name for p in run_dir.glob("fold_*") if p.is_dir())
+            raise PredictError(
+                f"Run folder {run_dir} has no finished fold (no fold_<k>/metrics.json"
+                + (f"; started but unfinished: {', '.join(started)}" if started else "")
+                + "). Finish training (re-run scripts/train.py resumes it), or pass one "
+                "checkpoint with --checkpoint."
+            )
+        models, metas, configs, paths, scores = [], None, None, [], []
+        for k, folder in folds.items():
+            metrics = _read_json(folder / "metrics.json")
+            path = folder / str(metrics.get("best_checkpoint") or "best.ckpt")
+            if not path.is_file() and (folder / "last.ckpt").is_file():
+                path = folder / "last.ckpt"
+            model, fold_metas, config = build_model(load_checkpoint(path), path)
+            if metas is None:
+                metas, configs = fold_metas, config
+            elif _task_signature(fold_metas) != _task_signature(metas):
+                raise CheckpointError(
+                    f"Checkpoint {path} has other tasks or classes than fold "
+                    f"{next(iter(folds))}'s; a run folder's folds must come from one config."
+                )
+            models.append(model)
+            paths.append(path)
+            scores.append(float(metrics.get("metrics", {}).get("val/score", 0.0)))
+            log.info("fold %d: %s", k, path)
+        cfg = _config(configs, paths[0])
+        results = _run_results(run_dir)
+        method = blend or results.get("blend") or cfg.cv.blend
+        return cls(
+            models,
+            metas,
+            cfg,
+            load_run_tokenizer(run_dir / "tokenizer", cfg.backbone.name),
+            thresholds=results.get("thresholds"),
+            blend_method=method,
+            fold_scores=scores,
+            device=device,
+            batch_size=batch_size,
+            precision=precision,
+            sources=paths,
+        )
+
+    @classmethod
+    def from_checkpoint(
+        cls,
+        path: str | Path,
+        *,
+        run_dir: str | Path | None = None,
+        device: str | None = None,
+        batch_size: int | None = None,
+        precision: str = "32-true",
+    ) -> Predictor:
+        """One checkpoint. The tokenizer comes from the run folder's tokenizer/ (`run_dir`,
+        default: the folder above the fold folder, path.parent.parent), else from the
+        backbone named in the checkpoint's config; multi-label thresholds from that run
+        folder's results.json when it has them, else from the checkpoint."""
+        path = Path(path)
+        model, metas, config = build_model(load_checkpoint(path), path)
+        cfg = _config(config, path)
+        run_dir = Path(run_dir) if run_dir is not None else path.resolve().parent.parent
+        return cls(
+            [model],
+            metas,
+            cfg,
+            load_run_tokenizer(run_dir / "tokenizer", cfg.backbone.name),
+            thresholds=_run_results(run_dir).get("thresholds"),
+            blend_method="mean",
+            device=device,
+            batch_size=batch_size,
+            precision=precision,
+            sources=[path],
+        )
+
+    # --- what it predicts -----------------------------------------------------------------------
+
+    @property
+    def tasks(self) -> list[str]:
+        return list(self.metas)
+
+    @property
+    def classes(self) -> dict[str, list]:
+        return {name: list(meta.classes) for name, meta in self.metas.items()}
+
+    def prob_columns(self, task: str) -> list[str]:
+        return [f"{task}_{c}" for c in self.metas[task].classes]
+
+    def output_columns(self) -> list[str]:
+        """The prediction columns of `predict` and `predict_file`, in order."""
+        return [c for t in self.metas for c in self.prob_columns(t) + [f"{t}_label"]]
+
+    # --- prediction -----------------------------------------------------------------------------
+
+    def encode(self, texts: Iterable) -> list[np.ndarray]:
+        """Raw texts → token ids exactly as training made them: preprocess, then truncate."""
+        from mtl.data import encode_texts
+
+        return encode_texts(
+            [self.preprocess(t) for t in _as_texts(texts)], self.tokenizer, self.max_length
+        )
+
+    def fold_probabilities(
+        self,
+        texts: Iterable,
+        batch_size: int | None = None,
+        progress: Callable[[int], object] | None = None,
+    ) -> list[dict[str, np.ndarray]]:
+        """Per model (fold), {task: (N, C) float32 probabilities}, in the order of `texts`.
+
+        Batches of length-sorted rows, each padded to its own longest row; eval mode, no grad.
+        `progress(n)` is called after every batch with the number of rows it held.
+        """
+        from mtl.sampling import Collator
+
+        ids = self.encode(texts)
+        n = len(ids)
+        size = int(self.batch_size if batch_size is None else batch_size)
+        if size < 1:
+            raise PredictError(f"The batch size must be a positive integer, got {batch_size}.")
+        out = [
+            {
+                name: np.zeros((n, meta.num_outputs), dtype=np.float32)
+                for name, meta in self.metas.items()
+            }
+            for _ in self.models
+        ]
+        order = np.argsort([-len(x) for x in ids], kind="stable")  # longest first: OOM shows early
+        collate = Collator(self.pad_id, {})
+        dtype = PRECISIONS[self.precision]
+        autocast = (
+            torch.autocast(self.device.type, dtype=dtype) if dtype is not None else nullcontext()
+        )
+        with torch.inference_mode(), autocast:
+            for start in range(0, n, size):
+                index = order[start : start + size]
+                batch = collate([(0, ids[i], None, int(i)) for i in index])
+                input_ids = batch["input_ids"].to(self.device)
+                mask = batch["attention_mask"].to(self.device)
+                for model, probs in zip(self.models, out, strict=True):
+                    logits = model(input_ids, mask)
+                    for name, meta in self.metas.items():
+                        probs[name][index] = meta.probabilities(logits[name]).cpu().numpy()
+                if progress is not None:
+                    progress(len(index))
+        return out
+
+    def blend(self, fold_probs: list[dict[str, np.ndarray]]) -> dict[str, np.ndarray]:
+        """Per-model probabilities → {task: (N, C) float64}, with the run's blend method."""
+        return {
+            name: blend([p[name] for p in fold_probs], self.blend_method, self.fold_scores)
+            for name in self.metas
+        }
+
+    def predict_proba(
+        self, texts: Iterable, batch_size: int | None = None
+    ) -> dict[str, np.ndarray]:
+        """{task: (N, C) float64}: blended over the models; columns in `classes[task]` order."""
+        return self.blend(self.fold_probabilities(texts, batch_size))
+
+    def labels(self, probs: dict[str, np.ndarray]) -> dict[str, list]:
+        """{task: per text the argmax class, or for multi-label the list of classes at/over threshold}."""
+        out = {}
+        for name, meta in self.metas.items():
+            p = np.asarray(probs[name])
+            if meta.multilabel:
+                on = p >= self.thresholds[name]
+                out[name] = [
+                    [c for c, hit in zip(meta.classes, row, strict=True) if hit] for row in on
+                ]
+            else:
+                out[name] = [meta.classes[i] for i in p.argmax(axis=1)] if len(p) else []
+        return out
+
+    def frame(self, probs: dict[str, np.ndarray]) -> pd.DataFrame:
+        """The prediction columns for blended probabilities: <task>_<class>..., <task>_label."""
+        labels = self.labels(probs)
+        columns: dict[str, object] = {}
+        for name, meta in self.metas.items():
+            for j, column in enumerate(self.prob_columns(name)):
+                columns[column] = probs[name][:, j]
+            columns[f"{name}_label"] = (
+                ["|".join(map(str, x)) for x in labels[name]] if meta.multilabel else labels[name]
+            )
+        return pd.DataFrame(columns)
+
+    def predict(self, texts: Iterable, batch_size: int | None = None) -> pd.DataFrame:
+        """One row per text: `text`, then per task `<task>_<class>` probabilities and `<task>_label`."""
+        texts = _as_texts(texts)
+        frame = self.frame(self.predict_proba(texts, batch_size))
+        frame.insert(0, "text", texts)
+        return frame
+
+    def predict_file(
+        self,
+        input_path: str | Path,
+        output_path: str | Path,
+        text_column: str = "text",
+        *,
+        chunk_size: int = DEFAULT_CHUNK_SIZE,
+        batch_size: int | None = None,
+        progress: bool | None = None,
+    ) -> int:
+        """Predict every row of a CSV / TSV / Parquet / JSON Lines file; returns the row count.
+
+        The output (format from its extension) keeps the input's columns and adds the
+        prediction columns. Both files are streamed `chunk_size` rows at a time; the output
+        appears only when complete (temp file + rename). With the `rank` blend the ranks span
+        the whole file: a first pass predicts every row, a second re-reads the input to write.
+        `progress`: a tqdm bar (None: only when stderr is a terminal).
+        """
+        from tqdm.auto import tqdm
+
+        from mtl.io import atomic_write
+
+        source = TableSource(input_path, text_column, chunk_size)
+        output_path = Path(output_path)
+        fmt = output_format(output_path)
+        bar = tqdm(
+            total=source.total_rows,
+            unit="rows",
+            desc=f"predicting {source.path.name}",
+            disable=None if progress is None else not progress,
+        )
+
+        def chunks() -> Iterator[pd.DataFrame]:
+            if self.blend_method == "rank":  # ranks over the whole file, like the run's test set
+                parts = [
+                    self.fold_probabilities(source.texts(c), batch_size, bar.update)
+                    for c in source.chunks()
+                ]
+                merged = [
+                    {name: np.concatenate([p[f][name] for p in parts]) for name in self.metas}
+                    for f in range(len(self.models))
+                ]
+                probs = self.blend(merged) if parts else None
+                offset = 0
+                for chunk in source.chunks():
+                    piece = {k: v[offset : offset + len(chunk)] for k, v in probs.items()}
+                    offset += len(chunk)
+                    yield _join(chunk, self.frame(piece))
+                return
+            for chunk in source.chunks():
+                probs = self.blend(
+                    self.fold_probabilities(source.texts(chunk), batch_size, bar.update)
+                )
+                yield _join(chunk, self.frame(probs))
+
+        try:
+            rows = []
+            atomic_write(output_path, lambda tmp: rows.append(write_frames(tmp, fmt, chunks())))
+        finally:
+            bar.close()
+        return rows[0]
+
+
+def _config(config: dict, path: Path):
+    from mtl.config import config_from_dict
+
+    try:
+        return config_from_dict(config)
+    except ConfigError as err:
+        raise CheckpointError(
+            f"Checkpoint {path} holds a config that no longer validates: {err}"
+        ) from None
+
+
+def _task_signature(metas: dict) -> list:
+    return [(n, m["type"], [str(c) for c in m["classes"]]) for n, m in metas.items()]
+
+
+def resolve_device(device: str | torch.device | None) -> torch.device:
+    """None / "auto": CUDA when available, else CPU. A CUDA request without a GPU is an error."""
+    if device is None or str(device) == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        resolved = torch.device(device)
+    except (RuntimeError, TypeError):
+        raise PredictError(f"Unknown device '{device}'; use cpu, cuda or cuda:<index>.") from None
+    if resolved.type == "cuda" and not torch.cuda.is_available():
+        raise PredictError(f"Device '{device}' requested but no CUDA GPU is available; use cpu.")
+    if resolved.type == "cuda" and (resolved.index or 0) >= torch.cuda.device_count():
+        raise PredictError(
+            f"Device '{device}' does not exist: {torch.cuda.device_count()} CUDA device(s) found."
+        )
+    return resolved
+
+
+def _as_texts(texts: Iterable) -> list[str]:
+    """A list of str: a lone string is one text; None / NaN become ""."""
+    if isinstance(texts, str):
+        return [texts]
+    out = []
+    for t in texts:
+        if t is None or (isinstance(t, float) and math.isnan(t)):
+            out.append("")
+        else:
+            out.append(t if isinstance(t, str) else str(t))
+    return out
+
+
+def _join(chunk: pd.DataFrame, predictions: pd.DataFrame) -> pd.DataFrame:
+    """Input columns, then prediction columns (a same-named input column is replaced)."""
+    kept = chunk.drop(columns=[c for c in predictions.columns if c in chunk.columns])
+    return pd.concat([kept, predictions.set_axis(chunk.index)], axis=1)
+
+
+def _first_line(err: BaseException) -> str:
+    text = str(err).strip()
+    return text.splitlines()[0] if text else type(err).__name__
+
+
+# --- files: read and write in chunks -----------------------------------------------------------
+
+
+def output_format(path: Path) -> str:
+    fmt = FILE_FORMATS.get(path.suffix.lower())
+    if fmt is None:
+        raise PredictError(
+            f"Cannot write {path}: unknown extension '{path.suffix}'. "
+            f"Use one of {', '.join(FILE_FORMATS)}."
+        )
+    return fmt
+
+
+class TableSource:
+    """An input file read in chunks of `chunk_size` rows; can be read more than once.
+
+    CSV / TSV cells are kept as text, exactly as in the file (empty cells stay ""); a blank
+    line is a row with an empty text (that is how a one-column file stores one).
+    """
+
+    def __init__(self, path: str | Path, text_column: str, chunk_size: int = DEFAULT_CHUNK_SIZE):
+        self.path = Path(path)
+        self.text_column = text_column
+        self.chunk_size = int(chunk_size)
+        if self.chunk_size < 1:
+            raise PredictError(f"The chunk size must be a positive integer, got {chunk_size}.")
+        if not self.path.is_file():
+            raise PredictError(f"Input file not found: {self.path}.")
+        self.format = FILE_FORMATS.get(self.path.suffix.lower())
+        if self.format is None:
+            raise PredictError(
+                f"Cannot read {self.path}: unknown extension '{self.path.suffix}'. "
+                f"Use one of {', '.join(FILE_FORMATS)}."
+            )
+        self.total_rows = None
+        if self.format == "parquet":
+            import pyarrow.parquet as pq
+
+            try:
+                meta = pq.ParquetFile(self.path).metadata
+            except Exception as err:  # pyarrow raises ArrowInvalid, OSError, ...
+                raise PredictError(
+                    f"Cannot read {self.path} as Parquet: {_first_line(err)}"
+                ) from None
+            self.total_rows = meta.num_rows
+            self._check_columns(meta.schema.to_arrow_schema().names)
+
+    def _check_columns(self, columns) -> None:
+        if self.text_column not in columns:
+            raise PredictError(
+                f"Input file {self.path} has no column '{self.text_column}' (the text column); "
+                f"its columns are {list(columns)}. Pass --text-column with one of them."
+            )
+
+    def _raw_chunks(self) -> Iterator[pd.DataFrame]:
+        if self.format in ("csv", "tsv"):
+            yield from pd.read_csv(
+                self.path,
+                sep="," if self.format == "csv" else "\t",
+                chunksize=self.chunk_size,
+                dtype=str,
+                keep_default_na=False,
+                skip_blank_lines=False,  # a one-column file writes an empty text as a blank line
+            )
+        elif self.format == "jsonl":
+            yield from pd.read_json(self.path, lines=True, chunksize=self.chunk_size, dtype=False)
+        else:
+            import pyarrow.parquet as pq
+
+            handle = pq.ParquetFile(self.path)
+            empty = True
+            for batch in handle.iter_batches(batch_size=self.chunk_size):
+                empty = False
+                yield batch.to_pandas()
+            if empty:
+                yield handle.schema_arrow.empty_table().to_pandas()
+
+    def chunks(self) -> Iterator[pd.DataFrame]:
+        reader = self._raw_chunks()
+        first = True
+        while True:
+            try:
+                chunk = next(reader)
+            except StopIteration:
+                break
+            except pd.errors.EmptyDataError:
+                raise PredictError(
+                    f"Input file {self.path} is empty: it needs a header with a "
+                    f"'{self.text_column}' column."
+                ) from None
+            except (ValueError, pd.errors.ParserError, OSError, UnicodeDecodeError) as err:
+                raise PredictError(f"Cannot parse {self.path}: {_first_line(err)}") from None
+            if first:
+                self._check_columns(chunk.columns)
+                first = False
+            yield chunk
+        if first:
+            raise PredictError(
+                f"Input file {self.path} is empty: it has no rows and no '{self.text_column}' column."
+            )
+
+    def texts(self, chunk: pd.DataFrame) -> list[str]:
+        return _as_texts(chunk[self.text_column].tolist())
+
+
+def write_frames(tmp: str, fmt: str, frames: Iterable[pd.DataFrame]) -> int:
+    """Write frames one after the other to `tmp` as one csv / tsv / jsonl / parquet file."""
+    rows = 0
+    if fmt == "parquet":
+        import pyarrow as pa
+        import pyarrow.parquet as pq
+
+        writer = None
+        try:
+            for frame in frames:
+                table = pa.Table.from_pandas(frame, preserve_index=False)
+                if writer is None:
+                    writer = pq.ParquetWriter(tmp, table.schema)
+                else:
+                    table = table.cast(writer.schema)
+                writer.write_table(table)
+                rows += len(frame)
+        finally:
+            if writer is not None:
+                writer.close()
+        return rows
+    with open(tmp, "w", encoding="utf-8", newline="") as handle:
+        for i, frame in enumerate(frames):
+            if fmt == "jsonl":
+                if len(frame):
+                    handle.write(
+                        frame.to_json(orient="records", lines=True, force_ascii=False).rstrip("\n")
+                        + "\n"
+                    )
+            else:
+                frame.to_csv(handle, index=False, header=i == 0, sep="," if fmt == "csv" else "\t")
+            rows += len(frame)
+    return rows
+
+
+# --- command line -------------------------------------------------------------------------------
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(
+        description="Predict with a trained run (every finished fold, blended) or one checkpoint.",
+        epilog=(
+            "examples:\n"
+            '  predict.py checkpoints/default --text "I love this" --text "you idiot"\n'
+            "  predict.py checkpoints/default --input texts.csv --output preds.csv\n"
+            "  predict.py --checkpoint checkpoints/default/fold_0/best.ckpt --text hi --format json"
+        ),
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    parser.add_argument("run_dir", nargs="?", type=Path, help="run folder, checkpoints/<run>")
+    parser.add_argument(
+        "--checkpoint", type=Path, help="one checkpoint instead of the run's blended folds"
+    )
+    source = parser.add_mutually_exclusive_group(required=True)
+    source.add_argument("--text", action="append", help="a text to classify (repeat for several)")
+    source.add_argument("--input", type=Path, help="CSV, TSV, Parquet or JSON Lines file")
+    parser.add_argument("--text-column", default="text", help="text column of --input")
+    parser.add_argument(
+        "--output", type=Path, help="file to write (csv/tsv/parquet/jsonl); needed with --input"
+    )
+    parser.add_argument("--format", choices=("table", "json"), default="table", help="for --text")
+    parser.add_argument("--device", default=None, help="cpu, cuda or cuda:<i> (default: auto)")
+    parser.add_argument(
+        "--batch-size", type=int, default=None, help="default: data.eval_batch_size"
+    )
+    parser.add_argument(
+        "--chunk-size", type=int, default=DEFAULT_CHUNK_SIZE, help="rows per chunk of --input"
+    )
+    parser.add_argument(
+        "--precision", choices=tuple(PRECISIONS), default="32-true", help="autocast for speed"
+    )
+    parser.add_argument("--no-progress", action="store_true", help="no progress bar")
+    args = parser.parse_args(argv)
+    if args.run_dir is None and args.checkpoint is None:
+        parser.error("give a run folder (checkpoints/<run>) or --checkpoint PATH")
+    if args.input is not None and args.output is None:
+        parser.error("--input needs --output (the file to write)")
+    return args
+
+
+def render_table(texts: list[str], predictor: Predictor, probs: dict[str, np.ndarray]) -> str:
+    """Per text: one line per task with its predicted label(s) and every class's probability."""
+    labels = predictor.labels(probs)
+    shown_labels = {
+        name: [
+            (", ".join(map(str, value)) or "-") if meta.multilabel else str(value)
+            for value in labels[name]
+        ]
+        for name, meta in predictor.metas.items()
+    }
+    task_width = max(len("task"), *(len(t) for t in predictor.tasks))
+    label_width = max([len("prediction")] + [len(x) for v in shown_labels.values() for x in v])
+    lines = []
+    for i, text in enumerate(texts):
+        shown = text if len(text) <= 100 else text[:99] + "…"
+        lines.append(f"[{i + 1}] {shown!r}" if text.strip() else f"[{i + 1}] (empty text)")
+        lines.append(f"  {'task':<{task_width}}  {'prediction':<{label_width}}  probabilities")
+        for name, meta in predictor.metas.items():
+            cells = "  ".join(
+                f"{c}={p:.3f}" for c, p in zip(meta.classes, probs[name][i], strict=True)
+            )
+            label = shown_labels[name][i]
+            lines.append(f"  {name:<{task_width}}  {label:<{label_width}}  {cells}")
+        lines.append("")
+    return "\n".join(lines).rstrip() + "\n"
+
+
+def render_json(texts: list[str], predictor: Predictor, probs: dict[str, np.ndarray]) -> str:
+    labels = predictor.labels(probs)
+    records = []
+    for i, text in enumerate(texts):
+        record = {"text": text}
+        for name, meta in predictor.metas.items():
+            entry = {
+                "probabilities": {
+                    str(c): float(p) for c, p in zip(meta.classes, probs[name][i], strict=True)
+                }
+            }
+            entry["labels" if meta.multilabel else "label"] = labels[name][i]
+            record[name] = entry
+        records.append(record)
+    return json.dumps(records, indent=2, ensure_ascii=False, default=_json_scalar) + "\n"
+
+
+def _json_scalar(value):
+    if hasattr(value, "item"):
+        return value.item()
+    raise TypeError(f"cannot write {type(value).__name__} to JSON")
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    try:
+        if args.checkpoint is not None:
+            predictor = Predictor.from_checkpoint(
+                args.checkpoint,
+                run_dir=args.run_dir,
+                device=args.device,
+                batch_size=args.batch_size,
+                precision=args.precision,
+            )
+        else:
+            predictor = Predictor.from_run(
+                args.run_dir,
+                device=args.device,
+                batch_size=args.batch_size,
+                precision=args.precision,
+            )
+        if args.input is not None:
+            rows = predictor.predict_file(
+                args.input,
+                args.output,
+                args.text_column,
+                chunk_size=args.chunk_size,
+                progress=False if args.no_progress else None,
+            )
+            print(f"wrote {rows} rows to {args.output}", file=sys.stderr)
+            return 0
+        texts = _as_texts(args.text)
+        probs = predictor.predict_proba(texts)
+        if args.output is not None:
+            from mtl.io import atomic_write
+
+            frame = predictor.frame(probs)
+            frame.insert(0, "text", texts)
+            fmt = output_format(args.output)
+            atomic_write(args.output, lambda tmp: write_frames(tmp, fmt, [frame]))
+            print(f"wrote {len(texts)} rows to {args.output}", file=sys.stderr)
+        render = render_json if args.format == "json" else render_table
+        sys.stdout.write(render(texts, predictor, probs))
+    except MTLError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    return 0

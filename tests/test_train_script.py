@@ -1,0 +1,175 @@
+"""End to end: `python scripts/train.py` writes the run folder; one-task and multiclass configs train."""
+
+from __future__ import annotations
+
+import json
+import os
+import random
+import subprocess
+import sys
+from pathlib import Path
+
+import pandas as pd
+import pytest
+import torch
+import yaml
+from conftest import EMOTIONS, WORDS, sentence, tiny_overrides
+
+from mtl.train import main
+
+REPO = Path(__file__).resolve().parent.parent
+TOPICS = ["calm", "positive", "toxic"]  # string classes, each with its own key words
+
+
+def make_topics(n: int, seed: int) -> pd.DataFrame:
+    rng = random.Random(seed)
+    rows = []
+    for _ in range(n):
+        topic = rng.choice(TOPICS)
+        key = rng.choices(WORDS[topic], k=rng.randint(1, 2))
+        rows.append({"body": sentence(rng, key, rng.randint(1, 8)), "topic": topic})
+    return pd.DataFrame(rows)
+
+
+def scalar_tags(folder: Path) -> set[str]:
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    tags: set[str] = set()
+    for events in folder.rglob("events.out.tfevents*"):
+        acc = EventAccumulator(str(events), size_guidance={"scalars": 0})
+        acc.Reload()
+        tags |= set(acc.Tags()["scalars"])
+    return tags
+
+
+@pytest.fixture(scope="module")
+def script_run(tiny_backbone, data_dir, tmp_path_factory):
+    """One real `python scripts/train.py` run (1 epoch, three tasks); shared by the tests below."""
+    out = tmp_path_factory.mktemp("script_run")
+    argv = tiny_overrides(tiny_backbone, data_dir, out) + ["trainer.max_epochs=1"]
+    env = dict(os.environ, HF_HUB_OFFLINE="1", TRANSFORMERS_OFFLINE="1")
+    proc = subprocess.run(
+        [sys.executable, "scripts/train.py", *argv],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=300,
+    )
+    return proc, out / "tiny"
+
+
+def test_train_script_exits_0_and_reports_the_run_folder(script_run):
+    proc, run = script_run
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "Traceback" not in proc.stderr
+    assert f"run folder {run}" in proc.stdout
+    assert "done: score" in proc.stdout
+
+
+def test_train_script_writes_the_run_folder(script_run):
+    proc, run = script_run
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    for name in ("config.yaml", "results.json", "fold_0/best.ckpt", "fold_0/last.ckpt"):
+        assert (run / name).is_file(), name
+    assert list((run / "tensorboard").rglob("events.out.tfevents*"))
+    config = yaml.safe_load((run / "config.yaml").read_text())
+    assert config["trainer"]["max_epochs"] == 1  # the resolved config, overrides applied
+    assert config["tasks"]["emotion"]["loss"] == "bce"  # defaults filled in
+    results = json.loads((run / "results.json").read_text())
+    assert set(results["tasks"]) == {"toxicity", "emotion", "sentiment"}
+    assert 0.0 <= results["score"] <= 1.0
+    for task in results["tasks"].values():
+        assert "f1_macro" in task["mean"]
+
+
+def test_train_script_logs_per_task_curves_to_tensorboard(script_run):
+    proc, run = script_run
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    tags = scalar_tags(run / "tensorboard")
+    for tag in ("val/score", "val/toxicity/f1_macro", "sigma/emotion", "weight/sentiment"):
+        assert tag in tags, sorted(tags)
+
+
+@pytest.mark.parametrize("name", ["best.ckpt", "last.ckpt"])
+def test_checkpoint_loads_with_weights_only_and_carries_config_and_tasks(script_run, name):
+    proc, run = script_run
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    ckpt = torch.load(run / "fold_0" / name, map_location="cpu", weights_only=True)
+    hparams = ckpt["hyper_parameters"]
+    assert hparams["config"] == yaml.safe_load((run / "config.yaml").read_text())
+    tasks = hparams["tasks"]
+    assert list(tasks) == ["toxicity", "emotion", "sentiment"]
+    assert tasks["emotion"]["type"] == "multilabel"
+    assert tasks["emotion"]["classes"] == EMOTIONS
+    assert tasks["toxicity"]["classes"] == [0, 1]
+    assert hparams["backbone_config"]["hidden_size"] == 32  # rebuildable without the backbone
+    assert any(k.startswith("weighting.log_vars") for k in ckpt["state_dict"])
+
+
+def test_one_task_config_trains(tiny_backbone, data_dir, tmp_path, capsys):
+    argv = tiny_overrides(tiny_backbone, data_dir, tmp_path) + [
+        "tasks.emotion=null",
+        "tasks.sentiment=null",
+    ]
+    assert main(argv) == 0, capsys.readouterr().err[-3000:]
+    run = tmp_path / "tiny"
+    results = json.loads((run / "results.json").read_text())
+    assert set(results["tasks"]) == {"toxicity"}
+    ckpt = torch.load(run / "fold_0" / "best.ckpt", map_location="cpu", weights_only=True)
+    assert list(ckpt["hyper_parameters"]["tasks"]) == ["toxicity"]
+    assert not any("emotion" in k or "sentiment" in k for k in ckpt["state_dict"])
+
+
+def test_multiclass_task_with_string_classes_trains(tiny_backbone, data_dir, tmp_path, capsys):
+    folder = tmp_path / "topics"
+    folder.mkdir()
+    make_topics(120, 5).to_csv(folder / "train.csv", index=False)
+    make_topics(40, 6).to_csv(folder / "val.csv", index=False)
+    argv = tiny_overrides(tiny_backbone, data_dir, tmp_path) + [
+        "tasks.emotion=null",
+        "tasks.sentiment=null",
+        "tasks.topic.type=multiclass",
+        f"tasks.topic.train={folder / 'train.csv'}",
+        f"tasks.topic.val={folder / 'val.csv'}",
+        "tasks.topic.text_column=body",
+        "tasks.topic.label_columns=[topic]",
+        "trainer.max_epochs=1",
+    ]
+    assert main(argv) == 0, capsys.readouterr().err[-3000:]
+    run = tmp_path / "tiny"
+    results = json.loads((run / "results.json").read_text())
+    assert set(results["tasks"]) == {"toxicity", "topic"}
+    assert "f1_macro" in results["tasks"]["topic"]["mean"]
+    ckpt = torch.load(run / "fold_0" / "best.ckpt", map_location="cpu", weights_only=True)
+    topic = ckpt["hyper_parameters"]["tasks"]["topic"]
+    assert topic["type"] == "multiclass"
+    assert topic["classes"] == TOPICS  # inferred from the training labels, sorted
+    head = [v for k, v in ckpt["state_dict"].items() if "topic" in k and k.endswith("weight")]
+    assert head and head[-1].shape[0] == 3  # one output per class
+
+
+def test_short_one_epoch_run_with_onecycle_trains(tiny_backbone, data_dir, tmp_path):
+    # one task, 120 rows, batch 16, 1 epoch: 8 optimiser steps
+    argv = tiny_overrides(tiny_backbone, data_dir, tmp_path) + [
+        "tasks.emotion=null",
+        "tasks.sentiment=null",
+        "trainer.max_epochs=1",
+    ]
+    assert main(argv) == 0
+
+
+@pytest.mark.parametrize("total_steps", [1, 2, 3, 8, 11])
+def test_onecycle_schedule_survives_very_short_runs(total_steps):
+    import torch
+    from box import Box
+
+    from mtl.optim import build_scheduler
+
+    param = torch.nn.Parameter(torch.zeros(1))
+    optimizer = torch.optim.AdamW([param], lr=1e-3)
+    scheduler = build_scheduler(optimizer, Box(scheduler="onecycle", warmup_ratio=0.1), total_steps)
+    for _ in range(total_steps):
+        optimizer.step()
+        scheduler.step()
+    assert 0.0 < optimizer.param_groups[0]["lr"] <= 1e-3  # no crash, never above the peak
