@@ -16,7 +16,7 @@ from box import Box
 
 from mtl.blend import blend, tune_thresholds
 from mtl.io import write_csv, write_json
-from mtl.metrics import score_arrays
+from mtl.metrics import majority_baseline, score_arrays
 from mtl.tasks import TaskMeta
 
 log = logging.getLogger(__name__)
@@ -71,6 +71,8 @@ def collect(cfg: Box, run_dir: Path) -> dict:
             thresholds = tune_thresholds(_probs(oof, meta), _truth(oof, meta))
         if thresholds is not None:
             results["thresholds"][name] = thresholds
+        if oof is not None:
+            entry["baseline"] = majority_baseline(meta, _truth(oof, meta))
         if oof is not None and cfg.cv.n_splits > 1:
             entry["oof"] = score_arrays(meta, _probs(oof, meta), _truth(oof, meta), thresholds)
             entry["oof_rows"] = len(oof)

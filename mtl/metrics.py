@@ -107,3 +107,15 @@ def score_arrays(
             roc_auc_score(labels, probs[:, 1]) if len(np.unique(labels)) == 2 else float("nan")
         )
     return {k: float(v) for k, v in out.items()}
+
+
+def majority_baseline(meta: TaskMeta, labels: np.ndarray) -> dict[str, float]:
+    """Metrics of always predicting the most frequent class (multi-label: the most frequent label
+    set) of `labels` itself — the bar a trained model must clear on the same rows."""
+    if meta.multilabel:
+        patterns, counts = np.unique(labels.astype(int), axis=0, return_counts=True)
+        probs = np.tile(patterns[counts.argmax()].astype(np.float64), (len(labels), 1))
+        return score_arrays(meta, probs, labels, [0.5] * meta.num_outputs)
+    probs = np.zeros((len(labels), meta.num_outputs))
+    probs[:, np.bincount(labels, minlength=meta.num_outputs).argmax()] = 1.0
+    return score_arrays(meta, probs, labels)

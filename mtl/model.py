@@ -53,7 +53,9 @@ def load_encoder(backbone: Box, config: dict | None = None) -> nn.Module:
         if backbone.attn_implementation
         else {}
     )
-    path = backbone_path(backbone.name)
+    path = (
+        backbone_path(backbone.name) if config is None else backbone.name
+    )  # rebuilding needs no weights
     try:
         if config is not None:
             hf_config = AutoConfig.for_model(**config)

@@ -167,7 +167,9 @@ class MultiTaskModule(L.LightningModule):
             self.val_metrics[name].reset()
         metrics["val/score"] = float(np.mean(primaries)) if primaries else 0.0
         metrics["val/loss"] = float(sum(losses.values()))
-        self.log_dict(metrics)  # already synced across ranks: identical everywhere
+        # the final validate() of the best checkpoint is not a new epoch: keep it out of the curves
+        if self.trainer.state.fn == "fit":
+            self.log_dict(metrics)  # already synced across ranks: identical everywhere
         self.last_val_metrics = metrics
 
     # --- optimisation ---------------------------------------------------------------------------

@@ -37,6 +37,7 @@ def plot_history(path: Path, histories: dict[int, pd.DataFrame], results: dict) 
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+    from matplotlib.ticker import MaxNLocator
 
     tasks = list(results["tasks"])
     rows = [
@@ -59,6 +60,7 @@ def plot_history(path: Path, histories: dict[int, pd.DataFrame], results: dict) 
                     ax.plot(data["epoch"], data[column], marker="o", label=f"fold {fold}")
             ax.set_title(f"{task}: {label or primary}")
             ax.set_xlabel("epoch")
+            ax.xaxis.set_major_locator(MaxNLocator(integer=True))
             ax.grid(alpha=0.3)
     if axes[0][0].get_legend_handles_labels()[0]:
         axes[0][0].legend(fontsize=8)
@@ -73,6 +75,12 @@ def plot_history(path: Path, histories: dict[int, pd.DataFrame], results: dict) 
 def markdown_table(results: dict) -> str:
     lines = [f"# Run `{results['run']}`", ""]
     lines.append(
+        "Per-fold columns score each fold's own validation rows at its best epoch; OOF scores all "
+        "training rows once; the majority baseline predicts the most frequent class (label set) of "
+        "those same rows."
+    )
+    lines.append("")
+    lines.append(
         f"Monitored `{results['monitor']}`: {results['score']:.4f} ± {results['score_std']:.4f} over folds "
         f"{results['folds']}"
         + (f" (missing: {results['missing_folds']})" if results["missing_folds"] else "")
@@ -82,9 +90,9 @@ def markdown_table(results: dict) -> str:
         "",
         "| task | metric | "
         + " | ".join(f"fold {k}" for k in results["folds"])
-        + " | mean ± std | OOF | test (blended) |",
+        + " | mean ± std | OOF | val file (blended) | test (blended) | majority baseline |",
     ]
-    lines.append("|" + "---|" * (len(results["folds"]) + 5))
+    lines.append("|" + "---|" * (len(results["folds"]) + 7))
     for task, entry in results["tasks"].items():
         metrics = [
             m
@@ -94,10 +102,13 @@ def markdown_table(results: dict) -> str:
         for metric in metrics:
             per_fold = [_fmt(entry["folds"].get(str(k), {}).get(metric)) for k in results["folds"]]
             oof = _fmt(entry.get("oof", {}).get(metric))
-            test = _fmt(entry.get("test_blended", {}).get(metric))
+            extra = [
+                _fmt(entry.get(k, {}).get(metric))
+                for k in ("valfile_blended", "test_blended", "baseline")
+            ]
             mean = f"{entry['mean'][metric]:.4f} ± {entry['std'][metric]:.4f}"
             lines.append(
-                f"| {task} | {metric} | " + " | ".join(per_fold) + f" | {mean} | {oof} | {test} |"
+                f"| {task} | {metric} | " + " | ".join(per_fold + [mean, oof] + extra) + " |"
             )
     if results.get("thresholds"):
         lines += [

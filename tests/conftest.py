@@ -119,6 +119,7 @@ def tiny_overrides(backbone: Path, data: Path, out: Path) -> list[str]:
         "data.batch_size=16",
         "data.max_length=32",
         "trainer.max_epochs=2",
+        "cv.n_splits=1",  # tests that want k-fold override this
         "trainer.accelerator=cpu",
         "trainer.devices=1",
         "trainer.enable_progress_bar=false",
@@ -141,3 +142,22 @@ def tiny_cfg(tiny_backbone, data_dir, tmp_path):
         )
 
     return make
+
+
+REPO = Path(__file__).resolve().parent.parent
+
+
+def run_train_script(argv: list[str], timeout: int = 300):
+    """`python scripts/train.py ARGV` in a subprocess, offline (HF_HUB_OFFLINE proves nothing is fetched)."""
+    import os
+    import subprocess
+    import sys
+
+    return subprocess.run(
+        [sys.executable, "scripts/train.py", *argv],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        env=dict(os.environ, HF_HUB_OFFLINE="1", TRANSFORMERS_OFFLINE="1"),
+        timeout=timeout,
+    )

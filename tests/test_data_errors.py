@@ -8,21 +8,17 @@ two run `python scripts/train.py` as a subprocess to prove the script path print
 from __future__ import annotations
 
 import logging
-import os
-import subprocess
-import sys
 from pathlib import Path
 
 import pandas as pd
 import pytest
-from conftest import tiny_overrides
+from conftest import run_train_script, tiny_overrides
 
 from mtl.data import load_tasks, read_table
 from mtl.errors import DataError
 from mtl.model import load_tokenizer
 from mtl.train import main, train
 
-REPO = Path(__file__).resolve().parent.parent
 EMOTIONS = ["anger", "disgust", "fear", "joy", "sadness", "surprise", "neutral"]
 
 
@@ -70,15 +66,7 @@ def run_main(capsys, argv: list[str]) -> str:
 
 
 def run_script(argv: list[str]) -> str:
-    env = dict(os.environ, HF_HUB_OFFLINE="1", TRANSFORMERS_OFFLINE="1")
-    proc = subprocess.run(
-        [sys.executable, "scripts/train.py", *argv],
-        cwd=REPO,
-        capture_output=True,
-        text=True,
-        env=env,
-        timeout=300,
-    )
+    proc = run_train_script(argv)
     assert proc.returncode == 2, proc.stderr
     return error_paragraph(proc.stderr)
 

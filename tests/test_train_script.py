@@ -3,21 +3,17 @@
 from __future__ import annotations
 
 import json
-import os
 import random
-import subprocess
-import sys
 from pathlib import Path
 
 import pandas as pd
 import pytest
 import torch
 import yaml
-from conftest import EMOTIONS, WORDS, sentence, tiny_overrides
+from conftest import EMOTIONS, WORDS, run_train_script, sentence, tiny_overrides
 
 from mtl.train import main
 
-REPO = Path(__file__).resolve().parent.parent
 TOPICS = ["calm", "positive", "toxic"]  # string classes, each with its own key words
 
 
@@ -47,16 +43,7 @@ def script_run(tiny_backbone, data_dir, tmp_path_factory):
     """One real `python scripts/train.py` run (1 epoch, three tasks); shared by the tests below."""
     out = tmp_path_factory.mktemp("script_run")
     argv = tiny_overrides(tiny_backbone, data_dir, out) + ["trainer.max_epochs=1"]
-    env = dict(os.environ, HF_HUB_OFFLINE="1", TRANSFORMERS_OFFLINE="1")
-    proc = subprocess.run(
-        [sys.executable, "scripts/train.py", *argv],
-        cwd=REPO,
-        capture_output=True,
-        text=True,
-        env=env,
-        timeout=300,
-    )
-    return proc, out / "tiny"
+    return run_train_script(argv), out / "tiny"
 
 
 def test_train_script_exits_0_and_reports_the_run_folder(script_run):
