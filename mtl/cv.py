@@ -161,10 +161,7 @@ def blend_kind(
     )
     frame = first[["row", "text"]].copy()
     frame[meta.prob_columns()] = probs
-    labels = meta.decide(probs, thresholds)
-    frame[f"{meta.name}_label"] = (
-        ["|".join(map(str, x)) for x in labels] if meta.multilabel else labels
-    )
+    frame[f"{meta.name}_label"] = meta.label_column(probs, thresholds)
     labelled = all(c in first.columns for c in meta.truth_columns())
     score = score_arrays(meta, probs, _truth(first, meta), thresholds) if labelled else None
     return frame, score

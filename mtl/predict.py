@@ -20,16 +20,8 @@ batch, so the batch size changes speed, not results.
 
 from __future__ import annotations
 
-import argparse
 import json
 import logging
-import math
-import os
-import pickle
-import re
-import sys
-import warnings
-import zipfile
 from collections.abc import Callable, Iterable, Iterator
 from contextlib import nullcontext
 from pathlib import Path
@@ -39,107 +31,20 @@ import pandas as pd
 import torch
 
 from mtl.blend import BLEND_METHODS, blend
-from mtl.errors import ConfigError, MTLError
+from mtl.checkpoint import build_model, load_checkpoint
+from mtl.errors import CheckpointError, ConfigError, PredictError, first_line
+from mtl.tables import (
+    DEFAULT_CHUNK_SIZE,
+    TableSource,
+    as_texts,
+    join_columns,
+    output_format,
+    write_frames,
+)
 
 log = logging.getLogger(__name__)
 
 PRECISIONS = {"32-true": None, "32": None, "bf16-mixed": torch.bfloat16, "16-mixed": torch.float16}
-FILE_FORMATS = {
-    ".csv": "csv",
-    ".tsv": "tsv",
-    ".parquet": "parquet",
-    ".jsonl": "jsonl",
-    ".json": "jsonl",
-}
-DEFAULT_CHUNK_SIZE = 10_000  # rows read, predicted and written at a time by predict_file
-_HPARAM_KEYS = ("config", "tasks", "backbone_config")
-
-
-class PredictError(MTLError):
-    """A run folder, input file or option that cannot be used for prediction."""
-
-
-class CheckpointError(PredictError):
-    """A checkpoint that is missing, unreadable, or not written by mtl training."""
-
-
-# --- loading ------------------------------------------------------------------------------------
-
-
-def load_checkpoint(path: str | Path) -> dict:
-    """`torch.load(weights_only=True)` with a clear error for missing, corrupt and foreign files."""
-    path = Path(path)
-    if not path.is_file():
-        raise CheckpointError(
-            f"Checkpoint not found: {path}. Pass a run folder's fold_<k>/best.ckpt or last.ckpt."
-        )
-    if not zipfile.is_zipfile(path):  # torch.save writes a zip archive; its index comes last
-        raise CheckpointError(
-            f"Cannot read checkpoint {path}: the file is truncated, corrupt or not a PyTorch "
-            f"checkpoint (not a complete zip archive). Re-copy it, or use the fold's other "
-            f"checkpoint (best.ckpt / last.ckpt)."
-        )
-    try:
-        ckpt = torch.load(path, map_location="cpu", weights_only=True)
-    except pickle.UnpicklingError as err:
-        detail = re.search(r"WeightsUnpickler error:\s*([^\n]+)", str(err))
-        raise CheckpointError(
-            f"Checkpoint {path} was refused by the safe loader (weights_only=True): it holds "
-            f"objects other than tensors and plain containers, so it was not written by mtl "
-            f"training ({detail.group(1).strip() if detail else _first_line(err)})."
-        ) from None
-    except Exception as err:  # a damaged archive member, wrong format: many exception types
-        raise CheckpointError(
-            f"Cannot read checkpoint {path}: the file is truncated, corrupt or not a PyTorch "
-            f"checkpoint ({type(err).__name__}: {_first_line(err)}). Re-copy it, or use the "
-            f"fold's other checkpoint (best.ckpt / last.ckpt)."
-        ) from None
-    hparams = ckpt.get("hyper_parameters") if isinstance(ckpt, dict) else None
-    missing = (
-        list(_HPARAM_KEYS)
-        if not isinstance(hparams, dict)
-        else [k for k in _HPARAM_KEYS if not isinstance(hparams.get(k), dict)]
-    )
-    if not isinstance(ckpt, dict) or not isinstance(ckpt.get("state_dict"), dict):
-        missing = ["state_dict"] + missing
-    if missing:
-        found = (
-            f"a dict with keys {sorted(map(str, ckpt))[:8]}"
-            if isinstance(ckpt, dict)
-            else f"a {type(ckpt).__name__}"
-        )
-        raise CheckpointError(
-            f"{path} is not an mtl checkpoint: it holds {found} and lacks "
-            f"{', '.join('hyper_parameters.' + k if k in _HPARAM_KEYS else k for k in missing)}. "
-            f"Pass fold_<k>/best.ckpt or last.ckpt from a run folder written by scripts/train.py."
-        )
-    return ckpt
-
-
-def build_model(ckpt: dict, path: str | Path) -> tuple[torch.nn.Module, dict, dict]:
-    """The checkpoint's network in eval mode, its TaskMeta dicts, and its resolved config dict.
-
-    The encoder is built empty from the stored architecture (no download) and filled from the
-    state dict; the global RNG is left as it was.
-    """
-    from mtl.module import MultiTaskModule
-
-    hparams = ckpt["hyper_parameters"]
-    try:
-        with torch.random.fork_rng(devices=[]), warnings.catch_warnings():
-            warnings.simplefilter("ignore")
-            module = MultiTaskModule(
-                hparams["config"], hparams["tasks"], hparams["backbone_config"]
-            )
-        module.load_state_dict(ckpt["state_dict"])
-    except MTLError as err:
-        raise CheckpointError(f"Checkpoint {path}: {err}") from None
-    except (RuntimeError, KeyError, TypeError, ValueError, AttributeError) as err:
-        raise CheckpointError(
-            f"Checkpoint {path} does not describe a model its weights fit: "
-            f"{type(err).__name__}: {_first_line(err)}"
-        ) from None
-    return module.model.eval(), hparams["tasks"], hparams["config"]
 
 
 def load_run_tokenizer(folder: Path | None, backbone_name: str):
@@ -151,7 +56,7 @@ def load_run_tokenizer(folder: Path | None, backbone_name: str):
             return AutoTokenizer.from_pretrained(str(folder), use_fast=True)
         except Exception as err:  # OSError, ValueError, the tokenizers library's own errors
             raise PredictError(
-                f"Cannot load the tokenizer in {folder}: {_first_line(err)}"
+                f"Cannot load the tokenizer in {folder}: {first_line(err)}"
             ) from None
     from mtl.model import load_tokenizer
 
@@ -172,7 +77,7 @@ def _read_json(path: Path) -> dict:
     try:
         data = json.loads(path.read_text(encoding="utf-8"))
     except (OSError, ValueError) as err:
-        raise PredictError(f"Cannot read {path}: {_first_line(err)}") from None
+        raise PredictError(f"Cannot read {path}: {first_line(err)}") from None
     if not isinstance(data, dict):
         raise PredictError(f"{path} must hold a JSON object, got {type(data).__name__}.")
     return data
@@ -385,7 +290,7 @@ class Predictor:
         from mtl.data import encode_texts
 
         return encode_texts(
-            [self.preprocess(t) for t in _as_texts(texts)], self.tokenizer, self.max_length
+            [self.preprocess(t) for t in as_texts(texts)], self.tokenizer, self.max_length
         )
 
     def fold_probabilities(
@@ -448,33 +353,23 @@ class Predictor:
 
     def labels(self, probs: dict[str, np.ndarray]) -> dict[str, list]:
         """{task: per text the argmax class, or for multi-label the list of classes at/over threshold}."""
-        out = {}
-        for name, meta in self.metas.items():
-            p = np.asarray(probs[name])
-            if meta.multilabel:
-                on = p >= self.thresholds[name]
-                out[name] = [
-                    [c for c, hit in zip(meta.classes, row, strict=True) if hit] for row in on
-                ]
-            else:
-                out[name] = [meta.classes[i] for i in p.argmax(axis=1)] if len(p) else []
-        return out
+        return {
+            name: meta.decide(np.asarray(probs[name]), self.thresholds.get(name))
+            for name, meta in self.metas.items()
+        }
 
     def frame(self, probs: dict[str, np.ndarray]) -> pd.DataFrame:
         """The prediction columns for blended probabilities: <task>_<class>..., <task>_label."""
-        labels = self.labels(probs)
         columns: dict[str, object] = {}
         for name, meta in self.metas.items():
             for j, column in enumerate(self.prob_columns(name)):
                 columns[column] = probs[name][:, j]
-            columns[f"{name}_label"] = (
-                ["|".join(map(str, x)) for x in labels[name]] if meta.multilabel else labels[name]
-            )
+            columns[f"{name}_label"] = meta.label_column(probs[name], self.thresholds.get(name))
         return pd.DataFrame(columns)
 
     def predict(self, texts: Iterable, batch_size: int | None = None) -> pd.DataFrame:
         """One row per text: `text`, then per task `<task>_<class>` probabilities and `<task>_label`."""
-        texts = _as_texts(texts)
+        texts = as_texts(texts)
         frame = self.frame(self.predict_proba(texts, batch_size))
         frame.insert(0, "text", texts)
         return frame
@@ -526,13 +421,13 @@ class Predictor:
                 for chunk in source.chunks():
                     piece = {k: v[offset : offset + len(chunk)] for k, v in probs.items()}
                     offset += len(chunk)
-                    yield _join(chunk, self.frame(piece))
+                    yield join_columns(chunk, self.frame(piece))
                 return
             for chunk in source.chunks():
                 probs = self.blend(
                     self.fold_probabilities(source.texts(chunk), batch_size, bar.update)
                 )
-                yield _join(chunk, self.frame(probs))
+                yield join_columns(chunk, self.frame(probs))
 
         try:
             rows = []
@@ -572,310 +467,3 @@ def resolve_device(device: str | torch.device | None) -> torch.device:
             f"Device '{device}' does not exist: {torch.cuda.device_count()} CUDA device(s) found."
         )
     return resolved
-
-
-def _as_texts(texts: Iterable) -> list[str]:
-    """A list of str: a lone string is one text; None / NaN become ""."""
-    if isinstance(texts, str):
-        return [texts]
-    out = []
-    for t in texts:
-        if t is None or (isinstance(t, float) and math.isnan(t)):
-            out.append("")
-        else:
-            out.append(t if isinstance(t, str) else str(t))
-    return out
-
-
-def _join(chunk: pd.DataFrame, predictions: pd.DataFrame) -> pd.DataFrame:
-    """Input columns, then prediction columns (a same-named input column is replaced)."""
-    kept = chunk.drop(columns=[c for c in predictions.columns if c in chunk.columns])
-    return pd.concat([kept, predictions.set_axis(chunk.index)], axis=1)
-
-
-def _first_line(err: BaseException) -> str:
-    text = str(err).strip()
-    return text.splitlines()[0] if text else type(err).__name__
-
-
-# --- files: read and write in chunks -----------------------------------------------------------
-
-
-def output_format(path: Path) -> str:
-    fmt = FILE_FORMATS.get(path.suffix.lower())
-    if fmt is None:
-        raise PredictError(
-            f"Cannot write {path}: unknown extension '{path.suffix}'. "
-            f"Use one of {', '.join(FILE_FORMATS)}."
-        )
-    return fmt
-
-
-class TableSource:
-    """An input file read in chunks of `chunk_size` rows; can be read more than once.
-
-    CSV / TSV cells are kept as text, exactly as in the file (empty cells stay ""); a blank
-    line is a row with an empty text (that is how a one-column file stores one).
-    """
-
-    def __init__(self, path: str | Path, text_column: str, chunk_size: int = DEFAULT_CHUNK_SIZE):
-        self.path = Path(path)
-        self.text_column = text_column
-        self.chunk_size = int(chunk_size)
-        if self.chunk_size < 1:
-            raise PredictError(f"The chunk size must be a positive integer, got {chunk_size}.")
-        if not self.path.is_file():
-            raise PredictError(f"Input file not found: {self.path}.")
-        self.format = FILE_FORMATS.get(self.path.suffix.lower())
-        if self.format is None:
-            raise PredictError(
-                f"Cannot read {self.path}: unknown extension '{self.path.suffix}'. "
-                f"Use one of {', '.join(FILE_FORMATS)}."
-            )
-        self.total_rows = None
-        if self.format == "parquet":
-            import pyarrow.parquet as pq
-
-            try:
-                meta = pq.ParquetFile(self.path).metadata
-            except Exception as err:  # pyarrow raises ArrowInvalid, OSError, ...
-                raise PredictError(
-                    f"Cannot read {self.path} as Parquet: {_first_line(err)}"
-                ) from None
-            self.total_rows = meta.num_rows
-            self._check_columns(meta.schema.to_arrow_schema().names)
-
-    def _check_columns(self, columns) -> None:
-        if self.text_column not in columns:
-            raise PredictError(
-                f"Input file {self.path} has no column '{self.text_column}' (the text column); "
-                f"its columns are {list(columns)}. Pass --text-column with one of them."
-            )
-
-    def _raw_chunks(self) -> Iterator[pd.DataFrame]:
-        if self.format in ("csv", "tsv"):
-            yield from pd.read_csv(
-                self.path,
-                sep="," if self.format == "csv" else "\t",
-                chunksize=self.chunk_size,
-                dtype=str,
-                keep_default_na=False,
-                skip_blank_lines=False,  # a one-column file writes an empty text as a blank line
-            )
-        elif self.format == "jsonl":
-            yield from pd.read_json(self.path, lines=True, chunksize=self.chunk_size, dtype=False)
-        else:
-            import pyarrow.parquet as pq
-
-            handle = pq.ParquetFile(self.path)
-            empty = True
-            for batch in handle.iter_batches(batch_size=self.chunk_size):
-                empty = False
-                yield batch.to_pandas()
-            if empty:
-                yield handle.schema_arrow.empty_table().to_pandas()
-
-    def chunks(self) -> Iterator[pd.DataFrame]:
-        reader = self._raw_chunks()
-        first = True
-        while True:
-            try:
-                chunk = next(reader)
-            except StopIteration:
-                break
-            except pd.errors.EmptyDataError:
-                raise PredictError(
-                    f"Input file {self.path} is empty: it needs a header with a "
-                    f"'{self.text_column}' column."
-                ) from None
-            except (ValueError, pd.errors.ParserError, OSError, UnicodeDecodeError) as err:
-                raise PredictError(f"Cannot parse {self.path}: {_first_line(err)}") from None
-            if first:
-                self._check_columns(chunk.columns)
-                first = False
-            yield chunk
-        if first:
-            raise PredictError(
-                f"Input file {self.path} is empty: it has no rows and no '{self.text_column}' column."
-            )
-
-    def texts(self, chunk: pd.DataFrame) -> list[str]:
-        return _as_texts(chunk[self.text_column].tolist())
-
-
-def write_frames(tmp: str, fmt: str, frames: Iterable[pd.DataFrame]) -> int:
-    """Write frames one after the other to `tmp` as one csv / tsv / jsonl / parquet file."""
-    rows = 0
-    if fmt == "parquet":
-        import pyarrow as pa
-        import pyarrow.parquet as pq
-
-        writer = None
-        try:
-            for frame in frames:
-                table = pa.Table.from_pandas(frame, preserve_index=False)
-                if writer is None:
-                    writer = pq.ParquetWriter(tmp, table.schema)
-                else:
-                    table = table.cast(writer.schema)
-                writer.write_table(table)
-                rows += len(frame)
-        finally:
-            if writer is not None:
-                writer.close()
-        return rows
-    with open(tmp, "w", encoding="utf-8", newline="") as handle:
-        for i, frame in enumerate(frames):
-            if fmt == "jsonl":
-                if len(frame):
-                    handle.write(
-                        frame.to_json(orient="records", lines=True, force_ascii=False).rstrip("\n")
-                        + "\n"
-                    )
-            else:
-                frame.to_csv(handle, index=False, header=i == 0, sep="," if fmt == "csv" else "\t")
-            rows += len(frame)
-    return rows
-
-
-# --- command line -------------------------------------------------------------------------------
-
-
-def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(
-        description="Predict with a trained run (every finished fold, blended) or one checkpoint.",
-        epilog=(
-            "examples:\n"
-            '  predict.py checkpoints/default --text "I love this" --text "you idiot"\n'
-            "  predict.py checkpoints/default --input texts.csv --output preds.csv\n"
-            "  predict.py --checkpoint checkpoints/default/fold_0/best.ckpt --text hi --format json"
-        ),
-        formatter_class=argparse.RawDescriptionHelpFormatter,
-    )
-    parser.add_argument("run_dir", nargs="?", type=Path, help="run folder, checkpoints/<run>")
-    parser.add_argument(
-        "--checkpoint", type=Path, help="one checkpoint instead of the run's blended folds"
-    )
-    source = parser.add_mutually_exclusive_group(required=True)
-    source.add_argument("--text", action="append", help="a text to classify (repeat for several)")
-    source.add_argument("--input", type=Path, help="CSV, TSV, Parquet or JSON Lines file")
-    parser.add_argument("--text-column", default="text", help="text column of --input")
-    parser.add_argument(
-        "--output", type=Path, help="file to write (csv/tsv/parquet/jsonl); needed with --input"
-    )
-    parser.add_argument("--format", choices=("table", "json"), default="table", help="for --text")
-    parser.add_argument("--device", default=None, help="cpu, cuda or cuda:<i> (default: auto)")
-    parser.add_argument(
-        "--batch-size", type=int, default=None, help="default: data.eval_batch_size"
-    )
-    parser.add_argument(
-        "--chunk-size", type=int, default=DEFAULT_CHUNK_SIZE, help="rows per chunk of --input"
-    )
-    parser.add_argument(
-        "--precision", choices=tuple(PRECISIONS), default="32-true", help="autocast for speed"
-    )
-    parser.add_argument("--no-progress", action="store_true", help="no progress bar")
-    args = parser.parse_args(argv)
-    if args.run_dir is None and args.checkpoint is None:
-        parser.error("give a run folder (checkpoints/<run>) or --checkpoint PATH")
-    if args.input is not None and args.output is None:
-        parser.error("--input needs --output (the file to write)")
-    return args
-
-
-def render_table(texts: list[str], predictor: Predictor, probs: dict[str, np.ndarray]) -> str:
-    """Per text: one line per task with its predicted label(s) and every class's probability."""
-    labels = predictor.labels(probs)
-    shown_labels = {
-        name: [
-            (", ".join(map(str, value)) or "-") if meta.multilabel else str(value)
-            for value in labels[name]
-        ]
-        for name, meta in predictor.metas.items()
-    }
-    task_width = max(len("task"), *(len(t) for t in predictor.tasks))
-    label_width = max([len("prediction")] + [len(x) for v in shown_labels.values() for x in v])
-    lines = []
-    for i, text in enumerate(texts):
-        shown = text if len(text) <= 100 else text[:99] + "…"
-        lines.append(f"[{i + 1}] {shown!r}" if text.strip() else f"[{i + 1}] (empty text)")
-        lines.append(f"  {'task':<{task_width}}  {'prediction':<{label_width}}  probabilities")
-        for name, meta in predictor.metas.items():
-            cells = "  ".join(
-                f"{c}={p:.3f}" for c, p in zip(meta.classes, probs[name][i], strict=True)
-            )
-            label = shown_labels[name][i]
-            lines.append(f"  {name:<{task_width}}  {label:<{label_width}}  {cells}")
-        lines.append("")
-    return "\n".join(lines).rstrip() + "\n"
-
-
-def render_json(texts: list[str], predictor: Predictor, probs: dict[str, np.ndarray]) -> str:
-    labels = predictor.labels(probs)
-    records = []
-    for i, text in enumerate(texts):
-        record = {"text": text}
-        for name, meta in predictor.metas.items():
-            entry = {
-                "probabilities": {
-                    str(c): float(p) for c, p in zip(meta.classes, probs[name][i], strict=True)
-                }
-            }
-            entry["labels" if meta.multilabel else "label"] = labels[name][i]
-            record[name] = entry
-        records.append(record)
-    return json.dumps(records, indent=2, ensure_ascii=False, default=_json_scalar) + "\n"
-
-
-def _json_scalar(value):
-    if hasattr(value, "item"):
-        return value.item()
-    raise TypeError(f"cannot write {type(value).__name__} to JSON")
-
-
-def main(argv: list[str] | None = None) -> int:
-    args = parse_args(argv)
-    logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
-    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
-    try:
-        if args.checkpoint is not None:
-            predictor = Predictor.from_checkpoint(
-                args.checkpoint,
-                run_dir=args.run_dir,
-                device=args.device,
-                batch_size=args.batch_size,
-                precision=args.precision,
-            )
-        else:
-            predictor = Predictor.from_run(
-                args.run_dir,
-                device=args.device,
-                batch_size=args.batch_size,
-                precision=args.precision,
-            )
-        if args.input is not None:
-            rows = predictor.predict_file(
-                args.input,
-                args.output,
-                args.text_column,
-                chunk_size=args.chunk_size,
-                progress=False if args.no_progress else None,
-            )
-            print(f"wrote {rows} rows to {args.output}", file=sys.stderr)
-            return 0
-        texts = _as_texts(args.text)
-        probs = predictor.predict_proba(texts)
-        if args.output is not None:
-            from mtl.io import atomic_write
-
-            frame = predictor.frame(probs)
-            frame.insert(0, "text", texts)
-            fmt = output_format(args.output)
-            atomic_write(args.output, lambda tmp: write_frames(tmp, fmt, [frame]))
-            print(f"wrote {len(texts)} rows to {args.output}", file=sys.stderr)
-        render = render_json if args.format == "json" else render_table
-        sys.stdout.write(render(texts, predictor, probs))
-    except MTLError as err:
-        print(f"error: {err}", file=sys.stderr)
-        return 2
-    return 0

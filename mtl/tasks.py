@@ -63,6 +63,11 @@ class TaskMeta:
         cut = np.asarray(thresholds if thresholds is not None else self.threshold or 0.5)
         return [[c for c, on in zip(self.classes, row, strict=True) if on] for row in probs >= cut]
 
+    def label_column(self, probs: np.ndarray, thresholds: list[float] | None = None) -> list:
+        """`decide` as one table column: multi-label sets joined with "|" ("" when none)."""
+        labels = self.decide(probs, thresholds)
+        return ["|".join(map(str, x)) for x in labels] if self.multilabel else labels
+
     def to_dict(self) -> dict:
         return {
             "name": self.name,

@@ -15,7 +15,9 @@ from conftest import tiny_overrides
 
 from mtl.blend import blend
 from mtl.config import load_config
-from mtl.predict import CheckpointError, PredictError, Predictor, main
+from mtl.errors import CheckpointError, PredictError
+from mtl.predict import Predictor
+from mtl.predict_cli import main
 from mtl.train import train
 
 TASKS = ("toxicity", "emotion", "sentiment")

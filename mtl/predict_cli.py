@@ -1,0 +1,162 @@
+"""`scripts/predict.py`: print predictions for texts, or write them for a file.
+
+python scripts/predict.py checkpoints/default --text "I love this" --text "you idiot"
+python scripts/predict.py checkpoints/default --input texts.csv --output preds.csv
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import sys
+from pathlib import Path
+
+import numpy as np
+
+from mtl.errors import MTLError
+from mtl.predict import PRECISIONS, Predictor
+from mtl.tables import DEFAULT_CHUNK_SIZE, as_texts, output_format, write_frames
+
+log = logging.getLogger(__name__)
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(
+        description="Predict with a trained run (every finished fold, blended) or one checkpoint.",
+        epilog=(
+            "examples:\n"
+            '  predict.py checkpoints/default --text "I love this" --text "you idiot"\n'
+            "  predict.py checkpoints/default --input texts.csv --output preds.csv\n"
+            "  predict.py --checkpoint checkpoints/default/fold_0/best.ckpt --text hi --format json"
+        ),
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    parser.add_argument("run_dir", nargs="?", type=Path, help="run folder, checkpoints/<run>")
+    parser.add_argument(
+        "--checkpoint", type=Path, help="one checkpoint instead of the run's blended folds"
+    )
+    source = parser.add_mutually_exclusive_group(required=True)
+    source.add_argument("--text", action="append", help="a text to classify (repeat for several)")
+    source.add_argument("--input", type=Path, help="CSV, TSV, Parquet or JSON Lines file")
+    parser.add_argument("--text-column", default="text", help="text column of --input")
+    parser.add_argument(
+        "--output", type=Path, help="file to write (csv/tsv/parquet/jsonl); needed with --input"
+    )
+    parser.add_argument("--format", choices=("table", "json"), default="table", help="for --text")
+    parser.add_argument("--device", default=None, help="cpu, cuda or cuda:<i> (default: auto)")
+    parser.add_argument(
+        "--batch-size", type=int, default=None, help="default: data.eval_batch_size"
+    )
+    parser.add_argument(
+        "--chunk-size", type=int, default=DEFAULT_CHUNK_SIZE, help="rows per chunk of --input"
+    )
+    parser.add_argument(
+        "--precision", choices=tuple(PRECISIONS), default="32-true", help="autocast for speed"
+    )
+    parser.add_argument("--no-progress", action="store_true", help="no progress bar")
+    args = parser.parse_args(argv)
+    if args.run_dir is None and args.checkpoint is None:
+        parser.error("give a run folder (checkpoints/<run>) or --checkpoint PATH")
+    if args.input is not None and args.output is None:
+        parser.error("--input needs --output (the file to write)")
+    return args
+
+
+def render_table(texts: list[str], predictor: Predictor, probs: dict[str, np.ndarray]) -> str:
+    """Per text: one line per task with its predicted label(s) and every class's probability."""
+    labels = predictor.labels(probs)
+    shown_labels = {
+        name: [
+            (", ".join(map(str, value)) or "-") if meta.multilabel else str(value)
+            for value in labels[name]
+        ]
+        for name, meta in predictor.metas.items()
+    }
+    task_width = max(len("task"), *(len(t) for t in predictor.tasks))
+    label_width = max([len("prediction")] + [len(x) for v in shown_labels.values() for x in v])
+    lines = []
+    for i, text in enumerate(texts):
+        shown = text if len(text) <= 100 else text[:99] + "…"
+        lines.append(f"[{i + 1}] {shown!r}" if text.strip() else f"[{i + 1}] (empty text)")
+        lines.append(f"  {'task':<{task_width}}  {'prediction':<{label_width}}  probabilities")
+        for name, meta in predictor.metas.items():
+            cells = "  ".join(
+                f"{c}={p:.3f}" for c, p in zip(meta.classes, probs[name][i], strict=True)
+            )
+            label = shown_labels[name][i]
+            lines.append(f"  {name:<{task_width}}  {label:<{label_width}}  {cells}")
+        lines.append("")
+    return "\n".join(lines).rstrip() + "\n"
+
+
+def render_json(texts: list[str], predictor: Predictor, probs: dict[str, np.ndarray]) -> str:
+    labels = predictor.labels(probs)
+    records = []
+    for i, text in enumerate(texts):
+        record = {"text": text}
+        for name, meta in predictor.metas.items():
+            entry = {
+                "probabilities": {
+                    str(c): float(p) for c, p in zip(meta.classes, probs[name][i], strict=True)
+                }
+            }
+            entry["labels" if meta.multilabel else "label"] = labels[name][i]
+            record[name] = entry
+        records.append(record)
+    return json.dumps(records, indent=2, ensure_ascii=False, default=_json_scalar) + "\n"
+
+
+def _json_scalar(value):
+    if hasattr(value, "item"):
+        return value.item()
+    raise TypeError(f"cannot write {type(value).__name__} to JSON")
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    try:
+        if args.checkpoint is not None:
+            predictor = Predictor.from_checkpoint(
+                args.checkpoint,
+                run_dir=args.run_dir,
+                device=args.device,
+                batch_size=args.batch_size,
+                precision=args.precision,
+            )
+        else:
+            predictor = Predictor.from_run(
+                args.run_dir,
+                device=args.device,
+                batch_size=args.batch_size,
+                precision=args.precision,
+            )
+        if args.input is not None:
+            rows = predictor.predict_file(
+                args.input,
+                args.output,
+                args.text_column,
+                chunk_size=args.chunk_size,
+                progress=False if args.no_progress else None,
+            )
+            print(f"wrote {rows} rows to {args.output}", file=sys.stderr)
+            return 0
+        texts = as_texts(args.text)
+        probs = predictor.predict_proba(texts)
+        if args.output is not None:
+            from mtl.io import atomic_write
+
+            frame = predictor.frame(probs)
+            frame.insert(0, "text", texts)
+            fmt = output_format(args.output)
+            atomic_write(args.output, lambda tmp: write_frames(tmp, fmt, [frame]))
+            print(f"wrote {len(texts)} rows to {args.output}", file=sys.stderr)
+        render = render_json if args.format == "json" else render_table
+        sys.stdout.write(render(texts, predictor, probs))
+    except MTLError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    return 0
