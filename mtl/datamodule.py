@@ -8,6 +8,7 @@ from box import Box
 from torch.utils.data import DataLoader
 
 from mtl.data import TaskData
+from mtl.errors import ConfigError
 from mtl.sampling import Collator, MultiTaskBatchSampler, MultiTaskDataset
 from mtl.tasks import TaskMeta
 
@@ -75,4 +76,17 @@ class MultiTaskDataModule(L.LightningDataModule):
         return make_loader(self.cfg, self.train_parts, self.collator, train=True, **self._shard())
 
     def val_dataloader(self) -> DataLoader:
-        return make_loader(self.cfg, self.val_parts, self.collator, train=False, **self._shard())
+        shard = self._shard()
+        world_size = shard.get("world_size", 1)
+        small = {
+            n: len(p)
+            for n, p in self.val_parts.items()
+            if p is not None and 0 < len(p) < world_size
+        }
+        # a rank without rows of a task would leave the metric sync (a collective) hanging
+        if small:
+            raise ConfigError(
+                f"Validation rows {small} are fewer than the {world_size} processes: every rank needs "
+                "rows of every task. Use fewer devices or more validation rows."
+            )
+        return make_loader(self.cfg, self.val_parts, self.collator, train=False, **shard)

@@ -1,13 +1,18 @@
 """Train one fold: Trainer, callbacks and loggers, resume from `last.ckpt`, write the fold's outputs.
 
 A fold folder is finished when `metrics.json` exists (written last, atomically); re-running skips
-it. An interrupted fold resumes from its `last.ckpt`, written atomically at every epoch end.
+it. An interrupted fold resumes from its `last.ckpt`, written atomically at every epoch end, or
+from a newer `hpc_ckpt_<n>.ckpt` that Lightning's SLURM auto-requeue saved before a time limit.
+
+Under DDP / FSDP every rank runs this; validation and prediction rows are sharded across ranks, so
+the fold's predictions are gathered from all ranks before global rank 0 writes the fold's files.
 """
 
 from __future__ import annotations
 
 import json
 import logging
+import re
 from pathlib import Path
 
 import lightning as L
@@ -18,6 +23,7 @@ from box import Box
 from lightning.pytorch.callbacks import EarlyStopping, LearningRateMonitor, ModelCheckpoint
 from lightning.pytorch.loggers import CSVLogger, TensorBoardLogger
 from lightning.pytorch.plugins.io import TorchCheckpointIO
+from lightning.pytorch.strategies import DDPStrategy, FSDPStrategy
 
 from mtl.config import to_dict
 from mtl.data import TaskData
@@ -47,6 +53,35 @@ def monitor_key(cfg: Box) -> tuple[str, str]:
 def _csv_version(run_dir: Path, fold: int) -> str:
     earlier = len(list((run_dir / "csv").glob(f"fold_{fold}*/metrics.csv")))
     return f"fold_{fold}" if earlier == 0 else f"fold_{fold}-resumed{earlier}"
+
+
+class EncoderFSDP(FSDPStrategy):
+    """FSDP with one sharded unit per transformer block of the encoder (the classes its Hugging Face
+    model lists in `_no_split_modules`), so only one block's full weights exist at a time."""
+
+    def _setup_model(self, model):
+        from torch.distributed.fsdp import FullyShardedDataParallel
+        from torch.distributed.fsdp.wrap import ModuleWrapPolicy
+
+        wrapped = any(isinstance(m, FullyShardedDataParallel) for m in model.modules())
+        if not wrapped and "auto_wrap_policy" not in self.kwargs:
+            names = set(getattr(model.model.encoder, "_no_split_modules", None) or ())
+            blocks = {type(m) for m in model.model.encoder.modules() if type(m).__name__ in names}
+            if blocks:
+                self.kwargs["auto_wrap_policy"] = ModuleWrapPolicy(blocks)
+        return super()._setup_model(model)
+
+
+def make_strategy(strategy):
+    """`ddp` with unused-parameter detection: the encoder's pooler is unused under `cls` / `mean`
+    pooling, and a task's head gets no gradient on a rank whose batch has none of its rows.
+    `fsdp`: sharded per encoder block (Lightning's default keeps parameters unflattened,
+    `use_orig_params=True`, so our parameter groups work)."""
+    if strategy == "ddp":
+        return DDPStrategy(find_unused_parameters=True)
+    if strategy == "fsdp":
+        return EncoderFSDP()
+    return strategy
 
 
 def make_trainer(
@@ -80,12 +115,12 @@ def make_trainer(
         CSVLogger(run_dir, name="csv", version=_csv_version(run_dir, fold)),
     ]
     optional = {k: t[k] for k in ("limit_train_batches", "limit_val_batches") if t[k] is not None}
-    return L.Trainer(
+    trainer = L.Trainer(
         default_root_dir=fold_dir,
         max_epochs=t.max_epochs,
         accelerator=t.accelerator,
         devices=t.devices,
-        strategy=t.strategy,
+        strategy=make_strategy(t.strategy),
         num_nodes=t.num_nodes,
         precision=t.precision,
         accumulate_grad_batches=t.accumulate_grad_batches,
@@ -101,6 +136,9 @@ def make_trainer(
         num_sanity_val_steps=0,
         **optional,
     )
+    if t.strategy == "auto" and type(trainer.strategy) is DDPStrategy:  # "auto" on several devices
+        trainer.strategy._ddp_kwargs.setdefault("find_unused_parameters", True)
+    return trainer
 
 
 def fit_fold(
@@ -129,20 +167,24 @@ def fit_fold(
     datamodule = MultiTaskDataModule(cfg, metas, pad_id, train_parts, val_parts)
     trainer = make_trainer(cfg, fold_dir, run_dir, fold, extra_callbacks)
     last = fold_dir / "last.ckpt"
-    if last.is_file():
-        log.info("fold %d: resuming from %s", fold, last)
-    trainer.fit(module, datamodule=datamodule, ckpt_path=str(last) if last.is_file() else None)
+    resume = resume_checkpoint(fold_dir)
+    if resume is not None:
+        log.info("fold %d: resuming from %s", fold, resume)
+    trainer.fit(module, datamodule=datamodule, ckpt_path=str(resume) if resume else None)
 
     best = trainer.checkpoint_callback.best_model_path or str(last)
     trainer.validate(
         module, datamodule=datamodule, ckpt_path=best, verbose=False
     )  # loads best weights
-    outputs = {"val": (val_parts, module.val_predictions)}
+    outputs = {"val": (val_parts, gather_predictions(trainer, module.val_predictions))}
+    shard = {"rank": trainer.global_rank, "world_size": trainer.world_size}
     for kind, parts in (predict_parts or {}).items():
         if not parts:
             continue
-        loader = make_loader(cfg, parts, datamodule.collator, train=False)
-        outputs[kind] = (parts, merge_predictions(trainer.predict(module, dataloaders=loader)))
+        loader = make_loader(cfg, parts, datamodule.collator, train=False, **shard)
+        # an explicit path: with none, Lightning under SLURM would load a leftover hpc_ckpt_<n>
+        predictions = merge_predictions(trainer.predict(module, dataloaders=loader, ckpt_path=best))
+        outputs[kind] = (parts, gather_predictions(trainer, predictions))
     metrics = {
         "fold": fold,
         "best_checkpoint": Path(best).name,
@@ -156,7 +198,56 @@ def fit_fold(
                 frame = prediction_frame(metas[name], parts[name], pieces)
                 write_csv(fold_dir / f"{kind}_{name}.csv", frame)
         write_json(done, metrics)  # last: its presence marks the fold finished
+        for stale in hpc_checkpoints(fold_dir):  # a finished fold is never resumed
+            stale.unlink(missing_ok=True)
     return metrics
+
+
+def hpc_checkpoints(fold_dir: Path) -> list[Path]:
+    """`hpc_ckpt_<n>.ckpt`: saved by Lightning's SLURM auto-requeue (SIGUSR1) into the Trainer's
+    default_root_dir, which is the fold folder; newest (highest n) last."""
+    found = [
+        (int(m.group(1)), p)
+        for p in fold_dir.glob("hpc_ckpt_*.ckpt")
+        if (m := re.fullmatch(r"hpc_ckpt_(\d+)\.ckpt", p.name))
+    ]
+    return [p for _, p in sorted(found)]
+
+
+def resume_checkpoint(fold_dir: Path) -> Path | None:
+    """The checkpoint an interrupted fold continues from: `last.ckpt` (every epoch end) or, if it
+    got further, the newest SLURM requeue checkpoint (saved mid-epoch just before a time limit).
+
+    Lightning only picks `hpc_ckpt_*` by itself when no ckpt_path is given, so we choose here."""
+    candidates = [
+        p for p in [fold_dir / "last.ckpt", *hpc_checkpoints(fold_dir)[-1:]] if p.is_file()
+    ]
+    if len(candidates) < 2:
+        return candidates[0] if candidates else None
+
+    def progress(path: Path) -> int:
+        try:
+            state = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
+        except Exception:  # unreadable: never preferred
+            return -1
+        return int(state.get("global_step", -1))
+
+    last, hpc = candidates
+    return hpc if progress(hpc) > progress(last) else last
+
+
+def gather_predictions(trainer: L.Trainer, predictions: dict[str, list]) -> dict[str, list]:
+    """Every rank's (rows, probs) pieces on every rank; the evaluation sampler gives each rank a
+    disjoint shard, so together they hold each row exactly once. A no-op on one device."""
+    if trainer.world_size == 1 or not torch.distributed.is_initialized():
+        return predictions
+    shards: list = [None] * trainer.world_size
+    torch.distributed.all_gather_object(shards, predictions)
+    merged: dict[str, list] = {}
+    for shard in shards:
+        for name, pieces in shard.items():
+            merged.setdefault(name, []).extend(pieces)
+    return merged
 
 
 def merge_predictions(batches: list[dict]) -> dict[str, list]:

@@ -12,6 +12,7 @@ import lightning as L
 import numpy as np
 import torch
 from box import Box
+from lightning.pytorch.strategies import FSDPStrategy
 
 from mtl.losses import TaskLoss
 from mtl.metrics import TaskMetrics
@@ -60,6 +61,8 @@ class MultiTaskModule(L.LightningModule):
         }
         self.val_predictions: dict[str, list] = {}
         self.last_val_metrics: dict = {}
+        for param in self.parameters():  # FSDP later reshapes them into flat shards (mtl/optim.py)
+            param.mtl_ndim = param.dim()
 
     def forward(self, input_ids, attention_mask, index=None):
         return self.model(input_ids, attention_mask, index)
@@ -173,6 +176,20 @@ class MultiTaskModule(L.LightningModule):
         self.last_val_metrics = metrics
 
     # --- optimisation ---------------------------------------------------------------------------
+
+    def configure_gradient_clipping(
+        self, optimizer, gradient_clip_val=None, gradient_clip_algorithm=None
+    ) -> None:
+        # Lightning's FSDP precision plugin refuses clipping by norm (Lightning issue #19235): the
+        # norm over all shards comes from the root FSDP module (a collective: every rank calls it)
+        if (
+            gradient_clip_val
+            and (gradient_clip_algorithm or "norm") == "norm"
+            and isinstance(self.trainer.strategy, FSDPStrategy)
+        ):
+            self.trainer.model.clip_grad_norm_(gradient_clip_val)
+            return
+        super().configure_gradient_clipping(optimizer, gradient_clip_val, gradient_clip_algorithm)
 
     def configure_optimizers(self):
         optimizer = build_optimizer(self.model, self.weighting, self.cfg.optim)

@@ -25,7 +25,8 @@ def param_groups(model: nn.Module, weighting: nn.Module, optim: Box) -> list[dic
     groups: dict[tuple, dict] = {}
 
     def add(param: torch.Tensor, kind: str, lr: float) -> None:
-        decay = optim.weight_decay if param.dim() >= 2 else 0.0
+        # FSDP turns parameters into flat 1-D shards: use the shape recorded before wrapping
+        decay = optim.weight_decay if getattr(param, "mtl_ndim", param.dim()) >= 2 else 0.0
         key = (kind, lr, decay)
         if key not in groups:  # LearningRateMonitor needs unique names: backbone, backbone_1, ...
             same_kind = sum(k[0] == kind for k in groups)

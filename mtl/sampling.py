@@ -68,7 +68,9 @@ class MultiTaskBatchSampler(Sampler[list[int]]):
     """Yields lists of dataset indices. Deterministic from (seed, epoch); `set_epoch` reshuffles.
 
     `train=False` gives the evaluation order: every row exactly once, sorted by length, sharded
-    across ranks without padding, so metrics over all ranks see each row once.
+    across ranks without padding, so metrics over all ranks see each row once. Under DDP the rows
+    of each task are dealt to the ranks in turn, so every rank holds rows of every task (with at
+    least world_size rows): metric states then exist on every rank when they are synced.
     """
 
     def __init__(
@@ -145,18 +147,34 @@ class MultiTaskBatchSampler(Sampler[list[int]]):
             batches = [batches[i] for i in rng.permutation(len(batches))]
         return batches
 
+    def eval_shard(self) -> np.ndarray:
+        """This rank's evaluation rows, sorted by length: each task's rows (by length) dealt in turn."""
+        order = np.argsort(self.lengths, kind="stable")
+        if self.world_size == 1:
+            return order
+        ranks = np.empty(len(order), dtype=np.int64)
+        for task in np.unique(self.task_ids):
+            mine = np.flatnonzero(self.task_ids[order] == task)
+            ranks[mine] = np.arange(len(mine)) % self.world_size
+        return order[ranks == self.rank]
+
     def __iter__(self):
+        if not self.train:
+            rows = self.eval_shard()
+            for i in range(0, len(rows), self.batch_size):
+                yield rows[i : i + self.batch_size].tolist()
+            return
         batches = self.all_batches()
-        if self.train and self.world_size > 1 and len(batches) % self.world_size:
+        if self.world_size > 1 and len(batches) % self.world_size:
             # every rank must run the same number of steps: repeat a few batches to even out
-            batches += batches[: self.world_size - len(batches) % self.world_size]
+            pad = self.world_size - len(batches) % self.world_size
+            batches += [batches[i % len(batches)] for i in range(pad)]
         for batch in batches[self.rank :: self.world_size]:
             yield batch.tolist()
 
     def __len__(self) -> int:
         if not self.train:
-            total = math.ceil(len(self.lengths) / self.batch_size)
-            return len(range(self.rank, total, self.world_size))
+            return math.ceil(len(self.eval_shard()) / self.batch_size)
         num_tasks = int(self.task_ids.max()) + 1 if len(self.task_ids) else 0
         sizes = np.bincount(self.task_ids, minlength=num_tasks)
         rows = int(task_sample_counts(sizes, self.mode, self.temperature).sum())

@@ -11,13 +11,16 @@ from __future__ import annotations
 import argparse
 import logging
 import os
+import shutil
 import sys
+import tempfile
 import warnings
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 from box import Box
+from lightning.fabric.utilities.rank_zero import rank_zero_only
 
 from mtl.config import DEFAULT_CONFIG, load_config, save_config
 from mtl.cv import collect
@@ -53,20 +56,45 @@ def folds_to_run(cfg: Box) -> list[int]:
     return sorted(set(chosen))
 
 
+def global_rank() -> int:
+    """This process's rank among all training processes. Lightning's DDP / FSDP strategy sets it
+    once a Trainer starts; before that it is read from the launcher's environment (RANK under
+    torchrun, SLURM_PROCID under srun, LOCAL_RANK in the processes Lightning itself starts)."""
+    return int(getattr(rank_zero_only, "rank", 0) or 0)
+
+
 def prepare(cfg: Box):
-    """Everything before the first fold: run folder, tokenizer, data, fold assignment."""
+    """Everything before the first fold: run folder, tokenizer, data, fold assignment.
+
+    Under DDP every rank runs this; only rank 0 writes (every rank computes the same)."""
     run_dir = run_dir_of(cfg)
     run_dir.mkdir(parents=True, exist_ok=True)
     check_run_folder(cfg, run_dir)
-    save_config(cfg, run_dir / "config.yaml")
+    writer = global_rank() == 0
+    if writer:
+        save_config(cfg, run_dir / "config.yaml")
     tokenizer = load_tokenizer(cfg.backbone.name)
-    if not (run_dir / "tokenizer").is_dir():
-        tokenizer.save_pretrained(run_dir / "tokenizer")
+    if writer and not (run_dir / "tokenizer").is_dir():
+        save_tokenizer(tokenizer, run_dir / "tokenizer")
     data, metas = load_tasks(cfg, tokenizer)
-    write_json(run_dir / "tasks.json", {name: meta.to_dict() for name, meta in metas.items()})
     folds = fold_assignments(cfg, data)
-    write_csv(run_dir / "folds.csv", folds_frame(data, folds))
+    if writer:
+        write_json(run_dir / "tasks.json", {name: meta.to_dict() for name, meta in metas.items()})
+        write_csv(run_dir / "folds.csv", folds_frame(data, folds))
     return run_dir, tokenizer, data, metas, folds
+
+
+def save_tokenizer(tokenizer, folder: Path) -> None:
+    """Into a temporary folder renamed into place: fold jobs of one run (a SLURM array) may race."""
+    tmp = Path(tempfile.mkdtemp(prefix=".tokenizer.", dir=folder.parent))
+    try:
+        tokenizer.save_pretrained(tmp)
+        os.rename(tmp, folder)
+    except OSError:
+        if not folder.is_dir():
+            raise
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
 
 
 def check_run_folder(cfg: Box, run_dir: Path) -> None:
@@ -103,7 +131,9 @@ def folds_frame(data, folds: dict[str, np.ndarray]) -> pd.DataFrame:
 
 
 def train(cfg: Box) -> dict:
-    """Train every fold of `cfg` (skipping finished ones), then blend and write results.json."""
+    """Train every fold of `cfg` (skipping finished ones), then blend and write results.json.
+
+    Under DDP every rank calls this; rank 0 returns the results, the other ranks `{}`."""
     run_dir, tokenizer, data, metas, folds = prepare(cfg)
     predict_parts = {"test": {n: s["test"] for n, s in data.items() if s.get("test") is not None}}
     if cfg.cv.n_splits > 1:  # a task's own val file is scored in addition, never mixed into folds
@@ -116,6 +146,8 @@ def train(cfg: Box) -> dict:
         fit_fold(
             cfg, k, run_dir, metas, tokenizer.pad_token_id, train_parts, val_parts, predict_parts
         )
+    if global_rank() != 0:
+        return {}  # under DDP rank 0 alone blends and writes the run's results
     results = collect(cfg, run_dir)
     write_report(run_dir, results)
     return results
@@ -143,6 +175,12 @@ def quiet_libraries() -> None:
         "ignore", message=".*Precision.*is not supported by the model summary.*"
     )
     warnings.filterwarnings("ignore", message=".*compute.*before.*update.*")
+    # epoch-level logs are synced by us (torchmetrics, strategy.reduce): identical on every rank
+    warnings.filterwarnings("ignore", message=".*when logging on epoch level in distributed.*")
+    warnings.filterwarnings(
+        "ignore", message=".*custom batch sampler.*for prediction.*"
+    )  # ours returns all rows
+    warnings.filterwarnings("ignore", message=".*LeafSpec.*is deprecated.*")
     warnings.filterwarnings(
         "ignore", message=".*number of training batches.*smaller than the logging interval.*"
     )
@@ -160,9 +198,10 @@ def main(argv: list[str] | None = None) -> int:
     except MTLError as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
-    print(
-        f"done: score {results['score']:.4f} ({results['monitor']}); run folder {run_dir_of(cfg)}"
-    )
+    if results:  # empty on the other ranks of a multi-process run
+        print(
+            f"done: score {results['score']:.4f} ({results['monitor']}); run folder {run_dir_of(cfg)}"
+        )
     return 0
 
 
