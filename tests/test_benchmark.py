@@ -10,7 +10,7 @@ from pathlib import Path
 
 import torch
 
-from mtl.benchmark import TARGETS, check_targets, peak_flops, ratios
+from mtl.bench.report import TARGETS, check_targets, peak_flops, ratios
 
 ROOT = Path(__file__).resolve().parent.parent
 RATIO_KEYS = ("mtl_vs_seed_style", "mtl_vs_bound", "lightning_overhead", "predict_vs_naive")
@@ -60,6 +60,7 @@ def test_smoke_benchmark_runs_end_to_end_and_writes_the_json(tmp_path):
     assert paths["predict"]["max_abs_prob_diff"] < 1e-3
     assert paths["predict"]["batched"]["texts"] == result["setup"]["predict_texts"]
     assert set(result["targets"]) == set(TARGETS)
+    assert result["complete"] is True
     assert "mtl_vs_seed_style" in done.stdout  # the printed table
 
 

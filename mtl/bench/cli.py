@@ -1,0 +1,267 @@
+"""The command line and the run: parse, measure each path, write the JSON, print the table."""
+
+from __future__ import annotations
+
+import argparse
+import gc
+import json
+import logging
+import math
+import os
+import sys
+import tempfile
+import time
+import warnings
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from mtl.bench.meter import MemoryProbe
+from mtl.bench.paths import run_bare, run_bound, run_mtl
+from mtl.bench.predict_paths import run_predict
+from mtl.bench.report import (
+    ALL_PATHS,
+    check_targets,
+    hardware,
+    load_average,
+    peak_flops,
+    ratios,
+    table,
+)
+from mtl.bench.seed_style import run_seed_style
+from mtl.bench.setup import (
+    BERT_BASE,
+    SMOKE_BERT,
+    Setup,
+    prepare_config,
+    random_bert_config,
+    smoke_tokenizer_folder,
+)
+from mtl.config import DEFAULT_CONFIG, to_dict
+from mtl.errors import MTLError
+
+log = logging.getLogger("mtl.bench")
+
+RUNNERS = {
+    "mtl": run_mtl,
+    "bare_pytorch": run_bare,
+    "seed_style": run_seed_style,
+    "bound": run_bound,
+}
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(
+        description="Training and inference throughput: ours vs the seed pipeline, in one run.",
+        epilog="Overrides: key.sub=value, e.g. data_dir=../shared/data data.batch_size=32",
+    )
+    parser.add_argument("--config", default=None, help=f"YAML config (default: {DEFAULT_CONFIG})")
+    parser.add_argument("--out", required=True, help="write the results JSON here")
+    parser.add_argument("--smoke", action="store_true", help="tiny random BERT, a few steps")
+    parser.add_argument(
+        "--bert-base",
+        action="store_true",
+        help="random bert-base sized encoder (12 layers, hidden 768) at max_length 128, MFU on GPU",
+    )
+    parser.add_argument(
+        "--rows-per-task",
+        type=int,
+        default=None,
+        help="a random sample of N training rows per task (default: every row of the config)",
+    )
+    parser.add_argument("--steps", type=int, default=None, help="timed steps per path (50)")
+    parser.add_argument("--warmup", type=int, default=None, help="untimed steps first (5)")
+    parser.add_argument(
+        "--predict-texts", type=int, default=None, help="texts for the predict path (512)"
+    )
+    parser.add_argument(
+        "--paths",
+        default=",".join(ALL_PATHS),
+        help=f"comma-separated subset of {','.join(ALL_PATHS)}",
+    )
+    parser.add_argument(
+        "--threads",
+        type=int,
+        default=None,
+        help="torch CPU threads (default: torch's own, the core count; --smoke: 1)",
+    )
+    parser.add_argument(
+        "--peak-tflops",
+        type=float,
+        default=None,
+        help="the accelerator's peak TFLOP/s for MFU (default: table of bf16 dense peaks)",
+    )
+    parser.add_argument("overrides", nargs="*", help="key.sub=value")
+    args = parser.parse_args(argv)
+    defaults = (
+        {"steps": 4, "warmup": 2, "predict_texts": 32, "rows_per_task": 48}
+        if args.smoke
+        else {"steps": 50, "warmup": 5, "predict_texts": 512}
+    )
+    for key, value in defaults.items():
+        if getattr(args, key) is None:
+            setattr(args, key, value)
+    args.paths = [p.strip() for p in args.paths.split(",") if p.strip()]
+    unknown = [p for p in args.paths if p not in ALL_PATHS]
+    if unknown:
+        parser.error(f"--paths: unknown {unknown}; choose from {', '.join(ALL_PATHS)}")
+    if args.steps < 1 or args.warmup < 1:
+        parser.error("--steps and --warmup must be at least 1")
+    return args
+
+
+def quiet_libraries() -> None:
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    for name in (
+        "lightning.pytorch.utilities.rank_zero",
+        "lightning.fabric.utilities.rank_zero",
+        "lightning.pytorch.accelerators.cuda",
+        "lightning",
+        "lightning.pytorch",
+    ):
+        logging.getLogger(name).setLevel(logging.ERROR)
+    warnings.filterwarnings("ignore", message=".*does not have many workers.*")
+    warnings.filterwarnings("ignore", message=".*smaller than the logging interval.*")
+    warnings.filterwarnings("ignore", message=".*litlogger.*")
+    warnings.filterwarnings("ignore", category=UserWarning, module="lightning")
+
+
+def benchmark(args: argparse.Namespace) -> dict:
+    began = time.perf_counter()
+    if args.threads or args.smoke:
+        # a tiny model gains nothing from threads; on a CPU that other jobs also load, torch's
+        # spinning OpenMP threads can slow every step several-fold (see README, Performance)
+        torch.set_num_threads(args.threads or 1)
+    with tempfile.TemporaryDirectory(prefix="mtl-bench-") as tmp:
+        workdir = Path(tmp)
+        if args.smoke:
+            override_names = {item.partition("=")[0] for item in args.overrides}
+            if "backbone.name" not in override_names:
+                args.overrides = [
+                    f"backbone.name={smoke_tokenizer_folder(workdir / 'smoke_tokenizer')}"
+                ] + list(args.overrides)
+        cfg = prepare_config(args, workdir)
+        backbone_config = None
+        model_label = cfg.backbone.name
+        if args.bert_base or args.smoke:
+            from mtl.model import load_tokenizer
+
+            tokenizer = load_tokenizer(cfg.backbone.name)
+            sizes = SMOKE_BERT if args.smoke else BERT_BASE
+            backbone_config = random_bert_config(tokenizer, sizes)
+            model_label = (
+                f"random BertConfig {sizes['num_hidden_layers']} layers, hidden "
+                f"{sizes['hidden_size']} ({'smoke' if args.smoke else 'bert-base'}), "
+                f"tokenizer of {Path(str(cfg.backbone.name)).name}"
+            )
+        setup = Setup(cfg, backbone_config)
+        peak, peak_source = peak_flops(setup.device, cfg.trainer.precision, args.peak_tflops)
+        result = {
+            "command": "python scripts/benchmark.py " + " ".join(sys.argv[1:]),
+            "hardware": hardware(setup.device, peak, peak_source),
+            "setup": {
+                "model": model_label,
+                "bert_base": bool(args.bert_base),
+                "smoke": bool(args.smoke),
+                "batch_size": cfg.data.batch_size,
+                "eval_batch_size": cfg.data.eval_batch_size,
+                "max_length": cfg.data.max_length,
+                "precision": str(cfg.trainer.precision),
+                "num_workers": cfg.data.num_workers,
+                "sampling": to_dict(cfg.sampling),
+                "rows_per_task": {name: len(part) for name, part in setup.parts.items()},
+                "data_dir": str(cfg.data_dir),
+                "warmup": args.warmup,
+                "steps": args.steps,
+                "predict_texts": args.predict_texts,
+                "memory": "CUDA max_memory_allocated"
+                if setup.device.type == "cuda"
+                else "process peak RSS rise over the path's starting RSS",
+            },
+            "out": str(args.out),
+            "paths": {},
+        }
+        probe_module = setup.module()
+        result["setup"]["layer_params"] = setup.layer_params(probe_module)
+        result["setup"]["total_params"] = sum(p.numel() for p in probe_module.parameters())
+        del probe_module
+        for name in args.paths:
+            if name == "predict":
+                continue
+            log.info("path %s: %d warm-up + %d timed steps", name, args.warmup, args.steps)
+            path_began = time.perf_counter()
+            load_before = load_average()
+            with MemoryProbe(setup.device) as probe:
+                measured = RUNNERS[name](setup, args.warmup, args.steps)
+            measured.update(probe.result)
+            measured["load_average_1min"] = [load_before, load_average()]  # before, after
+            measured["mfu"] = (
+                6 * result["setup"]["layer_params"] * measured["real_tokens_per_s"] / peak
+                if peak
+                else None
+            )
+            result["paths"][name] = measured
+            finish(result, began, complete=False)
+            log.info(
+                "path %s: %.1f samples/s (%.1f s with setup)",
+                name,
+                measured["samples_per_s"],
+                time.perf_counter() - path_began,
+            )
+            gc.collect()
+        if "predict" in args.paths:
+            log.info("path predict: %d texts", args.predict_texts)
+            load_before = load_average()
+            result["paths"]["predict"] = run_predict(setup, args.predict_texts)
+            result["paths"]["predict"]["load_average_1min"] = [load_before, load_average()]
+    finish(result, began, complete=True)
+    return result
+
+
+def finish(result: dict, began: float, complete: bool) -> None:
+    """Ratios, targets and timing from the paths measured so far; writes --out each time, so a
+    run stopped part-way (time limit, Ctrl-C) still leaves the paths it finished."""
+    result["complete"] = complete
+    result["ratios"] = ratios(result["paths"])
+    result["ratios_median_step"] = {
+        k: v
+        for k, v in ratios(result["paths"], "samples_per_s_median_step").items()
+        if k != "predict_vs_naive"
+    }
+    result["targets"] = check_targets(result)
+    result["hardware"]["load_average_end"] = (
+        list(os.getloadavg()) if hasattr(os, "getloadavg") else None
+    )
+    result["wall_seconds"] = round(time.perf_counter() - began, 1)
+    out = Path(result["out"])
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = out.with_name(out.name + ".tmp")
+    tmp.write_text(json.dumps(result, indent=2, default=_jsonable) + "\n")
+    tmp.replace(out)
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    quiet_libraries()
+    try:
+        result = benchmark(args)
+    except MTLError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    out = Path(args.out)
+    hw = result["hardware"]
+    where = hw["gpu"] or f"{hw['cpu_model']}, {hw['usable_cores']} cores"
+    print(f"\n{result['setup']['model']} | batch {result['setup']['batch_size']} | {where}")
+    print(table(result))
+    print(f"\nwrote {out} ({result['wall_seconds']} s)")
+    return 0
+
+
+def _jsonable(value):
+    if isinstance(value, np.generic):
+        return value.item()
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    return str(value)

@@ -1,0 +1,157 @@
+"""The report: hardware, MFU peaks, the headline ratios against their targets, the table."""
+
+from __future__ import annotations
+
+import os
+import platform
+
+import torch
+
+TRAIN_PATHS = ("mtl", "bare_pytorch", "seed_style", "bound")
+ALL_PATHS = TRAIN_PATHS + ("predict",)
+
+# Dense bf16 tensor-core peaks (no sparsity), by the substring of torch.cuda.get_device_name.
+# First match wins, so the specific names come first.
+PEAK_BF16_FLOPS = (
+    ("H100 PCIe", 756e12),
+    ("H100 NVL", 835e12),
+    ("H200", 989e12),  # same compute as H100 SXM
+    ("H100", 989e12),  # SXM
+    ("A100", 312e12),
+    ("L40S", 362e12),
+    ("L4", 121e12),
+    ("A10", 125e12),
+)
+
+TARGETS = {
+    "mtl_vs_seed_style": (">=", 4.5),
+    "mtl_vs_bound": (">=", 0.9),
+    "lightning_overhead": ("<=", 0.05),
+    "mtl_padded_token_share": ("<=", 0.10),
+    "predict_vs_naive": (">=", 3.0),
+}
+
+
+def load_average() -> float | None:
+    """The 1-minute load average: other processes on the machine compete for its cores."""
+    return round(os.getloadavg()[0], 2) if hasattr(os, "getloadavg") else None
+
+
+def cpu_model() -> str:
+    try:
+        with open("/proc/cpuinfo") as handle:
+            for line in handle:
+                if line.startswith("model name"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
+def hardware(device: torch.device, peak: float | None, peak_source: str | None) -> dict:
+    import lightning
+    import transformers
+
+    info = {
+        "cpu_model": cpu_model(),
+        "logical_cores": os.cpu_count(),
+        "usable_cores": len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else None,
+        "torch_threads": torch.get_num_threads(),
+        "torch": torch.__version__,
+        "lightning": lightning.__version__,
+        "transformers": transformers.__version__,
+        "python": platform.python_version(),
+        "device": str(device),
+        "gpu": torch.cuda.get_device_name(device) if device.type == "cuda" else None,
+        "cuda": torch.version.cuda if device.type == "cuda" else None,
+        "peak_flops": peak,
+        "peak_flops_source": peak_source,
+        "load_average_start": list(os.getloadavg()) if hasattr(os, "getloadavg") else None,
+    }
+    return info
+
+
+def peak_flops(device: torch.device, precision: str, override_tflops: float | None):
+    if override_tflops:
+        return override_tflops * 1e12, "--peak-tflops"
+    if device.type != "cuda":
+        return None, "CPU: MFU not reported"
+    if not str(precision).startswith("bf16"):
+        return None, f"no peak tabulated for precision {precision}; pass --peak-tflops"
+    name = torch.cuda.get_device_name(device)
+    for key, value in PEAK_BF16_FLOPS:
+        if key in name:
+            return value, f"{key} bf16 dense {value / 1e12:.0f} TFLOP/s"
+    return None, f"unknown GPU '{name}'; pass --peak-tflops"
+
+
+def ratios(paths: dict, key: str = "samples_per_s") -> dict:
+    """The headline ratios; `key="samples_per_s_median_step"` gives the load-robust variant."""
+
+    def speed(name):
+        return (paths.get(name) or {}).get(key)
+
+    def div(a, b):
+        return a / b if a is not None and b else None
+
+    mtl, bare = speed("mtl"), speed("bare_pytorch")
+    predict = paths.get("predict") or {}
+    return {
+        "mtl_vs_seed_style": div(mtl, speed("seed_style")),
+        "mtl_vs_bound": div(mtl, speed("bound")),
+        "bare_vs_bound": div(bare, speed("bound")),
+        "lightning_overhead": None if mtl is None or not bare else 1.0 - mtl / bare,
+        "predict_vs_naive": div(
+            (predict.get("batched") or {}).get("texts_per_s"),
+            (predict.get("naive") or {}).get("texts_per_s"),
+        ),
+    }
+
+
+def check_targets(result: dict) -> dict:
+    values = dict(result["ratios"])
+    values["mtl_padded_token_share"] = (result["paths"].get("mtl") or {}).get("padded_token_share")
+    out = {}
+    for key, (op, bound) in TARGETS.items():
+        value = values.get(key)
+        met = None if value is None else (value >= bound if op == ">=" else value <= bound)
+        out[key] = {"target": f"{op} {bound}", "value": value, "met": met}
+    return out
+
+
+def fmt(value, spec: str) -> str:
+    return "—" if value is None else format(value, spec)
+
+
+def table(result: dict) -> str:
+    cuda = result["hardware"]["device"].startswith("cuda")
+    memory_key = "peak_cuda_allocated_mb" if cuda else "peak_rss_delta_mb"
+    head = (
+        "| path | samples/s | real tokens/s | padded share | ms/step (median) | "
+        + ("peak CUDA MiB" if cuda else "peak RSS Δ MiB")
+        + " | MFU |"
+    )
+    lines = [head, "|---|---:|---:|---:|---:|---:|---:|"]
+    for name in TRAIN_PATHS:
+        r = result["paths"].get(name)
+        if not r:
+            continue
+        lines.append(
+            f"| {name} | {r['samples_per_s']:.1f} | {r['real_tokens_per_s']:.0f} | "
+            f"{r['padded_token_share']:.3f} | {r['step_ms']:.0f} ({fmt(r.get('median_step_ms'), '.0f')}) | "
+            f"{fmt(r.get(memory_key), '.0f')} | "
+            f"{fmt(r.get('mfu'), '.3f')} |"
+        )
+    predict = result["paths"].get("predict")
+    if predict:
+        for kind in ("batched", "naive"):
+            r = predict[kind]
+            lines.append(
+                f"| predict_{kind} (texts/s) | {r['texts_per_s']:.1f} | {r['real_tokens_per_s']:.0f} | "
+                f"{r['padded_token_share']:.3f} | — | {fmt(r.get(memory_key), '.0f')} | — |"
+            )
+    lines.append("")
+    for key, t in result["targets"].items():
+        verdict = {True: "met", False: "MISSED", None: "not measured"}[t["met"]]
+        lines.append(f"{key}: {fmt(t['value'], '.3f')} (target {t['target']}) {verdict}")
+    return "\n".join(lines)
