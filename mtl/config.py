@@ -45,6 +45,8 @@ DEFAULTS: dict[str, Any] = {
         "on_bad_rows": "error",
         "val_fraction": 0.1,
         "cache_dir": None,
+        "max_train_rows": None,  # int: a seeded random subset of each task's training file
+        "max_eval_rows": None,  # int: a seeded random subset of each task's val file
     },
     "cv": {"n_splits": 1, "blend": "mean", "folds": None},
     "optim": {
@@ -113,6 +115,8 @@ _NONE = type(None)
 TYPES: dict[str, tuple] = {
     "data.preprocess": (str, _NONE),
     "data.cache_dir": (str, _NONE),
+    "data.max_train_rows": (int, _NONE),
+    "data.max_eval_rows": (int, _NONE),
     "cv.folds": (list, int, str, _NONE),
     "trainer.precision": (str, int),
     "trainer.devices": (int, str, list),
@@ -337,8 +341,8 @@ def _check_tasks(cfg: dict) -> None:
                 f"Config key '{where}.label_smoothing' must be in [0, 1), got {spec['label_smoothing']}."
             )
         tasks[name] = spec
-    for key in ("max_length", "batch_size", "eval_batch_size"):
-        if cfg["data"][key] < 1:
+    for key in ("max_length", "batch_size", "eval_batch_size", "max_train_rows", "max_eval_rows"):
+        if cfg["data"][key] is not None and cfg["data"][key] < 1:
             raise ConfigError(
                 f"Config key 'data.{key}' must be a positive integer, got {cfg['data'][key]}."
             )

@@ -13,6 +13,7 @@ import hashlib
 import importlib
 import logging
 import re
+import zlib
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -63,7 +64,7 @@ class TaskData:
             path=self.path,
             rows=self.rows[index],
             texts=[self.texts[i] for i in index],
-            input_ids=[self.input_ids[i] for i in index],
+            input_ids=[self.input_ids[i] for i in index] if self.input_ids else [],
             labels=None if self.labels is None else self.labels[index],
             groups=None if self.groups is None else self.groups[index],
         )
@@ -123,6 +124,9 @@ def load_tasks(cfg: Box, tokenizer) -> tuple[dict[str, dict[str, TaskData]], dic
                 raise DataError(
                     f"Task '{name}' has no training rows left in {path} after dropping bad rows."
                 )
+            cap = {"train": cfg.data.max_train_rows, "val": cfg.data.max_eval_rows}.get(split)
+            if cap is not None and len(part) > cap:
+                part = cap_rows(part, cap, cfg.seed)
             part.texts = [preprocess(t) for t in part.texts]
             part.input_ids = tokenize(part.texts, tokenizer, cfg, path, key)
             data[name][split] = part
@@ -130,6 +134,26 @@ def load_tasks(cfg: Box, tokenizer) -> tuple[dict[str, dict[str, TaskData]], dic
         metas[name].class_weights = class_weights(spec, metas[name], train.labels)
         metas[name].threshold = thresholds(spec, metas[name])
     return data, metas
+
+
+def cap_rows(part: TaskData, cap: int, seed: int) -> TaskData:
+    """A seeded random subset of `cap` rows (`data.max_train_rows` / `max_eval_rows`), in file order.
+
+    Seeded by the seed, the task's name and the split, not the task's position in the config, so
+    a task keeps the same rows in a single-task and a multi-task run."""
+    key = zlib.crc32(f"{part.task}/{part.split}".encode())
+    rng = np.random.default_rng([seed, key])
+    keep = np.sort(rng.choice(len(part), size=cap, replace=False))
+    log.info(
+        "%s: using a random %d of %d %s rows (data.max_%s_rows); %d dropped",
+        part.path,
+        cap,
+        len(part),
+        part.split,
+        "train" if part.split == "train" else "eval",
+        len(part) - cap,
+    )
+    return part.subset(keep)
 
 
 def declared_classes(spec: Box, frame: pd.DataFrame, path: Path) -> list:

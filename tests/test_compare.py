@@ -1,0 +1,188 @@
+"""scripts/compare.py on tiny models and fixture data; data.max_train_rows / max_eval_rows."""
+
+from __future__ import annotations
+
+import json
+import logging
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from mtl.compare import main as compare_main
+from mtl.config import load_config
+from mtl.errors import ConfigError
+
+REPO = Path(__file__).resolve().parent.parent
+BENCH = REPO / "configs" / "benchmark"
+CONFIGS = [BENCH / "mtl_uncertainty.yaml", BENCH / "single_sentiment.yaml"]
+
+
+def shrink(backbone: Path, data: Path) -> list[str]:
+    """The benchmark configs on the tiny BERT and the fixture CSVs: seconds per run."""
+    return [
+        f"backbone.name={backbone}",
+        f"data_dir={data}",
+        "backbone.dropout=0.0",
+        "data.batch_size=16",
+        "data.max_length=32",
+        "data.max_train_rows=100",
+        "data.max_eval_rows=30",
+        "trainer.max_epochs=1",
+        "trainer.accelerator=cpu",
+        "trainer.devices=1",
+        "trainer.enable_progress_bar=false",
+        "trainer.log_every_n_steps=1",
+        "optim.lr_backbone=1e-3",
+        "optim.lr_heads=1e-2",
+    ]
+
+
+def every_benchmark_config_loads():
+    names = sorted(p.stem for p in BENCH.glob("*.yaml"))
+    assert {
+        "mtl_uncertainty",
+        "mtl_equal",
+        "mtl_dwa",
+        "mtl_temperature",
+        "single_toxicity",
+        "single_emotion",
+        "single_sentiment",
+    } <= set(names)
+    return [load_config(p) for p in sorted(BENCH.glob("*.yaml"))]
+
+
+def test_benchmark_configs_share_everything_but_the_variant():
+    configs = every_benchmark_config_loads()
+    mtl = load_config(BENCH / "mtl_uncertainty.yaml")
+    for cfg in configs:
+        assert cfg.cv.n_splits == 1 and cfg.backbone.name == "minilm"
+        for key in ("data", "optim", "trainer", "backbone", "early_stopping"):
+            assert cfg[key] == mtl[key], key
+        for name, spec in cfg.tasks.items():
+            assert spec == mtl.tasks[name]  # a single-task config trains the same task
+
+
+def test_max_train_rows_and_max_eval_rows(tiny_cfg, caplog):
+    from mtl.data import load_tasks
+    from mtl.model import load_tokenizer
+
+    full_cfg = tiny_cfg()
+    tokenizer = load_tokenizer(full_cfg.backbone.name)
+    full, _ = load_tasks(full_cfg, tokenizer)
+    with caplog.at_level(logging.INFO, logger="mtl.data"):
+        capped, _ = load_tasks(
+            tiny_cfg("data.max_train_rows=50", "data.max_eval_rows=20"), tokenizer
+        )
+    for name in full:
+        train, val = capped[name]["train"], capped[name]["val"]
+        assert len(train) == 50 and len(val) == 20
+        assert len(capped[name]["test"]) == len(full[name]["test"])  # test files are never capped
+        assert np.all(np.diff(train.rows) > 0)  # a subset in file order
+        whole = full[name]["train"]
+        assert [whole.texts[r] for r in train.rows] == train.texts
+        assert len(train.input_ids) == 50
+    assert "using a random 50 of 120 train rows" in caplog.text and "70 dropped" in caplog.text
+    # seeded by seed and task name, not by the task's position: a one-task run keeps the rows
+    again, _ = load_tasks(tiny_cfg("data.max_train_rows=50", "tasks.toxicity=null"), tokenizer)
+    assert np.array_equal(again["sentiment"]["train"].rows, capped["sentiment"]["train"].rows)
+    other, _ = load_tasks(tiny_cfg("data.max_train_rows=50", "seed=7"), tokenizer)
+    assert not np.array_equal(other["sentiment"]["train"].rows, capped["sentiment"]["train"].rows)
+    # a cap above the file's size keeps every row
+    big, _ = load_tasks(tiny_cfg("data.max_train_rows=1000"), tokenizer)
+    assert len(big["toxicity"]["train"]) == len(full["toxicity"]["train"])
+    for bad in ("data.max_train_rows=0", "data.max_eval_rows=true", "data.max_train_rows=1.5"):
+        with pytest.raises(ConfigError, match="data.max_"):
+            tiny_cfg(bad)
+
+
+def test_compare_writes_the_table_and_skips_finished_runs(
+    tiny_backbone, data_dir, tmp_path, capsys
+):
+    out = tmp_path / "runs"
+    table, report = tmp_path / "table.md", tmp_path / "compare.json"
+    argv = [
+        "--configs",
+        *map(str, CONFIGS),
+        "--seeds",
+        "1",
+        "2",
+        *shrink(tiny_backbone, data_dir),  # overrides after --seeds, as in the docs
+        "--output-dir",
+        str(out),
+        "--out",
+        str(table),
+        "--json",
+        str(report),
+    ]
+    assert compare_main(argv) == 0
+    first = json.loads(report.read_text())
+    runs = {(r["config"], r["seed"]): r for r in first["runs"]}
+    assert set(runs) == {(c, s) for c in ("mtl_uncertainty", "single_sentiment") for s in (1, 2)}
+    assert all(r["status"] == "trained" and r["wall_clock_s"] > 0 for r in runs.values())
+    assert set(runs["mtl_uncertainty", 1]["metrics"]) == {"sentiment", "toxicity", "emotion"}
+    assert set(runs["single_sentiment", 1]["metrics"]) == {"sentiment"}
+    assert set(runs["single_sentiment", 1]["metrics"]["sentiment"]) == {"accuracy", "f1_macro"}
+    # the numbers are the run folder's own results.json (fold 0 of the val data)
+    results = json.loads((out / "mtl_uncertainty-s2" / "results.json").read_text())
+    assert (
+        runs["mtl_uncertainty", 2]["metrics"]["emotion"]["f1_macro"]
+        == results["tasks"]["emotion"]["folds"]["0"]["f1_macro"]
+    )
+    # capped rows; sentiment holds out the same rows in the multi-task and the single-task run
+    assert runs["mtl_uncertainty", 1]["train_rows"]["toxicity"] == {"train": 100, "held_out": 0}
+    assert runs["mtl_uncertainty", 1]["train_rows"]["sentiment"] == {"train": 80, "held_out": 20}
+    for seed in (1, 2):
+        held = [
+            pd.read_csv(out / f"{name}-s{seed}" / "folds.csv").query("task == 'sentiment'")
+            for name in ("mtl_uncertainty", "single_sentiment")
+        ]
+        assert held[0].reset_index(drop=True).equals(held[1].reset_index(drop=True))
+
+    stats = first["table"]["mtl_uncertainty"]["metrics"]["toxicity/f1_macro"]
+    values = [runs["mtl_uncertainty", s]["metrics"]["toxicity"]["f1_macro"] for s in (1, 2)]
+    assert stats["n"] == 2 and stats["mean"] == pytest.approx(np.mean(values))
+    assert stats["std"] == pytest.approx(np.std(values, ddof=1))
+    assert first["hardware"]["cores"] >= 1 and first["hardware"]["torch"]
+
+    text = table.read_text()
+    lines = [line for line in text.splitlines() if line.startswith("| ")]
+    header = lines[0]
+    for column in ("toxicity macro-F1", "emotion macro-F1", "sentiment acc", "sentiment macro-F1"):
+        assert column in header
+    assert "wall-clock / run (s)" in header
+    row = next(line for line in lines if line.startswith("| mtl_uncertainty |"))
+    assert row.count(" ± ") >= 5  # four metrics and the wall-clock
+    assert f"{stats['mean']:.4f} ± {stats['std']:.4f}" in row
+    single = next(line for line in lines if line.startswith("| single_sentiment |"))
+    assert single.count("—") == 2  # no toxicity, no emotion
+    assert "majority-class baseline" in text and "Hardware:" in text and "1,2" in row
+
+    # rerun: nothing retrains, the same table comes back
+    stamps = {p: p.stat().st_mtime_ns for p in out.glob("*/fold_0/*")}
+    assert compare_main(argv) == 0
+    second = json.loads(report.read_text())
+    assert [r["status"] for r in second["runs"]] == ["skipped"] * 4
+    assert {p: p.stat().st_mtime_ns for p in out.glob("*/fold_0/*")} == stamps
+    assert second["table"] == first["table"]
+    assert table.read_text().split("Runs:")[0] == text.split("Runs:")[0]
+
+    # seed-paired differences, read from the JSON (no training)
+    capsys.readouterr()
+    assert (
+        compare_main(["--paired", "mtl_uncertainty", "single_sentiment", "--json", str(report)])
+        == 0
+    )
+    lines = [x for x in capsys.readouterr().out.splitlines() if "mtl_uncertainty − " in x]
+    assert len(lines) == 2  # sentiment accuracy and macro-F1: the tasks both configs have
+    diffs = [
+        runs["mtl_uncertainty", s]["metrics"]["sentiment"]["accuracy"]
+        - runs["single_sentiment", s]["metrics"]["sentiment"]["accuracy"]
+        for s in (1, 2)
+    ]
+    assert f"{diffs[0]:+.4f}, {diffs[1]:+.4f}" in lines[0]
+
+    # the same folders with another budget would mix settings in one table: refused up front
+    changed = [a if a != "data.max_train_rows=100" else "data.max_train_rows=90" for a in argv]
+    assert compare_main(changed) == 2
