@@ -80,11 +80,13 @@ class MultiTaskModule(L.LightningModule):
             for name in self.task_names
         }
         present = {name: batch["index"][name].numel() > 0 for name in self.task_names}
+        if self._loss_sums[stage].device != self.device:  # on-device sums: no host sync per step
+            self._loss_sums[stage] = self._loss_sums[stage].to(self.device)
         sums = self._loss_sums[stage]
         for k, name in enumerate(self.task_names):
             if present[name]:
                 n = batch["index"][name].numel()
-                sums[k, 0] += float(losses[name].detach()) * n
+                sums[k, 0] += losses[name].detach().float() * n
                 sums[k, 1] += n
         return self.weighting(losses, present), logits
 

@@ -108,13 +108,11 @@ def data_dir(tmp_path_factory) -> Path:
     return folder
 
 
-def tiny_overrides(backbone: Path, data: Path, out: Path) -> list[str]:
-    """Overrides that shrink configs/default.yaml to a seconds-long CPU run on the fixtures."""
+def tiny_model_overrides(backbone: Path, data: Path) -> list[str]:
+    """Overrides that put any config on the tiny BERT and the fixture CSVs, seconds-long on CPU."""
     return [
         f"backbone.name={backbone}",
         f"data_dir={data}",
-        f"run.output_dir={out}",
-        "run.name=tiny",
         "backbone.dropout=0.0",
         "data.batch_size=16",
         "data.max_length=32",
@@ -126,6 +124,14 @@ def tiny_overrides(backbone: Path, data: Path, out: Path) -> list[str]:
         "trainer.log_every_n_steps=1",
         "optim.lr_backbone=1e-3",
         "optim.lr_heads=1e-2",
+    ]
+
+
+def tiny_overrides(backbone: Path, data: Path, out: Path) -> list[str]:
+    """configs/default.yaml shrunk to the tiny run, writing under `out`, with the test files."""
+    return tiny_model_overrides(backbone, data) + [
+        f"run.output_dir={out}",
+        "run.name=tiny",
         "tasks.toxicity.test=toxicity_test.csv",
         "tasks.emotion.test=emotion_test.csv",
         "tasks.sentiment.test=sentiment_test.csv",

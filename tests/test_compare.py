@@ -9,6 +9,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pytest
+from conftest import tiny_model_overrides
 
 from mtl.compare import main as compare_main
 from mtl.config import load_config
@@ -21,21 +22,10 @@ CONFIGS = [BENCH / "mtl_uncertainty.yaml", BENCH / "single_sentiment.yaml"]
 
 def shrink(backbone: Path, data: Path) -> list[str]:
     """The benchmark configs on the tiny BERT and the fixture CSVs: seconds per run."""
-    return [
-        f"backbone.name={backbone}",
-        f"data_dir={data}",
-        "backbone.dropout=0.0",
-        "data.batch_size=16",
-        "data.max_length=32",
+    return tiny_model_overrides(backbone, data) + [
         "data.max_train_rows=100",
         "data.max_eval_rows=30",
         "trainer.max_epochs=1",
-        "trainer.accelerator=cpu",
-        "trainer.devices=1",
-        "trainer.enable_progress_bar=false",
-        "trainer.log_every_n_steps=1",
-        "optim.lr_backbone=1e-3",
-        "optim.lr_heads=1e-2",
     ]
 
 

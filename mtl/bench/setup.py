@@ -89,11 +89,6 @@ def prepare_config(args: argparse.Namespace, workdir: Path) -> Box:
         cfg.trainer.accelerator = "cpu"
     cfg.trainer.devices = 1
     cfg.trainer.accumulate_grad_batches = 1
-    total = args.warmup + args.steps
-    if cfg.optim.scheduler == "onecycle" and cfg.optim.warmup_ratio * total < 2:
-        # OneCycleLR divides by zero when its warm-up phase is under 2 steps (mtl/optim.py
-        # passes pct_start=max(warmup_ratio, 1/total)): short benchmark runs stretch the warm-up
-        cfg.optim.warmup_ratio = min(0.5, 2.0 / total)
     cfg.data.cache_dir = str(workdir / "token_cache")
     cfg.run.output_dir = str(workdir / "runs")
     rng = np.random.default_rng(cfg.seed)
