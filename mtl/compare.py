@@ -266,10 +266,13 @@ def _cell(stats: dict | None, digits: int = 4) -> str:
 
 
 def _wall(stats: dict | None) -> str:
+    """Median (min–max): robust to a run slowed by other processes on a shared machine."""
     if stats is None:
         return "—"
-    text = f"{stats['mean']:.0f}"
-    return text + (f" ± {stats['std']:.0f}" if stats["std"] is not None else "")
+    values = stats["values"]
+    if len(values) == 1:
+        return f"{values[0]:.0f}"
+    return f"{np.median(values):.0f} ({min(values):.0f}–{max(values):.0f})"
 
 
 def markdown(summary: dict, rows: list[dict], hw: dict, command: str) -> str:
@@ -278,7 +281,7 @@ def markdown(summary: dict, rows: list[dict], hw: dict, command: str) -> str:
         "config",
         *[f"{c.split('/')[0]} {METRIC_NAMES.get(c.split('/')[1], c.split('/')[1])}" for c in cols],
         "seeds",
-        "wall-clock / run (s)",
+        "wall-clock / run, s: median (min–max)",
     ]
     lines = [
         "| " + " | ".join(header) + " |",
@@ -329,8 +332,8 @@ def markdown(summary: dict, rows: list[dict], hw: dict, command: str) -> str:
             "Mean ± sample std (ddof=1) over seeds of each run's validation score (the task's val "
             "file, or its held-out share of the training file where it has none); `—` where a "
             "config has no such task. Wall-clock: the whole run (data, training, validation, "
-            "predictions) as timed by this script. The baseline row: always predicting the "
-            "majority class (multi-label: the most frequent label set) on the same validation rows.",
+            "predictions) as timed by this script when it trained the run. The baseline row: "
+            "always predicting the majority class (multi-label: the most frequent label set) on the same validation rows.",
             *contention,
             f"Runs: {len(rows)} ({', '.join(f'{n} {s}' for s, n in statuses.items() if n)}).",
             "",

@@ -141,9 +141,11 @@ def test_compare_writes_the_table_and_skips_finished_runs(
     header = lines[0]
     for column in ("toxicity macro-F1", "emotion macro-F1", "sentiment acc", "sentiment macro-F1"):
         assert column in header
-    assert "wall-clock / run (s)" in header
+    assert "wall-clock / run, s: median (min–max)" in header
     row = next(line for line in lines if line.startswith("| mtl_uncertainty |"))
-    assert row.count(" ± ") >= 5  # four metrics and the wall-clock
+    assert row.count(" ± ") == 4  # four metrics
+    walls = sorted(runs["mtl_uncertainty", s]["wall_clock_s"] for s in (1, 2))
+    assert f"({walls[0]:.0f}–{walls[1]:.0f})" in row
     assert f"{stats['mean']:.4f} ± {stats['std']:.4f}" in row
     single = next(line for line in lines if line.startswith("| single_sentiment |"))
     assert single.count("—") == 2  # no toxicity, no emotion
