@@ -1,4 +1,4 @@
-"""The README's first command on the real packaged MiniLM and the bundled sample (~2.5 min).
+"""The README's first command on the real packaged MiniLM and the bundled sample (~4.5 min).
 
 One of the few tests that touch the real backbone: it protects the promise that the default
 run works offline and that every task beats its majority-class baseline.
