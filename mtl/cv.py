@@ -15,6 +15,7 @@ import pandas as pd
 from box import Box
 
 from mtl.blend import blend, tune_thresholds
+from mtl.errors import MTLError, first_line
 from mtl.io import write_csv, write_json
 from mtl.metrics import majority_baseline, score_arrays
 from mtl.tasks import TaskMeta
@@ -23,10 +24,21 @@ log = logging.getLogger(__name__)
 
 
 def finished_folds(run_dir: Path) -> dict[int, dict]:
+    """fold number → its metrics.json, for every fold_<k> that has one (a finished fold), in order."""
     done = {}
-    for path in sorted(run_dir.glob("fold_*/metrics.json")):
-        metrics = json.loads(path.read_text())
-        done[int(metrics["fold"])] = metrics
+    for path in run_dir.glob("fold_*/metrics.json"):
+        suffix = path.parent.name.removeprefix("fold_")
+        if not suffix.isdigit():
+            continue
+        try:
+            metrics = json.loads(path.read_text(encoding="utf-8"))
+        except (OSError, ValueError) as err:
+            raise MTLError(
+                f"Cannot read {path}: {first_line(err)}. Delete it to retrain that fold."
+            ) from None
+        if not isinstance(metrics, dict):
+            raise MTLError(f"{path} must hold a JSON object, got {type(metrics).__name__}.")
+        done[int(suffix)] = metrics
     return dict(sorted(done.items()))
 
 

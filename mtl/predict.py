@@ -32,6 +32,7 @@ import torch
 
 from mtl.blend import BLEND_METHODS, blend
 from mtl.checkpoint import build_model, load_checkpoint
+from mtl.cv import finished_folds
 from mtl.errors import CheckpointError, ConfigError, PredictError, first_line
 from mtl.tables import (
     DEFAULT_CHUNK_SIZE,
@@ -61,16 +62,6 @@ def load_run_tokenizer(folder: Path | None, backbone_name: str):
     from mtl.model import load_tokenizer
 
     return load_tokenizer(backbone_name)
-
-
-def finished_folds(run_dir: Path) -> dict[int, Path]:
-    """fold number → fold folder, for every fold_<k> with a metrics.json, in fold order."""
-    folds = {}
-    for metrics in run_dir.glob("fold_*/metrics.json"):
-        suffix = metrics.parent.name.removeprefix("fold_")
-        if suffix.isdigit():
-            folds[int(suffix)] = metrics.parent
-    return dict(sorted(folds.items()))
 
 
 def _read_json(path: Path) -> dict:
@@ -201,8 +192,8 @@ class Predictor:
                 "checkpoint with --checkpoint."
             )
         models, metas, configs, paths, scores = [], None, None, [], []
-        for k, folder in folds.items():
-            metrics = _read_json(folder / "metrics.json")
+        for k, metrics in folds.items():
+            folder = run_dir / f"fold_{k}"
             path = folder / str(metrics.get("best_checkpoint") or "best.ckpt")
             if not path.is_file() and (folder / "last.ckpt").is_file():
                 path = folder / "last.ckpt"
