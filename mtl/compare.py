@@ -275,6 +275,21 @@ def _wall(stats: dict | None) -> str:
     return f"{np.median(values):.0f} ({min(values):.0f}–{max(values):.0f})"
 
 
+def baseline_by_seed(rows: list[dict]) -> dict[str, list[float]]:
+    """{"task/metric": one majority-baseline score per seed}.
+
+    Configs of one seed score the same validation rows, so the ± of the baseline row is over
+    seeds, not over how many configs happen to share a task (mean within a seed, to be safe)."""
+    by_seed: dict[str, dict[int, list[float]]] = {}
+    for row in rows:
+        for task, values in row["baseline"].items():
+            for metric, value in values.items():
+                if value is not None:
+                    seeds = by_seed.setdefault(f"{task}/{metric}", {})
+                    seeds.setdefault(row["seed"], []).append(value)
+    return {c: [float(np.mean(v)) for v in seeds.values()] for c, seeds in by_seed.items()}
+
+
 def markdown(summary: dict, rows: list[dict], hw: dict, command: str) -> str:
     cols = columns(rows)
     header = [
@@ -293,12 +308,7 @@ def markdown(summary: dict, rows: list[dict], hw: dict, command: str) -> str:
         lines.append(
             f"| {config} | " + " | ".join(cells) + f" | {seeds} | {_wall(entry['wall_clock_s'])} |"
         )
-    baseline = {}
-    for row in rows:
-        for task, values in row["baseline"].items():
-            for metric, value in values.items():
-                if value is not None:
-                    baseline.setdefault(f"{task}/{metric}", []).append(value)
+    baseline = baseline_by_seed(rows)
     if baseline:
         cells = [_cell(_stats(baseline[c])) if c in baseline else "—" for c in cols]
         lines.append("| majority-class baseline | " + " | ".join(cells) + " | | |")

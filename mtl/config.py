@@ -95,12 +95,13 @@ TASK_DEFAULTS: dict[str, Any] = {
     "label_smoothing": 0.0,
     "threshold": 0.5,
     "weight": 1.0,
+    "max_train_rows": None,  # int: this task's own data.max_train_rows
 }
 
 CHOICES: dict[str, tuple] = {
     "backbone.pooling": ("cls", "pooler", "mean"),
     "backbone.head": ("linear", "mlp"),
-    "loss_weighting": ("uncertainty", "equal", "fixed", "dwa"),
+    "loss_weighting": ("uncertainty", "equal", "fixed", "dwa", "random"),
     "sampling.mode": ("proportional", "temperature", "uniform"),
     "data.on_bad_rows": ("error", "drop"),
     "optim.scheduler": ("onecycle", "linear", "cosine", "constant"),
@@ -131,6 +132,7 @@ TYPES: dict[str, tuple] = {
     "task.loss": (str, _NONE),
     "task.class_weights": (str, list, _NONE),
     "task.threshold": (float, str, list),
+    "task.max_train_rows": (int, _NONE),
 }
 
 DEFAULT_CONFIG = Path(__file__).resolve().parent.parent / "configs" / "default.yaml"
@@ -335,6 +337,11 @@ def _check_tasks(cfg: dict) -> None:
         if isinstance(spec["threshold"], str) and spec["threshold"] != "tuned":
             raise ConfigError(
                 f"Config key '{where}.threshold' must be a number, a list per label, or 'tuned'."
+            )
+        if spec["max_train_rows"] is not None and spec["max_train_rows"] < 1:
+            raise ConfigError(
+                f"Config key '{where}.max_train_rows' must be a positive integer or null, "
+                f"got {spec['max_train_rows']}."
             )
         if not 0.0 <= spec["label_smoothing"] < 1.0:
             raise ConfigError(

@@ -125,6 +125,8 @@ def load_tasks(cfg: Box, tokenizer) -> tuple[dict[str, dict[str, TaskData]], dic
                     f"Task '{name}' has no training rows left in {path} after dropping bad rows."
                 )
             cap = {"train": cfg.data.max_train_rows, "val": cfg.data.max_eval_rows}.get(split)
+            if split == "train" and spec.max_train_rows is not None:
+                cap = spec.max_train_rows  # this task's own budget
             if cap is not None and len(part) > cap:
                 part = cap_rows(part, cap, cfg.seed)
             part.texts = [preprocess(t) for t in part.texts]
@@ -145,7 +147,7 @@ def cap_rows(part: TaskData, cap: int, seed: int) -> TaskData:
     rng = np.random.default_rng([seed, key])
     keep = np.sort(rng.choice(len(part), size=cap, replace=False))
     log.info(
-        "%s: using a random %d of %d %s rows (data.max_%s_rows); %d dropped",
+        "%s: using a random %d of %d %s rows (max_%s_rows); %d dropped",
         part.path,
         cap,
         len(part),

@@ -11,6 +11,7 @@ import pandas as pd
 import pytest
 from conftest import tiny_model_overrides
 
+from mtl.compare import baseline_by_seed
 from mtl.compare import main as compare_main
 from mtl.config import load_config
 from mtl.errors import ConfigError
@@ -36,6 +37,7 @@ def every_benchmark_config_loads():
         "mtl_equal",
         "mtl_dwa",
         "mtl_temperature",
+        "mtl_random",
         "single_toxicity",
         "single_emotion",
         "single_sentiment",
@@ -52,6 +54,35 @@ def test_benchmark_configs_share_everything_but_the_variant():
             assert cfg[key] == mtl[key], key
         for name, spec in cfg.tasks.items():
             assert spec == mtl.tasks[name]  # a single-task config trains the same task
+
+
+def test_natural_proportion_configs_differ_only_in_each_task_s_row_budget():
+    mtl = load_config(BENCH / "mtl_equal.yaml")
+    paths = sorted((BENCH / "natural").glob("*.yaml"))
+    assert {p.stem for p in paths} == {
+        "mtl_equal",
+        "mtl_equal_temperature",
+        "single_toxicity",
+        "single_emotion",
+        "single_sentiment",
+    }
+    caps = {}
+    for path in paths:
+        cfg = load_config(path)
+        assert cfg.data.max_train_rows is None
+        assert {**cfg.data, "max_train_rows": 1500} == mtl.data, path.stem
+        for key in ("optim", "trainer", "backbone", "early_stopping", "cv", "loss_weighting"):
+            assert cfg[key] == mtl[key], (path.stem, key)
+        assert cfg.sampling.mode == (
+            "temperature" if "temperature" in path.stem else "proportional"
+        )
+        for name, spec in cfg.tasks.items():
+            assert {**spec, "max_train_rows": None} == mtl.tasks[name]
+            assert caps.setdefault(name, spec.max_train_rows) == spec.max_train_rows
+        if len(cfg.tasks) > 1:
+            assert list(cfg.tasks) == list(mtl.tasks)  # sentiment first: same held-out rows
+    # the full training files' imbalance, 67,349 / 11,916 / 43,410 rows, at 5%
+    assert caps == {"sentiment": 3370, "toxicity": 600, "emotion": 2170}
 
 
 def test_max_train_rows_and_max_eval_rows(tiny_cfg, caplog):
@@ -84,6 +115,22 @@ def test_max_train_rows_and_max_eval_rows(tiny_cfg, caplog):
     assert len(big["toxicity"]["train"]) == len(full["toxicity"]["train"])
     for bad in ("data.max_train_rows=0", "data.max_eval_rows=true", "data.max_train_rows=1.5"):
         with pytest.raises(ConfigError, match="data.max_"):
+            tiny_cfg(bad)
+
+
+def test_a_task_s_own_max_train_rows_overrides_the_data_one(tiny_cfg):
+    from mtl.data import load_tasks
+    from mtl.model import load_tokenizer
+
+    cfg = tiny_cfg("data.max_train_rows=50", "tasks.toxicity.max_train_rows=20")
+    capped, _ = load_tasks(cfg, load_tokenizer(cfg.backbone.name))
+    assert len(capped["toxicity"]["train"]) == 20
+    assert len(capped["sentiment"]["train"]) == len(capped["emotion"]["train"]) == 50
+    # seeded: the same rows again
+    again, _ = load_tasks(cfg, load_tokenizer(cfg.backbone.name))
+    assert np.array_equal(again["toxicity"]["train"].rows, capped["toxicity"]["train"].rows)
+    for bad in ("tasks.toxicity.max_train_rows=0", "tasks.toxicity.max_train_rows=abc"):
+        with pytest.raises(ConfigError, match="tasks.toxicity.max_train_rows"):
             tiny_cfg(bad)
 
 
@@ -178,3 +225,15 @@ def test_compare_writes_the_table_and_skips_finished_runs(
     # the same folders with another budget would mix settings in one table: refused up front
     changed = [a if a != "data.max_train_rows=100" else "data.max_train_rows=90" for a in argv]
     assert compare_main(changed) == 2
+
+
+def test_the_baseline_row_has_one_value_per_seed_however_many_configs_share_a_task():
+    rows = [
+        {"seed": seed, "baseline": {"sentiment": {"accuracy": acc}, "toxicity": tox}}
+        for seed, acc in ((1, 0.5), (2, 0.6))
+        for tox in ({"f1_macro": 0.4}, {})  # a multi-task and a single-sentiment config
+    ]
+    assert baseline_by_seed(rows) == {
+        "sentiment/accuracy": [0.5, 0.6],
+        "toxicity/f1_macro": [0.4, 0.4],
+    }

@@ -14,6 +14,7 @@ from mtl.tasks import TaskMeta
 from mtl.weighting import (
     DWAWeighting,
     FixedWeighting,
+    RandomWeighting,
     UncertaintyWeighting,
     build_weighting,
 )
@@ -268,7 +269,12 @@ def test_build_weighting_reads_task_weights_from_config():
 
 @pytest.mark.parametrize(
     "method,cls",
-    [("uncertainty", UncertaintyWeighting), ("dwa", DWAWeighting), ("equal", FixedWeighting)],
+    [
+        ("uncertainty", UncertaintyWeighting),
+        ("dwa", DWAWeighting),
+        ("random", RandomWeighting),
+        ("equal", FixedWeighting),
+    ],
 )
 def test_build_weighting_picks_the_method(method, cls):
     cfg = load_config(DEFAULT_CONFIG, [f"loss_weighting={method}", "tasks.emotion.weight=3"])
@@ -316,3 +322,57 @@ def test_dwa_uses_only_the_last_two_epochs():
         weighting.on_epoch_end(losses)
     got = weighting.task_weights()
     assert all(w == pytest.approx(1.0) for w in got.values())
+
+
+# --- random loss weighting (RLW) ----------------------------------------------------------------
+
+
+def test_random_weighting_draws_k_softmax_of_a_normal_per_step_from_seed_and_step():
+    import numpy as np
+
+    weighting = RandomWeighting(TASKS, seed=5)
+    all_present = dict.fromkeys(TASKS, True)
+    drawn = []
+    for step in range(3):
+        losses = losses_of(0.7, 1.3, 0.2)
+        total = weighting(losses, all_present)
+        z = np.random.default_rng([5, step]).standard_normal(3)
+        expected = 3 * np.exp(z) / np.exp(z).sum()
+        got = [weighting.task_weights()[n] for n in TASKS]
+        assert got == pytest.approx(expected.tolist())
+        assert sum(got) == pytest.approx(3.0)  # they average 1, as equal weighting's do
+        total.backward()
+        assert [losses[n].grad.item() for n in TASKS] == pytest.approx(expected.tolist())
+        drawn.append(got)
+    assert drawn[0] != drawn[1] != drawn[2]  # fresh weights every step
+    assert int(weighting.steps) == 3
+    other_seed = RandomWeighting(TASKS, seed=6)
+    other_seed(losses_of(0.7, 1.3, 0.2), all_present)
+    assert [other_seed.task_weights()[n] for n in TASKS] != drawn[0]
+
+
+def test_random_weighting_gives_absent_tasks_nothing_and_present_ones_mean_one():
+    weighting = RandomWeighting(TASKS, seed=0)
+    losses = losses_of(0.7, 1.3, 0.2)
+    weighting(losses, {"toxicity": True, "emotion": False, "sentiment": True})
+    weights = weighting.task_weights()
+    assert weights["emotion"] == 0.0
+    assert weights["toxicity"] + weights["sentiment"] == pytest.approx(2.0)
+    weighting(losses_of(0.7, 1.3, 0.2), dict.fromkeys(TASKS, False))
+    assert weighting.task_weights() == dict.fromkeys(TASKS, 0.0)
+
+
+def test_random_weighting_validates_with_equal_weights_and_resumes_its_sequence():
+    weighting = RandomWeighting(TASKS, seed=3)
+    for _ in range(4):
+        weighting(losses_of(0.7, 1.3, 0.2), dict.fromkeys(TASKS, True))
+    weighting.eval()
+    total = weighting(losses_of(0.7, 1.3, 0.2), dict.fromkeys(TASKS, True))
+    assert total.item() == pytest.approx(2.2)
+    assert int(weighting.steps) == 4  # validation does not advance the sequence
+    weighting.train()
+    resumed = RandomWeighting(TASKS, seed=3)
+    resumed.load_state_dict(weighting.state_dict())  # the step count travels in the checkpoint
+    weighting(losses_of(0.7, 1.3, 0.2), dict.fromkeys(TASKS, True))
+    resumed(losses_of(0.7, 1.3, 0.2), dict.fromkeys(TASKS, True))
+    assert resumed.task_weights() == weighting.task_weights()

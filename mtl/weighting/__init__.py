@@ -6,6 +6,7 @@ from box import Box
 
 from mtl.weighting.base import LossWeighting
 from mtl.weighting.dwa import DWAWeighting
+from mtl.weighting.random import RandomWeighting
 from mtl.weighting.static import FixedWeighting
 from mtl.weighting.uncertainty import UncertaintyWeighting
 
@@ -14,6 +15,7 @@ __all__ = [
     "FixedWeighting",
     "UncertaintyWeighting",
     "DWAWeighting",
+    "RandomWeighting",
     "build_weighting",
 ]
 
@@ -25,6 +27,8 @@ def build_weighting(cfg: Box) -> LossWeighting:
         return UncertaintyWeighting(names, clamp=cfg.weighting.log_var_clamp)
     if method == "dwa":
         return DWAWeighting(names, temperature=cfg.weighting.dwa_temperature)
+    if method == "random":
+        return RandomWeighting(names, seed=cfg.seed)
     if method == "fixed":
         return FixedWeighting(names, {name: spec.weight for name, spec in cfg.tasks.items()})
     return FixedWeighting(names)  # equal
