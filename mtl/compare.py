@@ -168,6 +168,7 @@ def execute(run: dict) -> dict:
         "wall_clock_s": timing.get("wall_clock_s"),
         "resumed": timing.get("resumed", False),
         "cpu_utilisation": timing.get("cpu_utilisation"),
+        "torch_threads": timing.get("hardware", {}).get("torch_threads"),
         "best_epoch": {str(k): fm.get("best_epoch") for k, fm in finished_folds(run_dir).items()},
         "train_rows": _train_rows(run_dir),
         "metrics": metrics,
@@ -275,6 +276,11 @@ def _wall(stats: dict | None) -> str:
     return f"{np.median(values):.0f} ({min(values):.0f}–{max(values):.0f})"
 
 
+def run_threads(row: dict, hw: dict) -> int:
+    """The torch threads a run trained with (older runs did not record them: this machine's)."""
+    return row.get("torch_threads") or hw.get("torch_threads") or 1
+
+
 def baseline_by_seed(rows: list[dict]) -> dict[str, list[float]]:
     """{"task/metric": one majority-baseline score per seed}.
 
@@ -313,15 +319,16 @@ def markdown(summary: dict, rows: list[dict], hw: dict, command: str) -> str:
         cells = [_cell(_stats(baseline[c])) if c in baseline else "—" for c in cols]
         lines.append("| majority-class baseline | " + " | ".join(cells) + " | | |")
     gpu = f", GPU {hw['gpu']}" if hw.get("gpu") else ", no GPU"
-    threads = hw.get("torch_threads") or 1
     shared = [
-        f"{r['run_name']} ({r['cpu_utilisation']:.2f})"
+        f"{r['run_name']} ({r['cpu_utilisation']:.2f} of {run_threads(r, hw)})"
         for r in rows
-        if not hw.get("gpu") and (r.get("cpu_utilisation") or threads) < 0.75 * threads
+        if not hw.get("gpu")
+        and r.get("cpu_utilisation") is not None
+        and r["cpu_utilisation"] < 0.75 * run_threads(r, hw)
     ]
     contention = (
         [
-            f"Shared CPU (CPU seconds / wall-clock below 75% of the {threads} torch threads: other "
+            "Shared CPU (CPU seconds / wall-clock below 75% of the run's torch threads: other "
             f"processes used the cores, so these wall-clocks are inflated): {', '.join(shared)}."
         ]
         if shared

@@ -11,7 +11,7 @@ import pandas as pd
 import pytest
 from conftest import tiny_model_overrides
 
-from mtl.compare import baseline_by_seed
+from mtl.compare import baseline_by_seed, run_threads
 from mtl.compare import main as compare_main
 from mtl.config import load_config
 from mtl.errors import ConfigError
@@ -237,3 +237,9 @@ def test_the_baseline_row_has_one_value_per_seed_however_many_configs_share_a_ta
         "sentiment/accuracy": [0.5, 0.6],
         "toxicity/f1_macro": [0.4, 0.4],
     }
+
+
+def test_the_shared_cpu_check_uses_the_threads_a_run_trained_with():
+    # a table rewritten later with other thread settings must not re-judge finished runs
+    assert run_threads({"torch_threads": 2}, {"torch_threads": 1}) == 2
+    assert run_threads({"torch_threads": None}, {"torch_threads": 4}) == 4  # older runs
