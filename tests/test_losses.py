@@ -372,7 +372,10 @@ def test_random_weighting_validates_with_equal_weights_and_resumes_its_sequence(
     assert int(weighting.steps) == 4  # validation does not advance the sequence
     weighting.train()
     resumed = RandomWeighting(TASKS, seed=3)
-    resumed.load_state_dict(weighting.state_dict())  # the step count travels in the checkpoint
+    resumed(losses_of(0.7, 1.3, 0.2), dict.fromkeys(TASKS, True))  # its own count is now 1
+    # the step count travels in the checkpoint, nested in the LightningModule's state dict
+    parent = torch.nn.ModuleDict({"weighting": resumed})
+    parent.load_state_dict({"weighting.steps": weighting.state_dict()["steps"]})
     weighting(losses_of(0.7, 1.3, 0.2), dict.fromkeys(TASKS, True))
     resumed(losses_of(0.7, 1.3, 0.2), dict.fromkeys(TASKS, True))
     assert resumed.task_weights() == weighting.task_weights()

@@ -27,7 +27,12 @@ class RandomWeighting(LossWeighting):
         super().__init__(task_names)
         self.seed = int(seed)
         self.register_buffer("steps", torch.zeros((), dtype=torch.long))
+        self._step: int | None = None  # host copy of `steps`: reading a GPU buffer would sync
         self.last = {name: 1.0 for name in self.task_names}
+
+    def _load_from_state_dict(self, *args, **kwargs) -> None:
+        super()._load_from_state_dict(*args, **kwargs)
+        self._step = None  # re-read from the loaded buffer at the next step
 
     def draw(self, step: int, present: list[bool]) -> np.ndarray:
         """The weights of one training step; 0 for absent tasks, the present ones average 1."""
@@ -42,8 +47,11 @@ class RandomWeighting(LossWeighting):
     def forward(self, losses: dict[str, torch.Tensor], present: dict[str, bool]) -> torch.Tensor:
         if not self.training:
             return sum(losses[name] for name in self.task_names)
-        weights = self.draw(int(self.steps), [present[name] for name in self.task_names])
-        self.steps += 1
+        if self._step is None:
+            self._step = int(self.steps)
+        weights = self.draw(self._step, [present[name] for name in self.task_names])
+        self._step += 1
+        self.steps.fill_(self._step)
         self.last = {name: float(weights[k]) for k, name in enumerate(self.task_names)}
         return sum(self.last[name] * losses[name] for name in self.task_names)
 
