@@ -5,6 +5,11 @@ or a traceback. Run-folder cases drive `mtl.train` on the tiny BERT; none trains
 
 from __future__ import annotations
 
+import logging
+import os
+import shutil
+import stat
+import time
 from pathlib import Path
 
 import pandas as pd
@@ -14,7 +19,7 @@ from conftest import tiny_overrides
 
 from mtl.config import DEFAULT_CONFIG, load_config
 from mtl.data import load_tasks
-from mtl.errors import ConfigError
+from mtl.errors import CheckpointError, ConfigError, DataError
 from mtl.model import load_tokenizer
 from mtl.train import main
 
@@ -201,3 +206,363 @@ def test_config_module_is_the_one_yaml_reader():
 
     assert yaml_load("[NOT, OFF]") == ["NOT", "OFF"]
     assert yaml.safe_load("[NOT, OFF]") == ["NOT", False]
+
+
+# --- run folders: a tiny one-task setup ---------------------------------------------------------
+
+ONE_TASK = ("tasks.emotion=null", "tasks.sentiment=null", "trainer.max_epochs=1")
+
+
+@pytest.fixture
+def own_data(data_dir, tmp_path) -> Path:
+    """A private copy of the fixture data, free to edit."""
+    folder = tmp_path / "own_data"
+    shutil.copytree(data_dir, folder)
+    return folder
+
+
+@pytest.fixture
+def one_task(tiny_cfg, own_data):
+    """Factory: a one-task config on the private data copy, run folder `tmp_path/tiny`."""
+
+    def make(*extra: str):
+        return tiny_cfg(f"data_dir={own_data}", *ONE_TASK, *extra)
+
+    return make
+
+
+def folder_of(cfg) -> Path:
+    return Path(cfg.run.output_dir) / cfg.run.name
+
+
+def fake_fold_work(cfg, fold: int = 0) -> None:
+    """What an interrupted fold leaves: a last.ckpt (the check looks only at its presence)."""
+    (folder_of(cfg) / f"fold_{fold}").mkdir(parents=True, exist_ok=True)
+    (folder_of(cfg) / f"fold_{fold}" / "last.ckpt").write_bytes(b"")
+
+
+# --- 2, 3. the folder's fingerprint: changed data, row caps or training keys are refused ------
+
+
+@pytest.mark.parametrize(
+    "first, second, named",
+    [
+        ("data.max_train_rows=64", "data.max_train_rows=96", "data.max_train_rows"),
+        ("trainer.max_epochs=1", "trainer.max_epochs=3", "trainer.max_epochs"),
+        ("optim.lr_heads=1e-2", "optim.lr_heads=1e-3", "optim.lr_heads"),
+        ("seed=1", "seed=2", "seed"),
+        ("cv.n_splits=2", "cv.n_splits=3", "cv.n_splits"),
+        ("data.max_length=32", "data.max_length=16", "data.max_length"),
+        ("tasks.toxicity.label_smoothing=0.0", "tasks.toxicity.label_smoothing=0.1", "label_"),
+    ],
+)
+def test_a_changed_setting_is_refused_once_the_folder_holds_fold_work(
+    one_task, first, second, named
+):
+    from mtl.train import prepare
+
+    cfg = one_task("cv.n_splits=2", first)
+    prepare(cfg)
+    saved = (folder_of(cfg) / "config.yaml").read_text()
+    fake_fold_work(cfg)
+    with pytest.raises(ConfigError) as info:
+        prepare(one_task("cv.n_splits=2", second))
+    assert named in str(info.value) and str(folder_of(cfg)) in str(info.value)
+    assert "run.name=tiny_2" in str(info.value)
+    assert (folder_of(cfg) / "config.yaml").read_text() == saved  # still what was trained
+
+
+def test_an_edited_data_file_is_refused_naming_the_file(one_task, own_data):
+    from mtl.train import prepare
+
+    cfg = one_task("cv.n_splits=2")
+    prepare(cfg)
+    fake_fold_work(cfg)
+    path = own_data / "toxicity_train.csv"
+    frame = pd.read_csv(path)
+    frame.loc[0, "label"] = 1 - frame.loc[0, "label"]
+    frame.to_csv(path, index=False)
+    with pytest.raises(ConfigError) as info:
+        prepare(cfg)
+    assert "contents of tasks.toxicity.train" in str(info.value) and str(path) in str(info.value)
+
+
+def test_fold_jobs_with_different_row_caps_cannot_merge(one_task):
+    # the issue's case end to end: before, fold 1 trained on other rows and the OOF file merged
+    from mtl.train import train
+
+    train(one_task("cv.n_splits=2", "cv.folds=0", "data.max_train_rows=64"))
+    with pytest.raises(ConfigError, match="data.max_train_rows was 64, now 96"):
+        train(one_task("cv.n_splits=2", "cv.folds=1", "data.max_train_rows=96"))
+    assert not (folder_of(one_task()) / "fold_1").exists()
+
+
+def test_the_same_data_moved_elsewhere_and_other_hardware_keys_resume(one_task, own_data, tmp_path):
+    from mtl.train import prepare
+
+    cfg = one_task("cv.n_splits=2")
+    prepare(cfg)
+    fake_fold_work(cfg)
+    moved = tmp_path / "moved"
+    shutil.copytree(own_data, moved)
+    prepare(one_task("cv.n_splits=2", f"data_dir={moved}", "cv.folds=1", "data.num_workers=1"))
+
+
+# --- 4. a failed start leaves nothing that blocks the corrected rerun --------------------------
+
+
+def test_a_failed_start_leaves_no_run_folder(one_task, own_data):
+    from mtl.train import prepare
+
+    cfg = one_task("cv.n_splits=500")  # more folds than rows: refused when folds are built
+    with pytest.raises(DataError):
+        prepare(cfg)
+    assert not folder_of(cfg).exists()
+    prepare(one_task("cv.n_splits=2"))  # the corrected command runs
+
+
+def test_a_folder_without_fold_work_starts_over_with_new_settings(one_task):
+    from mtl.train import prepare
+
+    prepare(one_task("cv.n_splits=2", "trainer.max_epochs=1"))
+    prepare(one_task("cv.n_splits=3", "trainer.max_epochs=2"))  # nothing trained yet: fine
+    saved = load_config(folder_of(one_task()) / "config.yaml")
+    assert saved.cv.n_splits == 3 and saved.trainer.max_epochs == 2
+
+
+# --- 5. locks: one process per fold; stale locks do not block; fold jobs run side by side -----
+
+
+def test_a_fold_being_trained_elsewhere_stops_a_second_run_with_a_message(one_task):
+    from mtl.runfolder import RunFolderBusy, fold_lock
+    from mtl.train import train
+
+    cfg = one_task()
+    folder_of(cfg).mkdir(parents=True)
+    with fold_lock(folder_of(cfg), 0):  # flock conflicts between two opens, as across processes
+        with pytest.raises(RunFolderBusy) as info:
+            train(cfg)
+    message = str(info.value)
+    assert "Fold 0 of run folder" in message and f"pid {os.getpid()}" in message
+    assert not (folder_of(cfg) / "csv").exists()  # no second set of logs
+
+
+def test_a_stale_lock_file_of_a_killed_process_does_not_block(one_task):
+    from mtl.train import train
+
+    cfg = one_task()
+    (folder_of(cfg) / "fold_0").mkdir(parents=True)
+    (folder_of(cfg) / ".fold_0.lock").write_text("pid 999999 on elsewhere since long ago\n")
+    (folder_of(cfg) / ".lock").write_text("pid 999999 on elsewhere since long ago\n")
+    assert train(cfg)["folds"] == [0]
+
+
+def test_fold_jobs_of_one_run_train_side_by_side(one_task):
+    from mtl.runfolder import fold_lock
+    from mtl.train import train
+
+    cfg = one_task("cv.n_splits=2", "cv.folds=0")
+    folder_of(cfg).mkdir(parents=True)
+    with fold_lock(folder_of(cfg), 1):  # another job is training fold 1
+        assert train(cfg)["folds"] == [0]
+
+
+# --- 7. every checkpoint mtl opens goes through the safe loader --------------------------------
+
+
+class Hostile:
+    """Unpickling this runs code: what a planted last.ckpt would do."""
+
+    def __init__(self, marker: Path):
+        self.marker = marker
+
+    def __reduce__(self):
+        return (Path.write_text, (self.marker, "code ran"))
+
+
+@pytest.fixture
+def interrupted(one_task):
+    """A one-fold run folder whose fold 0 has a last.ckpt to resume from (set by the test)."""
+    from mtl.train import prepare
+
+    cfg = one_task()
+    prepare(cfg)
+    (folder_of(cfg) / "fold_0").mkdir()
+    return cfg, folder_of(cfg) / "fold_0" / "last.ckpt"
+
+
+def test_a_hostile_last_ckpt_is_refused_even_when_torch_is_told_to_unpickle(
+    interrupted, tmp_path, monkeypatch, capsys, args
+):
+    import torch
+
+    cfg, last = interrupted
+    marker = tmp_path / "pwned"
+    torch.save({"state_dict": {}, "payload": Hostile(marker)}, last)
+    monkeypatch.setenv("TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD", "1")
+    from mtl.train import train
+
+    with pytest.raises(CheckpointError) as info:
+        train(cfg)
+    assert not marker.exists()
+    assert "Cannot resume fold 0" in str(info.value) and f"delete {last}" in str(info.value)
+
+
+def test_a_truncated_last_ckpt_is_an_error_with_the_restart_option(interrupted, capsys):
+    from mtl.train import main as train_main
+
+    cfg, last = interrupted
+    last.write_bytes(b"PK\x03\x04 truncated")
+    argv = [f"{k}={v}" for k, v in [("run.output_dir", cfg.run.output_dir)]]
+    del argv  # the same config through the entry point:
+    config = folder_of(cfg) / "config.yaml"
+    code = train_main(["--config", str(config)])
+    err = capsys.readouterr().err
+    assert code == 2 and "Traceback" not in err
+    assert "Cannot resume fold 0" in err and f"delete {last}" in err
+
+
+def test_training_and_resuming_load_every_checkpoint_with_weights_only(one_task, monkeypatch):
+    import torch
+
+    import mtl.fit
+    from mtl.train import train
+
+    loads = []
+    real_load = torch.load
+
+    def spy(*a, **kw):
+        loads.append(kw.get("weights_only"))
+        return real_load(*a, **kw)
+
+    monkeypatch.setattr(torch, "load", spy)
+    cfg = one_task("trainer.max_epochs=2", "early_stopping.enabled=false")
+    original = mtl.fit.make_trainer
+
+    class StopAfterFirstEpoch(Exception):
+        pass
+
+    class Stop(mtl.fit.L.Callback):
+        def on_train_epoch_end(self, trainer, module):
+            if trainer.current_epoch == 0:
+                raise StopAfterFirstEpoch
+
+    monkeypatch.setattr(
+        mtl.fit, "make_trainer", lambda c, f, r, k, callbacks=None: original(c, f, r, k, [Stop()])
+    )
+    with pytest.raises(StopAfterFirstEpoch):
+        train(cfg)
+    monkeypatch.setattr(mtl.fit, "make_trainer", original)
+    train(cfg)  # resumes from last.ckpt, validates and predicts with best.ckpt
+    assert loads and all(w is True for w in loads), loads
+
+
+# --- 8. permissions follow the umask; orphaned temp files are removed --------------------------
+
+
+@pytest.mark.parametrize("mask, mode", [(0o022, 0o644), (0o002, 0o664), (0o077, 0o600)])
+def test_written_files_respect_the_umask(tmp_path, mask, mode):
+    from mtl.io import write_json
+
+    old = os.umask(mask)
+    try:
+        path = write_json(tmp_path / "results.json", {"a": 1})
+    finally:
+        os.umask(old)
+    assert stat.S_IMODE(path.stat().st_mode) == mode
+
+
+def test_run_folder_files_and_tokenizer_are_readable_by_the_group(one_task):
+    from mtl.train import prepare
+
+    old = os.umask(0o002)
+    try:
+        prepare(one_task())
+    finally:
+        os.umask(old)
+    folder = folder_of(one_task())
+    for path in [folder / "config.yaml", folder / "folds.csv", folder / "tokenizer"]:
+        assert stat.S_IMODE(path.stat().st_mode) & 0o060 == 0o060 or path.is_dir(), path
+    assert stat.S_IMODE((folder / "tokenizer").stat().st_mode) == 0o775
+    assert all(stat.S_IMODE(p.stat().st_mode) == 0o664 for p in (folder / "tokenizer").iterdir())
+
+
+def test_orphaned_temp_files_of_killed_writers_are_removed(one_task):
+    import socket
+    import subprocess
+    import sys
+
+    from mtl.io import STALE_AFTER_S, tmp_prefix
+    from mtl.train import prepare
+
+    cfg = one_task()
+    folder = folder_of(cfg)
+    (folder / "fold_0").mkdir(parents=True)
+    dead = subprocess.run(
+        [sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True
+    ).stdout.strip()
+    host = tmp_prefix("x").split("@")[1].rstrip("~")
+    orphan = folder / f".results.json~{dead}@{host}~abc123.tmp"
+    fold_orphan = folder / "fold_0" / f".last.ckpt~{dead}@{host}~def456.tmp"
+    old_style = folder / ".oof_toxicity.csv.k2j3h4.tmp"  # written before pids were in the name
+    live = folder / f"{tmp_prefix('folds.csv')}xyz.tmp"  # this process: a write in progress
+    for path in (orphan, fold_orphan, old_style, live):
+        path.write_text("partial")
+    long_ago = time.time() - STALE_AFTER_S - 60
+    os.utime(old_style, (long_ago, long_ago))
+    prepare(cfg)
+    assert not orphan.exists() and not old_style.exists()
+    assert live.exists()
+    from mtl.train import train
+
+    train(cfg)
+    assert not fold_orphan.exists()
+    assert socket.gethostname()
+
+
+# --- 9. a damaged fold_k/metrics.json; max_length beyond the backbone's positions ---------------
+
+
+@pytest.mark.parametrize("content", ["", "{not json", "[1, 2]"])
+def test_a_damaged_metrics_json_on_rerun_is_an_error_naming_the_fix(one_task, capsys, content):
+    from mtl.train import main as train_main
+    from mtl.train import prepare
+
+    cfg = one_task()
+    prepare(cfg)
+    (folder_of(cfg) / "fold_0").mkdir()
+    (folder_of(cfg) / "fold_0" / "metrics.json").write_text(content)
+    code = train_main(["--config", str(folder_of(cfg) / "config.yaml")])
+    err = capsys.readouterr().err
+    assert code == 2 and "Traceback" not in err
+    assert "metrics.json" in err and "Delete the folder" in err
+
+
+def test_max_length_beyond_the_backbones_positions_is_a_config_error(capsys, args):
+    message = exit_2(capsys, args("data.max_length=100"))  # the tiny BERT has 64 positions
+    assert "'data.max_length' is 100" in message and "at most 64 tokens" in message
+
+
+def test_position_limit_of_roberta_family_discounts_the_padding_offset(tmp_path):
+    from transformers import RobertaConfig
+
+    from mtl.model import position_limit
+
+    RobertaConfig(max_position_embeddings=514, pad_token_id=1).save_pretrained(tmp_path)
+    assert position_limit(str(tmp_path)) == 512
+
+
+# --- 11. a class with fewer rows than folds is named with its numbers ---------------------------
+
+
+def test_a_class_rarer_than_the_folds_is_warned_with_the_numbers(one_task, own_data, caplog):
+    from mtl.train import prepare
+
+    path = own_data / "toxicity_train.csv"
+    frame = pd.read_csv(path)
+    positives = frame.index[frame["label"] == 1]
+    frame.drop(positives[2:]).to_csv(path, index=False)  # 2 positive rows
+    with caplog.at_level(logging.WARNING, logger="mtl"):
+        prepare(one_task("cv.n_splits=3"))
+    warned = [r.getMessage() for r in caplog.records if "cv.n_splits=3" in r.getMessage()]
+    assert len(warned) == 1 and "task 'toxicity'" in warned[0] and "1: 2" in warned[0]
