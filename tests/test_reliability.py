@@ -566,3 +566,60 @@ def test_a_class_rarer_than_the_folds_is_warned_with_the_numbers(one_task, own_d
         prepare(one_task("cv.n_splits=3"))
     warned = [r.getMessage() for r in caplog.records if "cv.n_splits=3" in r.getMessage()]
     assert len(warned) == 1 and "task 'toxicity'" in warned[0] and "1: 2" in warned[0]
+
+
+# --- 6, 11. predict: the input is never overwritten; empty texts are called out ---------------
+
+
+@pytest.fixture(scope="module")
+def finished_run(tiny_backbone, data_dir, tmp_path_factory) -> Path:
+    from mtl.train import train
+
+    out = tmp_path_factory.mktemp("reliability_run")
+    cfg = load_config(DEFAULT_CONFIG, tiny_overrides(tiny_backbone, data_dir, out) + list(ONE_TASK))
+    train(cfg)
+    return folder_of(cfg)
+
+
+@pytest.mark.parametrize("same", ["identical", "relative", "hard link"])
+def test_predict_output_equal_to_input_is_refused_and_the_input_kept(
+    finished_run, tmp_path, monkeypatch, capsys, same
+):
+    from mtl.predict_cli import main as predict_main
+
+    source = tmp_path / "texts.csv"
+    source.write_text("text\nyou idiot\nthanks friend\n")
+    target = {"identical": source, "relative": Path("texts.csv"), "hard link": tmp_path / "l.csv"}
+    if same == "hard link":
+        os.link(source, target[same])
+    monkeypatch.chdir(tmp_path)
+    code = predict_main([str(finished_run), "--input", str(source), "--output", str(target[same])])
+    err = capsys.readouterr().err
+    assert code == 2 and "Traceback" not in err
+    assert "would replace your input" in err
+    assert source.read_text() == "text\nyou idiot\nthanks friend\n"
+
+
+def test_predictor_api_refuses_to_overwrite_its_input(finished_run, tmp_path):
+    from mtl.errors import PredictError
+    from mtl.predict import Predictor
+
+    source = tmp_path / "texts.csv"
+    source.write_text("text\nhello\n")
+    with pytest.raises(PredictError, match="would replace your input"):
+        Predictor.from_run(finished_run, device="cpu").predict_file(source, source)
+
+
+def test_empty_texts_at_predict_time_are_warned_with_their_rows(finished_run, tmp_path, caplog):
+    from mtl.predict import Predictor
+
+    predictor = Predictor.from_run(finished_run, device="cpu")
+    source = tmp_path / "texts.csv"
+    pd.DataFrame({"text": ["you idiot", "", "thanks", "   ", "nice"]}).to_csv(source, index=False)
+    with caplog.at_level(logging.WARNING, logger="mtl"):
+        predictor.predict_file(source, tmp_path / "out.csv", chunk_size=2)
+        predictor.predict_proba(["fine", " "])
+    warned = [r.getMessage() for r in caplog.records if "empty" in r.getMessage()]
+    assert len(warned) == 2
+    assert warned[0].startswith(f"2 of 5 texts in {source}") and "rows 2, 4" in warned[0]
+    assert warned[1].startswith("1 of 2 texts given") and "rows 2" in warned[1]
