@@ -157,9 +157,15 @@ def stored_identity(run_dir: Path) -> dict | None:
 def check_and_record(cfg: Box, run_dir: Path, identity: dict, write: bool) -> None:
     """Refuse a run whose identity differs from the folder's while the folder holds fold work;
     otherwise record it (a folder with no finished or interrupted fold starts over)."""
-    before = stored_identity(run_dir) if any(run_dir.iterdir()) else None
+    work = has_fold_work(run_dir)
+    try:
+        before = stored_identity(run_dir)
+    except ConfigError:
+        if work:
+            raise
+        before = None  # unreadable, but nothing trained yet: start over
     changes = identity_differences(before, identity) if before is not None else []
-    if changes and has_fold_work(run_dir):
+    if changes and work:
         shown = "; ".join(changes[:5]) + (
             f"; and {len(changes) - 5} more" if len(changes) > 5 else ""
         )

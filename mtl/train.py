@@ -2,7 +2,8 @@
 
     python scripts/train.py --config configs/default.yaml trainer.max_epochs=1
 
-Run folder `checkpoints/<run.name>/`: config.yaml, tokenizer/, folds.csv, fold_<k>/ (best.ckpt,
+Run folder `checkpoints/<run.name>/`: config.yaml, fingerprint.json (what the folds were trained
+with; see docs/reliability.md), tokenizer/, folds.csv, fold_<k>/ (best.ckpt,
 last.ckpt, metrics.json, val_<task>.csv), tensorboard/fold_<k>/, csv/fold_<k>/, results.json.
 """
 
