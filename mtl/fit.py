@@ -259,10 +259,10 @@ def resume_checkpoint(fold_dir: Path) -> Path | None:
 
     def progress(path: Path) -> int:
         try:
-            state = load_checkpoint(path)
-        except MTLError:  # unreadable or foreign: never preferred
+            state = load_checkpoint(path, mtl_only=False, mmap=True)
+        except MTLError:  # unreadable or unsafe: never preferred
             return -1
-        return int(state.get("global_step", -1))
+        return int(state.get("global_step", -1)) if isinstance(state, dict) else -1
 
     last, hpc = candidates
     return hpc if progress(hpc) > progress(last) else last
