@@ -29,7 +29,7 @@ from mtl.data import load_tasks
 from mtl.errors import ConfigError, MTLError
 from mtl.fit import fit_fold
 from mtl.folds import fold_assignments, fold_split
-from mtl.io import default_mode, make_tmp_dir, remove_orphaned_tmp, write_csv, write_json
+from mtl.io import make_tmp_dir, remove_orphaned_tmp, write_csv, write_json
 from mtl.model import load_tokenizer, position_limit
 from mtl.report import write_report
 from mtl.runfolder import check_and_record, fold_lock, run_identity, run_lock
@@ -99,8 +99,6 @@ def save_tokenizer(tokenizer, folder: Path) -> None:
     tmp = make_tmp_dir(folder)
     try:
         tokenizer.save_pretrained(tmp)
-        for written in tmp.iterdir():
-            os.chmod(written, default_mode())
         os.rename(tmp, folder)
     except OSError:
         if not folder.is_dir():
@@ -136,7 +134,7 @@ def warn_small_classes(cfg: Box, data: dict, metas: dict) -> None:
         small = {str(c): int(k) for c, k in zip(meta.classes, counts, strict=True) if k < n}
         if small:
             log.warning(
-                "task '%s': %s %s fewer training rows than cv.n_splits=%d (%s of %d rows): some "
+                "task '%s': %s %s have fewer training rows than cv.n_splits=%d (%s of %d rows): some "
                 "folds validate without them, so those folds' per-class and macro scores are "
                 "unreliable. Use fewer folds, add rows, or merge rare classes.",
                 name,
