@@ -99,8 +99,9 @@ def run_identity(cfg: Box, files: bool = True) -> dict:
                         "path": str(path),
                         "sha256": file_digest(path),
                     }
+    identity = {"settings": settings, "files": contents} if files else {"settings": settings}
     # through JSON, so values compare equal to the stored ones (tuples, numpy scalars, ...)
-    return json.loads(json.dumps({"settings": settings, "files": contents}, default=str))
+    return json.loads(json.dumps(identity, default=str))
 
 
 def has_fold_work(run_dir: Path) -> bool:

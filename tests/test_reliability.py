@@ -272,6 +272,19 @@ def test_a_changed_setting_is_refused_once_the_folder_holds_fold_work(
     assert (folder_of(cfg) / "config.yaml").read_text() == saved  # still what was trained
 
 
+def test_a_folder_from_before_fingerprints_is_checked_against_its_config_yaml(one_task):
+    from mtl.train import prepare
+
+    cfg = one_task("trainer.max_epochs=1")
+    prepare(cfg)
+    (folder_of(cfg) / "fingerprint.json").unlink()  # as an older mtl wrote it
+    fake_fold_work(cfg)
+    with pytest.raises(ConfigError, match="trainer.max_epochs was 1, now 2"):
+        prepare(one_task("trainer.max_epochs=2"))
+    prepare(cfg)  # the same settings resume, and the data hashes are recorded from now on
+    assert (folder_of(cfg) / "fingerprint.json").is_file()
+
+
 def test_an_edited_data_file_is_refused_naming_the_file(one_task, own_data):
     from mtl.train import prepare
 
@@ -420,6 +433,23 @@ def test_a_truncated_last_ckpt_is_an_error_with_the_restart_option(interrupted, 
     err = capsys.readouterr().err
     assert code == 2 and "Traceback" not in err
     assert "Cannot resume fold 0" in err and f"delete {last}" in err
+
+
+def test_fsdp_vets_a_full_checkpoint_with_the_safe_loader_before_lightning_unpickles_it(
+    tmp_path, monkeypatch
+):
+    # Lightning's FSDP opens full checkpoints with its own unrestricted unpickler
+    import torch
+
+    from mtl.fit import EncoderFSDP
+
+    marker = tmp_path / "pwned"
+    path = tmp_path / "last.ckpt"
+    torch.save({"state_dict": {}, "payload": Hostile(marker)}, path)
+    monkeypatch.setenv("TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD", "1")
+    with pytest.raises(CheckpointError, match="refused by the safe loader"):
+        EncoderFSDP().load_checkpoint(path)
+    assert not marker.exists()
 
 
 def test_training_and_resuming_load_every_checkpoint_with_weights_only(one_task, monkeypatch):
