@@ -450,13 +450,17 @@ def tokenizer_fingerprint(tokenizer) -> str:
     return cached
 
 
+def token_cache_dir(cfg: Box) -> Path:
+    return Path(cfg.data.cache_dir or Path(cfg.run.output_dir) / ".token_cache")
+
+
 def tokenize(texts: list[str], tokenizer, cfg: Box, path: Path, key: str) -> list[np.ndarray]:
     """Token ids per text (truncated to max_length, unpadded), from the cache when it has them."""
     digest = hashlib.sha256()
     for part in (tokenizer_fingerprint(tokenizer), str(cfg.data.max_length), "\x1f".join(texts)):
         digest.update(part.encode("utf-8", "surrogatepass"))
         digest.update(b"\x00")
-    cache_dir = Path(cfg.data.cache_dir or Path(cfg.run.output_dir) / ".token_cache")
+    cache_dir = token_cache_dir(cfg)
     cache_file = cache_dir / f"{path.stem}-{digest.hexdigest()[:24]}.npz"
     if cache_file.is_file():
         with np.load(cache_file) as stored:

@@ -25,7 +25,7 @@ from lightning.fabric.utilities.rank_zero import rank_zero_only
 
 from mtl.config import DEFAULT_CONFIG, load_config, save_config
 from mtl.cv import collect
-from mtl.data import load_tasks
+from mtl.data import load_tasks, token_cache_dir
 from mtl.errors import ConfigError, MTLError
 from mtl.fit import fit_fold
 from mtl.folds import fold_assignments, fold_split
@@ -84,6 +84,7 @@ def prepare(cfg: Box):
         check_and_record(cfg, run_dir, identity, write=writer)
         if writer:
             remove_orphaned_tmp(run_dir)
+            remove_orphaned_tmp(token_cache_dir(cfg))  # shared by runs: only dead writers' files
             save_config(cfg, run_dir / "config.yaml")
             if not (run_dir / "tokenizer").is_dir():
                 save_tokenizer(tokenizer, run_dir / "tokenizer")

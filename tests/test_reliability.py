@@ -535,13 +535,15 @@ def test_orphaned_temp_files_of_killed_writers_are_removed(one_task):
     orphan = folder / f".results.json~{dead}@{host}~abc123.tmp"
     fold_orphan = folder / "fold_0" / f".last.ckpt~{dead}@{host}~def456.tmp"
     old_style = folder / ".oof_toxicity.csv.k2j3h4.tmp"  # written before pids were in the name
+    cache_orphan = Path(cfg.run.output_dir) / ".token_cache" / f".t-1.npz~{dead}@{host}~q.tmp"
+    cache_orphan.parent.mkdir(parents=True, exist_ok=True)
     live = folder / f"{tmp_prefix('folds.csv')}xyz.tmp"  # this process: a write in progress
-    for path in (orphan, fold_orphan, old_style, live):
+    for path in (orphan, fold_orphan, old_style, live, cache_orphan):
         path.write_text("partial")
     long_ago = time.time() - STALE_AFTER_S - 60
     os.utime(old_style, (long_ago, long_ago))
     prepare(cfg)
-    assert not orphan.exists() and not old_style.exists()
+    assert not orphan.exists() and not old_style.exists() and not cache_orphan.exists()
     assert live.exists()
     from mtl.train import train
 
