@@ -15,7 +15,7 @@ from pathlib import Path
 import pandas as pd
 import pytest
 import yaml
-from conftest import tiny_overrides
+from conftest import run_train_script, tiny_overrides
 
 from mtl.config import DEFAULT_CONFIG, load_config
 from mtl.data import load_tasks
@@ -421,15 +421,28 @@ def test_a_hostile_last_ckpt_is_refused_even_when_torch_is_told_to_unpickle(
     assert "Cannot resume fold 0" in str(info.value) and f"delete {last}" in str(info.value)
 
 
+def test_a_hostile_last_ckpt_through_the_train_script_exits_2_without_running_code(
+    interrupted, tmp_path, monkeypatch
+):
+    import torch
+
+    cfg, last = interrupted
+    marker = tmp_path / "pwned"
+    torch.save({"payload": Hostile(marker)}, last)
+    monkeypatch.setenv("TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD", "1")
+    done = run_train_script(["--config", str(folder_of(cfg) / "config.yaml")])
+    assert done.returncode == 2, done.stderr
+    assert "Traceback" not in done.stderr and "error: Cannot resume fold 0" in done.stderr
+    assert not marker.exists()
+
+
 def test_a_truncated_last_ckpt_is_an_error_with_the_restart_option(interrupted, capsys):
     from mtl.train import main as train_main
 
     cfg, last = interrupted
     last.write_bytes(b"PK\x03\x04 truncated")
-    argv = [f"{k}={v}" for k, v in [("run.output_dir", cfg.run.output_dir)]]
-    del argv  # the same config through the entry point:
-    config = folder_of(cfg) / "config.yaml"
-    code = train_main(["--config", str(config)])
+    # the same config again, through the entry point
+    code = train_main(["--config", str(folder_of(cfg) / "config.yaml")])
     err = capsys.readouterr().err
     assert code == 2 and "Traceback" not in err
     assert "Cannot resume fold 0" in err and f"delete {last}" in err
