@@ -23,7 +23,7 @@ import pandas as pd
 from box import Box
 
 from mtl.errors import ConfigError, DataError, first_rows
-from mtl.io import atomic_write
+from mtl.io import atomic_write, undecodable_at
 from mtl.tasks import TaskMeta
 
 log = logging.getLogger(__name__)
@@ -106,24 +106,13 @@ def read_table(path: Path, key: str, encoding: str | None = None) -> pd.DataFram
 
 
 def undecodable(path: Path, key: str, encoding: str | None, err: UnicodeError) -> str:
-    """Where a file stops being text in its encoding: the byte, its line and data row, the fix."""
     codec = encoding or "utf-8"
-    raw = path.read_bytes()
-    try:
-        raw.decode(codec)
-        where = ""
-    except UnicodeDecodeError as exact:
-        line = raw.count(b"\n", 0, exact.start) + 1
-        byte = raw[exact.start : exact.start + 1].hex()
-        where = (
-            f" byte 0x{byte} on line {line} (data row {line - 1}, 1-based, header not counted, "
-            f"if no text spans lines) is not valid {codec}."
-        )
     task = key.split(".")[1] if key.count(".") >= 2 else "<task>"
     return (
-        f"File {path} (config key '{key}') cannot be read as {codec} text:{where or ' ' + str(err)} "
-        f"Save the file as UTF-8 (e.g. iconv -f cp1252 -t utf-8 old.csv > new.csv), or set "
-        f"tasks.{task}.encoding to the encoding it was saved in (e.g. tasks.{task}.encoding=cp1252)."
+        f"File {path} (config key '{key}') cannot be read as {codec} text: "
+        f"{undecodable_at(path, codec, err)} Save the file as UTF-8 (e.g. iconv -f cp1252 -t "
+        f"utf-8 old.csv > new.csv), or set tasks.{task}.encoding to the encoding it was saved in "
+        f"(e.g. tasks.{task}.encoding=cp1252)."
     )
 
 

@@ -134,6 +134,21 @@ def write_csv(path: str | Path, frame: pd.DataFrame) -> Path:
     return atomic_write(path, lambda tmp: frame.to_csv(tmp, index=False))
 
 
+def undecodable_at(path: Path, codec: str, err: UnicodeError) -> str:
+    """Where a file stops being text in `codec`: its first bad byte, line and data row."""
+    raw = Path(path).read_bytes()
+    try:
+        raw.decode(codec)
+    except UnicodeDecodeError as exact:
+        line = raw.count(b"\n", 0, exact.start) + 1
+        byte = raw[exact.start : exact.start + 1].hex()
+        return (
+            f"byte 0x{byte} on line {line} (data row {line - 1}, 1-based, header not counted, "
+            f"if no text spans lines) is not valid {codec}."
+        )
+    return f"{type(err).__name__}: {first_line(err)}."
+
+
 def read_json_object(path: Path, required: str) -> tuple[dict | None, str]:
     """(the JSON object in `path`, "") if it holds one with a dict under `required`; else
     (None, what is wrong) for a one-paragraph error."""

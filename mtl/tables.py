@@ -11,6 +11,7 @@ from pathlib import Path
 import pandas as pd
 
 from mtl.errors import PredictError, first_line, first_rows
+from mtl.io import undecodable_at
 
 log = logging.getLogger(__name__)
 
@@ -165,7 +166,13 @@ class TableSource:
                     f"Input file {self.path} is empty: it needs a header with a "
                     f"'{self.text_column}' column."
                 ) from None
-            except (ValueError, pd.errors.ParserError, OSError, UnicodeDecodeError) as err:
+            except UnicodeDecodeError as err:
+                raise PredictError(
+                    f"Input file {self.path} is not UTF-8 text: "
+                    f"{undecodable_at(self.path, 'utf-8', err)} Save it as UTF-8 (e.g. iconv -f "
+                    f"cp1252 -t utf-8 old.csv > new.csv) and predict again."
+                ) from None
+            except (ValueError, pd.errors.ParserError, OSError) as err:
                 raise PredictError(f"Cannot parse {self.path}: {first_line(err)}") from None
             if first:
                 self._check_columns(chunk.columns)

@@ -645,6 +645,21 @@ def test_predict_output_equal_to_input_is_refused_and_the_input_kept(
     assert source.read_text() == "text\nyou idiot\nthanks friend\n"
 
 
+def test_a_non_utf8_input_file_at_predict_time_names_the_row_and_the_fix(
+    finished_run, tmp_path, capsys
+):
+    from mtl.predict_cli import main as predict_main
+
+    source = tmp_path / "latin1.csv"
+    source.write_bytes("text\nyou idiot\ncafé\n".encode("latin-1"))
+    code = predict_main(
+        [str(finished_run), "--input", str(source), "--output", str(tmp_path / "o.csv")]
+    )
+    err = capsys.readouterr().err
+    assert code == 2 and "Traceback" not in err
+    assert "byte 0xe9 on line 3 (data row 2" in err and "Save it as UTF-8" in err
+
+
 def test_predictor_api_refuses_to_overwrite_its_input(finished_run, tmp_path):
     from mtl.errors import PredictError
     from mtl.predict import Predictor
