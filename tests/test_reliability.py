@@ -370,6 +370,38 @@ def test_a_stale_lock_file_of_a_killed_process_does_not_block(one_task):
     assert train(cfg)["folds"] == [0]
 
 
+def test_a_lock_held_by_another_process_blocks_until_that_process_is_killed(one_task):
+    import signal
+    import subprocess
+    import sys
+
+    from mtl.runfolder import RunFolderBusy
+    from mtl.train import train
+
+    cfg = one_task()
+    folder_of(cfg).mkdir(parents=True)
+    holder = subprocess.Popen(
+        [
+            sys.executable,
+            "-c",
+            "import sys, time; from pathlib import Path; from mtl.runfolder import fold_lock\n"
+            f"with fold_lock(Path({str(folder_of(cfg))!r}), 0):\n"
+            "    print('locked', flush=True); time.sleep(120)",
+        ],
+        stdout=subprocess.PIPE,
+        text=True,
+        env=dict(os.environ),
+    )
+    try:
+        assert holder.stdout.readline().strip() == "locked"
+        with pytest.raises(RunFolderBusy, match=f"pid {holder.pid} on"):
+            train(cfg)
+    finally:
+        holder.send_signal(signal.SIGKILL)  # a killed run: the kernel drops its lock
+        holder.wait()
+    assert train(cfg)["folds"] == [0]
+
+
 def test_fold_jobs_of_one_run_train_side_by_side(one_task):
     from mtl.runfolder import fold_lock
     from mtl.train import train
