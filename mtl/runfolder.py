@@ -24,6 +24,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
+import pandas as pd
 from box import Box
 
 from mtl.config import load_config, to_dict
@@ -155,9 +156,35 @@ def stored_identity(run_dir: Path) -> dict | None:
     return None
 
 
-def check_and_record(cfg: Box, run_dir: Path, identity: dict, write: bool) -> None:
-    """Refuse a run whose identity differs from the folder's while the folder holds fold work;
-    otherwise record it (a folder with no finished or interrupted fold starts over)."""
+def fold_assignment_change(run_dir: Path, folds: pd.DataFrame) -> list[str]:
+    """The folds computed now against the folder's folds.csv: the same settings and data can
+    still give other folds after an mtl upgrade that builds them differently."""
+    path = run_dir / "folds.csv"
+    if not path.is_file():
+        return []
+    try:
+        saved = pd.read_csv(path)[list(folds.columns)]
+    except (OSError, ValueError, KeyError, pd.errors.ParserError):
+        return [f"{path} cannot be read, so the folds cannot be checked"]
+    now = folds.reset_index(drop=True)
+    if saved.shape == now.shape and (saved.to_numpy() == now.to_numpy()).all():
+        return []
+    moved = (
+        int((saved["fold"].to_numpy() != now["fold"].to_numpy()).sum())
+        if saved.shape == now.shape
+        else abs(len(saved) - len(now))
+    )
+    return [
+        f"the fold assignment differs from {path} ({moved} rows; another mtl version may build "
+        f"folds differently)"
+    ]
+
+
+def check_and_record(
+    cfg: Box, run_dir: Path, identity: dict, write: bool, folds: pd.DataFrame | None = None
+) -> None:
+    """Refuse a run whose identity (or fold assignment) differs from the folder's while the
+    folder holds fold work; otherwise record it (a folder with no fold work starts over)."""
     work = has_fold_work(run_dir)
     try:
         before = stored_identity(run_dir)
@@ -166,6 +193,8 @@ def check_and_record(cfg: Box, run_dir: Path, identity: dict, write: bool) -> No
             raise
         before = None  # unreadable, but nothing trained yet: start over
     changes = identity_differences(before, identity) if before is not None else []
+    if work and folds is not None:
+        changes += fold_assignment_change(run_dir, folds)
     if changes and work:
         shown = "; ".join(changes[:5]) + (
             f"; and {len(changes) - 5} more" if len(changes) > 5 else ""

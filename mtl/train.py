@@ -78,10 +78,11 @@ def prepare(cfg: Box):
     folds = fold_assignments(cfg, data)
     warn_small_classes(cfg, data, metas)
     identity = run_identity(cfg)
+    assignment = folds_frame(data, folds)
     writer = global_rank() == 0
     run_dir.mkdir(parents=True, exist_ok=True)
     with run_lock(run_dir):  # fold jobs of one run (a SLURM array) start at once
-        check_and_record(cfg, run_dir, identity, write=writer)
+        check_and_record(cfg, run_dir, identity, write=writer, folds=assignment)
         if writer:
             remove_orphaned_tmp(run_dir)
             remove_orphaned_tmp(token_cache_dir(cfg))  # shared by runs: only dead writers' files
@@ -91,7 +92,7 @@ def prepare(cfg: Box):
             write_json(
                 run_dir / "tasks.json", {name: meta.to_dict() for name, meta in metas.items()}
             )
-            write_csv(run_dir / "folds.csv", folds_frame(data, folds))
+            write_csv(run_dir / "folds.csv", assignment)
     return run_dir, tokenizer, data, metas, folds
 
 

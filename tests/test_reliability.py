@@ -300,6 +300,19 @@ def test_an_edited_data_file_is_refused_naming_the_file(one_task, own_data):
     assert "contents of tasks.toxicity.train" in str(info.value) and str(path) in str(info.value)
 
 
+def test_folds_built_differently_by_another_version_are_refused(one_task):
+    from mtl.train import prepare
+
+    cfg = one_task("cv.n_splits=2")
+    prepare(cfg)
+    fake_fold_work(cfg)
+    saved = pd.read_csv(folder_of(cfg) / "folds.csv")
+    saved.loc[:9, "fold"] = 1 - saved.loc[:9, "fold"]  # as if an older mtl had built the folds
+    saved.to_csv(folder_of(cfg) / "folds.csv", index=False)
+    with pytest.raises(ConfigError, match=r"fold assignment differs.*\(10 rows"):
+        prepare(cfg)
+
+
 def test_fold_jobs_with_different_row_caps_cannot_merge(one_task):
     # the case end to end: before, fold 1 trained on other rows and the OOF file merged
     from mtl.train import train
