@@ -100,7 +100,7 @@ TASK_DEFAULTS: dict[str, Any] = {
     "threshold": 0.5,
     "weight": 1.0,
     "max_train_rows": None,  # int: this task's own data.max_train_rows
-    "encoding": None,  # text encoding of the task's CSV / TSV files; null = UTF-8
+    "encoding": None,  # text encoding of the task's CSV / TSV / JSON Lines files; null = UTF-8
 }
 
 CHOICES: dict[str, tuple] = {
