@@ -27,7 +27,7 @@ from typing import Any
 import pandas as pd
 from box import Box
 
-from mtl.config import load_config, to_dict
+from mtl.config import DEFAULTS, TASK_DEFAULTS, load_config, to_dict
 from mtl.errors import ConfigError, MTLError
 from mtl.io import read_json_object, write_json
 
@@ -110,14 +110,24 @@ def has_fold_work(run_dir: Path) -> bool:
     return any(run_dir.glob("fold_*/metrics.json")) or any(run_dir.glob("fold_*/*.ckpt"))
 
 
+def _default_of(key: str) -> Any:
+    parts = key.split(".")
+    node: Any = TASK_DEFAULTS if parts[0] == "tasks" and len(parts) == 3 else DEFAULTS
+    for part in parts[2:] if node is TASK_DEFAULTS else parts:
+        if not isinstance(node, dict) or part not in node:
+            return "<unset>"
+        node = node[part]
+    return json.loads(json.dumps(node, default=str))
+
+
 def identity_differences(before: dict, now: dict) -> list[str]:
     changes = []
     old, new = before.get("settings", {}), now.get("settings", {})
-    for key in sorted(set(old) | set(new)):
-        if old.get(key, "<unset>") != new.get(key, "<unset>"):
-            changes.append(
-                f"{key} was {old.get(key, '<unset>')!r}, now {new.get(key, '<unset>')!r}"
-            )
+    for key in sorted(new):  # a key this version no longer has cannot change what it trains
+        # a key added since the folder was written counts as its default (what was trained)
+        was = old.get(key, _default_of(key))
+        if was != new[key]:
+            changes.append(f"{key} was {was!r}, now {new[key]!r}")
     if "files" in before:  # absent in folders written before fingerprints
         old_files, new_files = before["files"], now.get("files", {})
         for key in sorted(set(old_files) | set(new_files)):

@@ -285,6 +285,25 @@ def test_a_folder_from_before_fingerprints_is_checked_against_its_config_yaml(on
     assert (folder_of(cfg) / "fingerprint.json").is_file()
 
 
+def test_a_config_key_added_by_a_newer_version_counts_as_its_default(one_task):
+    import json
+
+    from mtl.train import prepare
+
+    cfg = one_task()
+    prepare(cfg)
+    fake_fold_work(cfg)
+    path = folder_of(cfg) / "fingerprint.json"
+    stored = json.loads(path.read_text())
+    del stored["settings"]["data.max_dropped_fraction"]  # as a version without the key wrote it
+    del stored["settings"]["tasks.toxicity.encoding"]
+    stored["settings"]["data.retired_key"] = 3  # and one this version no longer has
+    path.write_text(json.dumps(stored))
+    prepare(cfg)  # resumes
+    with pytest.raises(ConfigError, match="data.max_dropped_fraction was 0.1, now 0.5"):
+        prepare(one_task("data.max_dropped_fraction=0.5"))
+
+
 def test_an_edited_data_file_is_refused_naming_the_file(one_task, own_data):
     from mtl.train import prepare
 
