@@ -236,25 +236,18 @@ def build_task_data(
                 f"(1-based, header not counted). Fix or remove these rows, or set data.on_bad_rows=drop "
                 f"to skip them with a logged count."
             )
+        drop |= mask
+    if drop.any():  # refused before anything is logged as dropped
+        train_labels = labels if split == "train" else None
+        check_drop(frame, path, key, spec, meta, train_labels, drop, bad, max_dropped)
+    for problem, mask in bad.items():
+        rows = np.flatnonzero(mask) + 1
         log.warning(
             "%s: dropping %d rows with %s (data rows %s)",
             path,
             len(rows),
             problem,
             first_rows(rows),
-        )
-        drop |= mask
-    if drop.any():
-        check_drop(
-            frame,
-            path,
-            key,
-            spec,
-            meta,
-            labels if split == "train" else None,
-            drop,
-            bad,
-            max_dropped,
         )
     keep = np.flatnonzero(~drop)
     groups = (
