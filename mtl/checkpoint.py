@@ -76,6 +76,17 @@ def load_checkpoint(path: str | Path, *, mtl_only: bool = True, mmap: bool = Fal
     return ckpt
 
 
+def clean_state_dict(state: dict) -> dict:
+    """Weights as the plain module names them: `trainer.compile=true` wraps the encoder in
+    torch.compile, whose `_orig_mod.` prefix appears in the checkpoint's keys; metric states of
+    runs from before metrics were gathered as arrays (a `thresholds` buffer) are not weights."""
+    return {
+        key.replace("._orig_mod.", ".").removeprefix("_orig_mod."): value
+        for key, value in state.items()
+        if not key.startswith("val_metrics.")
+    }
+
+
 def build_model(ckpt: dict, path: str | Path) -> tuple[torch.nn.Module, dict, dict]:
     """The checkpoint's network in eval mode, its TaskMeta dicts, and its resolved config dict.
 
@@ -91,7 +102,7 @@ def build_model(ckpt: dict, path: str | Path) -> tuple[torch.nn.Module, dict, di
             module = MultiTaskModule(
                 hparams["config"], hparams["tasks"], hparams["backbone_config"]
             )
-        module.load_state_dict(ckpt["state_dict"])
+        module.load_state_dict(clean_state_dict(ckpt["state_dict"]))
     except MTLError as err:
         raise CheckpointError(f"Checkpoint {path}: {err}") from None
     except (RuntimeError, KeyError, TypeError, ValueError, AttributeError) as err:

@@ -7,9 +7,9 @@
 Each (config, seed) trains in-process with `mtl.train.train` into its own run folder
 `<output-dir>/<config stem>-s<seed>`; `key=value` overrides apply to every run. A run whose folds
 are all finished (`fold_<k>/metrics.json`, as `mtl.fit` marks them) is read, not retrained; an
-interrupted one resumes through `train`'s own fold skipping. The scores are the validation metrics
-of `results.json` (`tasks.<t>.mean`: fold 0 with `cv.n_splits: 1`), on each task's val file or
-held-out share. Wall-clock per run and the hardware go into the table and the JSON.
+interrupted one resumes through `train`'s own fold skipping. The scores are the clean val-set
+metrics of `results.json` (`tasks.<t>.valfile_blended`): each task's val file, or the share held out
+of its training file, which nothing was trained or chosen on. Wall-clock per run and the hardware go into the table and the JSON.
 """
 
 from __future__ import annotations
@@ -146,7 +146,8 @@ def execute(run: dict) -> dict:
     metrics, baseline = {}, {}
     for task, entry in results["tasks"].items():
         wanted = TABLE_METRICS.get(task, [metas[task].primary_metric])
-        metrics[task] = {m: entry["mean"][m] for m in wanted if m in entry["mean"]}
+        clean = entry.get("valfile_blended", {})  # the val set: nothing was chosen on it
+        metrics[task] = {m: clean[m] for m in wanted if m in clean}
         baseline[task] = {m: entry.get("baseline", {}).get(m) for m in wanted}
     return {
         "config": run["config"],
@@ -176,7 +177,11 @@ def _train_rows(run_dir: Path) -> dict:
         return {}
     folds = pd.read_csv(path)
     return {
-        task: {"train": int((g.fold != 0).sum()), "held_out": int((g.fold == 0).sum())}
+        task: {
+            "train": int((g.fold == -1).sum()),  # mtl.folds: -1 trains, 0 selects, -2 reports
+            "selection": int((g.fold == 0).sum()),
+            "val_set_held_out": int((g.fold == -2).sum()),
+        }
         for task, g in folds.groupby("task", sort=False)
     }
 

@@ -37,7 +37,9 @@ DEFAULTS: dict[str, Any] = {
     },
     "tasks": {},
     "loss_weighting": "uncertainty",
-    "weighting": {"log_var_clamp": 5.0, "dwa_temperature": 2.0},
+    # task_loss_norm: "batch" = each task's loss is the mean over its rows in the batch;
+    # "expected" = its summed loss / its expected rows per batch (every row weighs the same)
+    "weighting": {"log_var_clamp": 5.0, "dwa_temperature": 2.0, "task_loss_norm": "batch"},
     "sampling": {"mode": "proportional", "temperature": 2.0, "length_grouping": True},
     "data": {
         "max_length": 128,
@@ -47,12 +49,15 @@ DEFAULTS: dict[str, Any] = {
         "preprocess": None,
         "on_bad_rows": "error",
         "max_dropped_fraction": 0.1,  # on_bad_rows=drop refuses to drop more of a file
-        "val_fraction": 0.1,
+        "val_fraction": 0.1,  # held out of a training file: the selection slice / a missing val set
+        "drop_overlap": False,  # drop val / test rows whose text also occurs in training
         "cache_dir": None,
         "max_train_rows": None,  # int: a seeded random subset of each task's training file
         "max_eval_rows": None,  # int: a seeded random subset of each task's val file
     },
-    "cv": {"n_splits": 1, "blend": "mean", "folds": None},
+    # selection: "best" = the best epoch on selection rows (the fold's rows in k-fold, a held-out
+    # data.val_fraction of the training rows with one split); "last" = the last epoch, nothing chosen
+    "cv": {"n_splits": 1, "blend": "mean", "folds": None, "selection": "best"},
     "optim": {
         "lr_backbone": 2.0e-5,
         "lr_heads": 5.0e-5,
@@ -112,6 +117,8 @@ CHOICES: dict[str, tuple] = {
     "optim.scheduler": ("onecycle", "linear", "cosine", "constant"),
     "monitor.mode": ("min", "max"),
     "cv.blend": ("mean", "rank", "weighted"),
+    "cv.selection": ("best", "last"),
+    "weighting.task_loss_norm": ("batch", "expected"),
     "task.type": ("binary", "multiclass", "multilabel"),
     "task.loss": (None, "ce", "focal", "bce"),
 }
@@ -154,7 +161,6 @@ RANGES: dict[str, tuple] = {
     "optim.layer_lr_decay": (0.0, INF, False, True),
     "optim.warmup_ratio": (0.0, 1.0, True, False),
     "optim.eps": (0.0, INF, False, True),
-    "data.val_fraction": (0.0, 1.0, False, False),
     "data.max_dropped_fraction": (0.0, 1.0, True, True),
     "data.num_workers": (0, INF, True, True),
     "cv.n_splits": (1, INF, True, True),
@@ -174,8 +180,7 @@ RANGES: dict[str, tuple] = {
     "task.weight": (0.0, INF, True, True),
 }
 _MEANING = {
-    "cv.n_splits": " (1 = no k-fold: a val file or data.val_fraction validates)",
-    "data.val_fraction": " (the share of training rows held out for validation)",
+    "cv.n_splits": " (1 = no k-fold)",
     "trainer.max_epochs": " (at least one epoch of training)",
     "data.max_dropped_fraction": " (the share of a file data.on_bad_rows=drop may drop)",
 }
@@ -455,7 +460,26 @@ def _check_tasks(cfg: dict) -> None:
             raise ConfigError(
                 f"Config key '{where}.label_smoothing' must be in [0, 1), got {spec['label_smoothing']}."
             )
+        if spec["threshold"] == "tuned" and cfg["cv"]["n_splits"] <= 1:
+            if cfg["cv"]["selection"] == "last":
+                raise ConfigError(
+                    f"Config key '{where}.threshold' is 'tuned', but with cv.n_splits=1 and "
+                    f"cv.selection=last no rows are set aside to tune on (the val set only "
+                    f"reports). Use cv.selection=best, k-fold (cv.n_splits>1) or a fixed threshold."
+                )
         tasks[name] = spec
+    if not 0.0 <= cfg["data"]["val_fraction"] < 1.0:
+        raise ConfigError(
+            f"Config key 'data.val_fraction' must be in [0, 1) (the share of a training file held "
+            f"out), got {cfg['data']['val_fraction']}."
+        )
+    if cfg["data"]["val_fraction"] == 0 and cfg["cv"]["n_splits"] <= 1:
+        if cfg["cv"]["selection"] == "best":
+            raise ConfigError(
+                "Config key 'data.val_fraction' is 0, but with cv.n_splits=1 and cv.selection=best "
+                "the best epoch is chosen on a held-out share of the training rows. Set "
+                "data.val_fraction (e.g. 0.1), or cv.selection=last to train fixed epochs."
+            )
     for key in ("max_length", "batch_size", "eval_batch_size", "max_train_rows", "max_eval_rows"):
         if cfg["data"][key] is not None and cfg["data"][key] < 1:
             raise ConfigError(

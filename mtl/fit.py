@@ -113,17 +113,18 @@ def make_trainer(
     cfg: Box, fold_dir: Path, run_dir: Path, fold: int, callbacks: list | None = None
 ) -> L.Trainer:
     monitor, mode = monitor_key(cfg)
+    chooses = cfg.cv.selection == "best"  # "last": no monitor, best.ckpt is the latest epoch
     t = cfg.trainer
     checkpoint = ModelCheckpoint(
         dirpath=fold_dir,
         filename="best",
-        monitor=monitor,
+        monitor=monitor if chooses else None,
         mode=mode,
         save_last=True,
         enable_version_counter=False,
     )
     callbacks = [checkpoint, LearningRateMonitor(logging_interval="step")] + list(callbacks or [])
-    if cfg.early_stopping.enabled:
+    if cfg.early_stopping.enabled and chooses:
         callbacks.append(
             EarlyStopping(
                 monitor=monitor,

@@ -92,8 +92,8 @@ class Predictor:
 
     predict_proba(texts) → {task: (N, C) float64 array}; columns in `classes[task]` order.
         Single-label tasks: softmax probabilities. Multi-label: per-label sigmoid probabilities.
-        With the `rank` blend the values are ranks scaled to [0, 1] within the texts of the
-        call (as the run's blended test predictions are within its test file), not probabilities.
+        The `rank` blend gives the mean blend's probabilities (ranks only serve rank metrics
+        over a whole file, see mtl/blend.py), so a text gets the same label alone or in a batch.
     predict(texts) → pandas DataFrame, one row per text: `text`, then per task the
         `<task>_<class>` probability columns (class names as str) and `<task>_label`: the argmax
         class for binary / multiclass tasks, the labels at or over their threshold joined with
@@ -384,8 +384,7 @@ class Predictor:
 
         The output (format from its extension) keeps the input's columns and adds the
         prediction columns. Both files are streamed `chunk_size` rows at a time; the output
-        appears only when complete (temp file + rename). With the `rank` blend the ranks span
-        the whole file: a first pass predicts every row, a second re-reads the input to write.
+        appears only when complete (temp file + rename).
         `progress`: a tqdm bar (None: only when stderr is a terminal).
         """
         from tqdm.auto import tqdm
@@ -413,22 +412,6 @@ class Predictor:
         )
 
         def chunks() -> Iterator[pd.DataFrame]:
-            if self.blend_method == "rank":  # ranks over the whole file, like the run's test set
-                parts = [
-                    self.fold_probabilities(texts_of(c), batch_size, bar.update)
-                    for c in source.chunks()
-                ]
-                merged = [
-                    {name: np.concatenate([p[f][name] for p in parts]) for name in self.metas}
-                    for f in range(len(self.models))
-                ]
-                probs = self.blend(merged) if parts else None
-                offset = 0
-                for chunk in source.chunks():
-                    piece = {k: v[offset : offset + len(chunk)] for k, v in probs.items()}
-                    offset += len(chunk)
-                    yield join_columns(chunk, self.frame(piece))
-                return
             for chunk in source.chunks():
                 probs = self.blend(self.fold_probabilities(texts_of(chunk), batch_size, bar.update))
                 yield join_columns(chunk, self.frame(probs))

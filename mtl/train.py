@@ -24,11 +24,11 @@ from box import Box
 from lightning.fabric.utilities.rank_zero import rank_zero_only
 
 from mtl.config import DEFAULT_CONFIG, load_config, save_config
-from mtl.cv import collect
+from mtl.cv import collect, headline
 from mtl.data import load_tasks, token_cache_dir
 from mtl.errors import ConfigError, MTLError
 from mtl.fit import fit_fold
-from mtl.folds import fold_assignments, fold_split
+from mtl.folds import drop_overlap, fold_assignments, fold_split, overlap_counts, val_sets
 from mtl.io import make_tmp_dir, remove_orphaned_tmp, write_csv, write_json
 from mtl.model import load_tokenizer, position_limit
 from mtl.report import write_report
@@ -75,8 +75,19 @@ def prepare(cfg: Box):
     check_max_length(cfg)
     tokenizer = load_tokenizer(cfg.backbone.name)
     data, metas = load_tasks(cfg, tokenizer)
+    if cfg.data.drop_overlap:
+        data = drop_overlap(data)
     folds = fold_assignments(cfg, data)
     warn_small_classes(cfg, data, metas)
+    overlap = overlap_counts(data, folds)
+    for name, counts in overlap.items():
+        for split, n in counts.items():
+            if n:
+                log.warning(
+                    "%s: %d %s rows also occur (same normalised text) among its training rows; "
+                    "data.drop_overlap=true drops them",
+                    name, n, split,
+                )  # fmt: skip
     identity = run_identity(cfg)
     assignment = folds_frame(data, folds)
     writer = global_rank() == 0
@@ -93,6 +104,7 @@ def prepare(cfg: Box):
                 run_dir / "tasks.json", {name: meta.to_dict() for name, meta in metas.items()}
             )
             write_csv(run_dir / "folds.csv", assignment)
+            write_json(run_dir / "overlap.json", overlap)
     return run_dir, tokenizer, data, metas, folds
 
 
@@ -161,11 +173,11 @@ def train(cfg: Box) -> dict:
 
     Under DDP every rank calls this; rank 0 returns the results, the other ranks `{}`."""
     run_dir, tokenizer, data, metas, folds = prepare(cfg)
-    predict_parts = {"test": {n: s["test"] for n, s in data.items() if s.get("test") is not None}}
-    if cfg.cv.n_splits > 1:  # a task's own val file is scored in addition, never mixed into folds
-        predict_parts["valfile"] = {
-            n: s["val"] for n, s in data.items() if s.get("val") is not None
-        }
+    predict_parts = {
+        "test": {n: s["test"] for n, s in data.items() if s.get("test") is not None},
+        # the clean headline: each task's val set, never trained on and never chosen on
+        "valfile": val_sets(data, folds),
+    }
     for k in folds_to_run(cfg):
         train_parts, val_parts = fold_split(data, folds, k)
         # one process trains a fold at a time (rank 0 holds the lock for its DDP group)
@@ -236,9 +248,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: {err}", file=sys.stderr)
         return 2
     if results:  # empty on the other ranks of a multi-process run
-        print(
-            f"done: score {results['score']:.4f} ({results['monitor']}); run folder {run_dir_of(cfg)}"
-        )
+        print(f"done: {headline(results)}; run folder {run_dir_of(cfg)}")
     return 0
 
 

@@ -154,7 +154,6 @@ def test_drop_refuses_more_than_the_stated_share_of_a_file(capsys, args, named_l
         ("cv.n_splits=0", "cv.n_splits"),
         ("cv.n_splits=-3", "cv.n_splits"),
         ("data.val_fraction=1.5", "data.val_fraction"),
-        ("data.val_fraction=0", "data.val_fraction"),
         ("optim.warmup_ratio=1.2", "optim.warmup_ratio"),
         ("backbone.dropout=1.0", "backbone.dropout"),
         ("data.max_dropped_fraction=2", "data.max_dropped_fraction"),
