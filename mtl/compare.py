@@ -332,7 +332,7 @@ def markdown(summary: dict, rows: list[dict], hw: dict, command: str) -> str:
     statuses = {s: sum(r["status"] == s for r in rows) for s in ("trained", "resumed", "skipped")}
     return "\n".join(
         [
-            "# Multi-task vs single-task: validation scores",
+            "# Multi-task vs single-task: val-set scores",
             "",
             f"Hardware: {hw['cpu']}, {hw['cores']} cores available ({hw['torch_threads']} torch "
             f"threads){gpu}; torch {hw['torch']}, Python {hw['python']}.",
@@ -341,8 +341,9 @@ def markdown(summary: dict, rows: list[dict], hw: dict, command: str) -> str:
             "",
             *lines,
             "",
-            "Mean ± sample std (ddof=1) over seeds of each run's validation score (the task's val "
-            "file, or its held-out share of the training file where it has none); `—` where a "
+            "Mean ± sample std (ddof=1) over seeds of each run's val-set score (the task's val "
+            "file, or its held-out share of the training file where it has none: rows never trained "
+            "on and never used to choose the checkpoint, `results.json` → `valfile_blended`); `—` where a "
             "config has no such task. Wall-clock: the whole run (data, training, validation, "
             "predictions) as timed by this script when it trained the run. The baseline row: "
             "always predicting the majority class (multi-label: the most frequent label set) on the same validation rows.",

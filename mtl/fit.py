@@ -206,18 +206,26 @@ def fit_fold(
     trainer.fit(module, datamodule=datamodule, ckpt_path=str(resume) if resume else None)
 
     best = trainer.checkpoint_callback.best_model_path or str(last)
-    trainer.validate(
-        module, datamodule=datamodule, ckpt_path=best, verbose=False
-    )  # loads best weights
-    outputs = {"val": (val_parts, gather_predictions(trainer, module.val_predictions))}
+    # with cv.selection=last the weights in memory are the checkpoint's, and the last epoch's
+    # validation (run in this process) already holds their metrics and predictions
+    if cfg.cv.selection != "last" or not module.last_val_metrics:
+        trainer.validate(module, datamodule=datamodule, ckpt_path=best, verbose=False)
+    val_predictions = gather_predictions(trainer, module.val_predictions)
+    outputs = {"val": (val_parts, val_predictions)}
     shard = {"rank": trainer.global_rank, "world_size": trainer.world_size}
     for kind, parts in (predict_parts or {}).items():
-        if not parts:
-            continue
-        loader = make_loader(cfg, parts, datamodule.collator, train=False, **shard)
-        # an explicit path: with none, Lightning under SLURM would load a leftover hpc_ckpt_<n>
-        predictions = merge_predictions(trainer.predict(module, dataloaders=loader, ckpt_path=best))
-        outputs[kind] = (parts, gather_predictions(trainer, predictions))
+        # a val set that also validated (one split, nothing chosen) is not predicted twice
+        todo = {n: p for n, p in parts.items() if not same_rows(p, val_parts.get(n))}
+        ready = {n: val_predictions[n] for n in parts if n not in todo and n in val_predictions}
+        if todo:
+            loader = make_loader(cfg, todo, datamodule.collator, train=False, **shard)
+            # an explicit path: with none, Lightning under SLURM would load a leftover hpc_ckpt_<n>
+            predicted = merge_predictions(
+                trainer.predict(module, dataloaders=loader, ckpt_path=best)
+            )
+            ready.update(gather_predictions(trainer, predicted))
+        if ready:
+            outputs[kind] = (parts, ready)
     metrics = {
         "fold": fold,
         "best_checkpoint": Path(best).name,
@@ -234,6 +242,15 @@ def fit_fold(
         for stale in hpc_checkpoints(fold_dir):  # a finished fold is never resumed
             stale.unlink(missing_ok=True)
     return metrics
+
+
+def same_rows(a: TaskData | None, b: TaskData | None) -> bool:
+    return a is b or (
+        a is not None
+        and b is not None
+        and (a.path, a.split) == (b.path, b.split)
+        and np.array_equal(a.rows, b.rows)
+    )
 
 
 def hpc_checkpoints(fold_dir: Path) -> list[Path]:

@@ -197,6 +197,10 @@ def test_selection_last_trains_fixed_epochs_and_chooses_nothing(tiny_cfg):
     assert (pd.read_csv(folder / "folds.csv").fold == -1).all()  # every training row trains
     metrics = json.loads((folder / "fold_0" / "metrics.json").read_text())
     assert metrics["best_epoch"] == 1 and not results["selection_biased"]
+    for task in ("toxicity", "emotion", "sentiment"):  # the val set is watched and reported
+        watched = pd.read_csv(folder / "fold_0" / f"val_{task}.csv")
+        reported = pd.read_csv(folder / "fold_0" / f"valfile_{task}.csv")
+        pd.testing.assert_frame_equal(watched, reported)
 
 
 def test_tuned_thresholds_with_nothing_to_tune_on_is_a_config_error(tiny_cfg):
