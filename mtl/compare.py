@@ -32,6 +32,7 @@ from mtl.config import load_config, to_dict
 from mtl.cv import finished_folds, read_metas
 from mtl.errors import ConfigError, MTLError
 from mtl.io import write_json, write_text
+from mtl.runfolder import flatten as _flat
 
 log = logging.getLogger("mtl.compare")
 
@@ -104,17 +105,6 @@ def check_same_settings(cfg: Box, run_dir: Path) -> None:
             f"Run folder {run_dir} was trained with other settings ({shown}). "
             "Pass another --output-dir, or delete the folder to retrain."
         )
-
-
-def _flat(tree: dict, prefix: str = "") -> dict:
-    out = {}
-    for key, value in tree.items():
-        path = f"{prefix}{key}"
-        if isinstance(value, dict) and value:
-            out.update(_flat(value, f"{path}."))
-        else:
-            out[path] = value
-    return out
 
 
 def execute(run: dict) -> dict:

@@ -38,8 +38,11 @@ from mtl.tables import (
     DEFAULT_CHUNK_SIZE,
     TableSource,
     as_texts,
+    empty_positions,
     join_columns,
     output_format,
+    refuse_overwriting_input,
+    warn_empty_texts,
     write_frames,
 )
 
@@ -340,6 +343,8 @@ class Predictor:
         self, texts: Iterable, batch_size: int | None = None
     ) -> dict[str, np.ndarray]:
         """{task: (N, C) float64}: blended over the models; columns in `classes[task]` order."""
+        texts = as_texts(texts)
+        warn_empty_texts(empty_positions(texts), len(texts), "given")
         return self.blend(self.fold_probabilities(texts, batch_size))
 
     def labels(self, probs: dict[str, np.ndarray]) -> dict[str, list]:
@@ -386,8 +391,18 @@ class Predictor:
 
         from mtl.io import atomic_write
 
+        refuse_overwriting_input(input_path, output_path)
         source = TableSource(input_path, text_column, chunk_size)
         output_path = Path(output_path)
+        empty: list[int] = []  # positions of empty texts over the whole file
+        seen = [0]
+
+        def texts_of(chunk: pd.DataFrame) -> list[str]:
+            texts = source.texts(chunk)
+            empty.extend(seen[0] + i for i in empty_positions(texts))
+            seen[0] += len(texts)
+            return texts
+
         fmt = output_format(output_path)
         bar = tqdm(
             total=source.total_rows,
@@ -398,9 +413,7 @@ class Predictor:
 
         def chunks() -> Iterator[pd.DataFrame]:
             for chunk in source.chunks():
-                probs = self.blend(
-                    self.fold_probabilities(source.texts(chunk), batch_size, bar.update)
-                )
+                probs = self.blend(self.fold_probabilities(texts_of(chunk), batch_size, bar.update))
                 yield join_columns(chunk, self.frame(probs))
 
         try:
@@ -408,6 +421,7 @@ class Predictor:
             atomic_write(output_path, lambda tmp: rows.append(write_frames(tmp, fmt, chunks())))
         finally:
             bar.close()
+        warn_empty_texts(empty, seen[0], f"in {source.path}")
         return rows[0]
 
 
