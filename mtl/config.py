@@ -38,8 +38,9 @@ DEFAULTS: dict[str, Any] = {
     "tasks": {},
     "loss_weighting": "uncertainty",
     # task_loss_norm: "batch" = each task's loss is the mean over its rows in the batch;
-    # "expected" = its summed loss / its expected rows per batch (every row weighs the same)
-    "weighting": {"log_var_clamp": 5.0, "dwa_temperature": 2.0, "task_loss_norm": "batch"},
+    # "expected" (default, docs/RESULTS.md) = its summed loss / its expected rows per batch
+    # (every row weighs the same however many rows of its task a batch holds)
+    "weighting": {"log_var_clamp": 5.0, "dwa_temperature": 2.0, "task_loss_norm": "expected"},
     "sampling": {"mode": "proportional", "temperature": 2.0, "length_grouping": True},
     "data": {
         "max_length": 128,
