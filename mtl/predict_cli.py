@@ -29,7 +29,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
             "examples:\n"
             '  predict.py checkpoints/default --text "I love this" --text "you idiot"\n'
             "  predict.py checkpoints/default --input texts.csv --output preds.csv\n"
-            "  predict.py --checkpoint checkpoints/default/fold_0/best.ckpt --text hi --format json"
+            "  predict.py --checkpoint checkpoints/default/fold_0/best.ckpt --text hi --format json\n"
+            '  predict.py checkpoints/default --backend onnx --text "you idiot"   # after export.py'
         ),
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
@@ -56,11 +57,25 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         "--precision", choices=tuple(PRECISIONS), default="32-true", help="autocast for speed"
     )
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
+    parser.add_argument(
+        "--backend",
+        choices=("torch", "onnx"),
+        default="torch",
+        help="onnx: the run's export (scripts/export.py) with ONNX Runtime",
+    )
+    parser.add_argument(
+        "--onnx-model",
+        choices=("auto", "fp32", "int8"),
+        default="auto",
+        help="with --backend onnx: which exported models (auto: int8 when exported)",
+    )
     args = parser.parse_args(argv)
     if args.run_dir is None and args.checkpoint is None:
         parser.error("give a run folder (checkpoints/<run>) or --checkpoint PATH")
     if args.input is not None and args.output is None:
         parser.error("--input needs --output (the file to write)")
+    if args.backend == "onnx" and (args.checkpoint is not None or args.run_dir is None):
+        parser.error("--backend onnx needs a run folder with export/ (or an export folder)")
     return args
 
 
@@ -119,7 +134,13 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
     try:
-        if args.checkpoint is not None:
+        if args.backend == "onnx":
+            from mtl.onnx_predict import OnnxPredictor
+
+            predictor = OnnxPredictor.from_export(
+                args.run_dir, model=args.onnx_model, device=args.device, batch_size=args.batch_size
+            )
+        elif args.checkpoint is not None:
             predictor = Predictor.from_checkpoint(
                 args.checkpoint,
                 run_dir=args.run_dir,
