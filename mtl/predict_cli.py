@@ -106,7 +106,11 @@ def render_table(texts: list[str], predictor: Predictor, probs: dict[str, np.nda
     return "\n".join(lines).rstrip() + "\n"
 
 
-def render_json(texts: list[str], predictor: Predictor, probs: dict[str, np.ndarray]) -> str:
+def prediction_records(
+    texts: list[str], predictor: Predictor, probs: dict[str, np.ndarray]
+) -> list[dict]:
+    """Per text: the text, and per task every class's probability by name and the label(s);
+    plain Python values, ready for JSON (also the HTTP API's answer, mtl/serve.py)."""
     labels = predictor.labels(probs)
     records = []
     for i, text in enumerate(texts):
@@ -117,16 +121,23 @@ def render_json(texts: list[str], predictor: Predictor, probs: dict[str, np.ndar
                     str(c): float(p) for c, p in zip(meta.classes, probs[name][i], strict=True)
                 }
             }
-            entry["labels" if meta.multilabel else "label"] = labels[name][i]
+            value = labels[name][i]
+            entry["labels" if meta.multilabel else "label"] = (
+                [_plain(v) for v in value] if meta.multilabel else _plain(value)
+            )
             record[name] = entry
         records.append(record)
-    return json.dumps(records, indent=2, ensure_ascii=False, default=_json_scalar) + "\n"
+    return records
 
 
-def _json_scalar(value):
-    if hasattr(value, "item"):
-        return value.item()
-    raise TypeError(f"cannot write {type(value).__name__} to JSON")
+def render_json(texts: list[str], predictor: Predictor, probs: dict[str, np.ndarray]) -> str:
+    records = prediction_records(texts, predictor, probs)
+    return json.dumps(records, indent=2, ensure_ascii=False) + "\n"
+
+
+def _plain(value):
+    """A numpy scalar (a class name read from a file) as the Python value JSON takes."""
+    return value.item() if hasattr(value, "item") else value
 
 
 def main(argv: list[str] | None = None) -> int:
