@@ -162,3 +162,20 @@ def test_missing_export_and_missing_int8_are_clear_errors(run, tmp_path):
     fp32_only = export_run(run, tmp_path / "fp32_only")
     with pytest.raises(PredictError, match="no int8 models"):
         OnnxPredictor.from_export(fp32_only, model="int8")
+
+
+def test_benchmark_serve_path_reports_speed_ratios_and_parity(run, exported, tmp_path):
+    from mtl.bench.cli import main as bench_main
+
+    out = tmp_path / "serve.json"
+    argv = ["--serve", str(run), "--out", str(out), "--predict-texts", "24", "--repeats", "1"]
+    assert bench_main(argv + ["--val-rows", "20", "--threads", "1"]) == 0
+    result = json.loads(out.read_text())
+    assert set(result["speed"]) == {"torch_fp32", "onnx_fp32", "onnx_int8"}
+    assert result["speed"]["torch_fp32"]["vs_torch_fp32"] == 1.0
+    assert all(entry["texts_per_s"] > 0 for entry in result["speed"].values())
+    assert set(result["parity"]) == {"toxicity", "emotion", "sentiment"}
+    for entry in result["parity"].values():
+        assert entry["rows"] == 20 and entry["fp32_max_abs_prob_diff_vs_torch"] <= 1e-4
+        assert 0.0 <= entry["int8_label_agreement_vs_fp32"] <= 1.0
+    assert result["file_bytes"]["fold_0.int8.onnx"] < result["file_bytes"]["fold_0.onnx"]
