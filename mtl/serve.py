@@ -199,11 +199,13 @@ def serve(
     timeout: float = 30.0,
 ) -> None:
     """Serve the run until interrupted. The predictor is loaded in LitServe's worker."""
-    from mtl.onnx_predict import export_folder
+    from mtl.onnx_predict import export_folder, providers
 
     run_dir = Path(run_dir)
     if backend == "onnx":
         export_folder(run_dir)  # a clear error now, not a worker crash later
+        if accelerator == "auto":  # a GPU is no use to the CPU build of onnxruntime
+            accelerator = "cuda" if providers("auto")[0] == "CUDAExecutionProvider" else "cpu"
     api = RunAPI(
         run_dir, backend, onnx_model, max_batch_size=max_batch_size, batch_timeout=batch_timeout
     )
