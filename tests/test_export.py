@@ -16,6 +16,7 @@ from test_train_script import TOPICS, make_topics
 from mtl.config import load_config
 from mtl.errors import PredictError
 from mtl.export import export_run, sha256
+from mtl.export import main as export_main
 from mtl.onnx_predict import OnnxPredictor
 from mtl.predict import Predictor
 from mtl.predict_cli import main as predict_main
@@ -156,10 +157,12 @@ def test_predict_script_with_the_onnx_backend(run, exported, capsys):
     assert "toxicity" in capsys.readouterr().out
 
 
-def test_missing_export_and_missing_int8_are_clear_errors(run, tmp_path):
+def test_missing_export_and_missing_int8_are_clear_errors(run, tmp_path, capsys):
     with pytest.raises(PredictError, match="No ONNX export"):
         OnnxPredictor.from_export(tmp_path)
-    fp32_only = export_run(run, tmp_path / "fp32_only")
+    fp32_only = tmp_path / "fp32_only"
+    assert export_main([str(run), "--format", "onnx", "--out", str(fp32_only)]) == 0
+    assert "fp32: max abs probability difference" in capsys.readouterr().out
     with pytest.raises(PredictError, match="no int8 models"):
         OnnxPredictor.from_export(fp32_only, model="int8")
 

@@ -15,6 +15,7 @@ from test_train_script import make_topics
 from mtl.config import load_config
 from mtl.export import export_run
 from mtl.loadtest import ServerProcess, load_test, post
+from mtl.loadtest import main as loadtest_main
 from mtl.onnx_predict import OnnxPredictor
 from mtl.predict import Predictor
 from mtl.serve import Limits, check_request
@@ -68,7 +69,7 @@ def expected_records(predictor, texts):
     return prediction_records(texts, predictor, predictor.predict_proba(texts))
 
 
-def test_onnx_server_answers_good_and_bad_requests_and_keeps_serving(run):
+def test_onnx_server_answers_good_and_bad_requests_and_keeps_serving(run, data_dir, tmp_path):
     local = OnnxPredictor.from_export(run, model="fp32", device="cpu")
     with ServerProcess(run, "--backend", "onnx", "--onnx-model", "fp32", *LIMITS) as server:
         with urllib.request.urlopen(server.url + "/health", timeout=5) as response:
@@ -126,6 +127,10 @@ def test_onnx_server_answers_good_and_bad_requests_and_keeps_serving(run):
         result = load_test(server.url, TEXTS, clients=4, requests=10, texts_per_request=2)
         assert result["errors"] == 0 and result["requests"] == 40
         assert result["latency_ms"]["p50"] <= result["latency_ms"]["p99"]
+        out = tmp_path / "load.json"
+        argv = ["--url", server.url, "--clients", "2", "--requests", "3", "--out", str(out)]
+        assert loadtest_main(argv + ["--input", str(data_dir / "toxicity_val.csv")]) == 0
+        assert json.loads(out.read_text())["requests"] == 6
         process = server.process
     assert process.poll() is not None  # the server and its workers are gone
 
