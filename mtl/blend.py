@@ -1,9 +1,10 @@
 """Combine the folds' probabilities, and tune multi-label thresholds on out-of-fold predictions.
 
 mean      plain average of the folds' probabilities (default)
-rank      average of each fold's per-column ranks scaled to [0, 1]: robust to folds whose
-          probabilities are calibrated differently; the result orders rows, it is not a
-          probability (thresholds still apply to it as a score)
+rank      labels and probabilities from the mean blend; rank metrics (AUROC) from the average of
+          each fold's per-column ranks scaled to [0, 1] (robust to folds calibrated differently).
+          Ranks order a set of rows, they are not probabilities: deciding a label from them marks
+          about half the rows positive whatever the base rate, and one text alone has no rank.
 weighted  average weighted by each fold's validation score
 """
 
@@ -22,17 +23,36 @@ def blend(
     if not fold_probs:
         raise ValueError("nothing to blend: no fold predictions")
     stack = np.stack([np.asarray(p, dtype=np.float64) for p in fold_probs])  # (F, N, C)
-    if method == "mean":
+    if method in ("mean", "rank"):  # rank: decisions from the calibrated mean (see rank_blend)
         return stack.mean(axis=0)
-    if method == "rank":
-        ranks = stack.argsort(axis=1).argsort(axis=1).astype(np.float64)
-        return (ranks / max(1, stack.shape[1] - 1)).mean(axis=0)
     if method == "weighted":
         if fold_scores is None or len(fold_scores) != len(fold_probs):
             raise ValueError("weighted blending needs one score per fold")
         weights = np.clip(np.asarray(fold_scores, dtype=np.float64), 1e-12, None)
         return np.tensordot(weights / weights.sum(), stack, axes=1)
     raise ValueError(f"unknown blend method '{method}'; use one of {BLEND_METHODS}")
+
+
+def rank_blend(fold_probs: list[np.ndarray]) -> np.ndarray:
+    """(F folds of (N, C)) → (N, C) mean of per-column ranks scaled to [0, 1]: scores for rank
+    metrics over these N rows only (ties share their mean rank)."""
+    from scipy.stats import rankdata
+
+    stack = np.stack([np.asarray(p, dtype=np.float64) for p in fold_probs])  # (F, N, C)
+    ranks = rankdata(stack, axis=1) - 1.0
+    return (ranks / max(1, stack.shape[1] - 1)).mean(axis=0)
+
+
+def cross_fit_thresholds(probs: np.ndarray, labels: np.ndarray, fold: np.ndarray) -> np.ndarray:
+    """(N, C) per-row thresholds: the rows of fold k get thresholds tuned on the other folds' rows,
+    so the out-of-fold score is not measured on the rows that chose its thresholds. With one
+    fold alone there is nothing else to tune on: its rows get 0.5."""
+    cut = np.full(probs.shape, 0.5, dtype=np.float64)
+    for k in np.unique(fold):
+        mine = fold == k
+        if (~mine).any():
+            cut[mine] = tune_thresholds(probs[~mine], labels[~mine])
+    return cut
 
 
 def tune_thresholds(

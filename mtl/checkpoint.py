@@ -19,8 +19,13 @@ log = logging.getLogger(__name__)
 _HPARAM_KEYS = ("config", "tasks", "backbone_config")
 
 
-def load_checkpoint(path: str | Path) -> dict:
-    """`torch.load(weights_only=True)` with a clear error for missing, corrupt and foreign files."""
+def load_checkpoint(path: str | Path, *, mtl_only: bool = True, mmap: bool = False) -> dict:
+    """`torch.load(weights_only=True)` with a clear error for missing, corrupt and foreign files.
+
+    The one loader for every checkpoint mtl opens; `weights_only=True` is passed explicitly, so
+    TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD cannot turn it off. `mtl_only=False` skips the check that
+    the file holds an mtl model (for reading a counter such as `global_step`); `mmap` reads
+    tensors lazily."""
     path = Path(path)
     if not path.is_file():
         raise CheckpointError(
@@ -33,7 +38,7 @@ def load_checkpoint(path: str | Path) -> dict:
             f"checkpoint (best.ckpt / last.ckpt)."
         )
     try:
-        ckpt = torch.load(path, map_location="cpu", weights_only=True)
+        ckpt = torch.load(path, map_location="cpu", weights_only=True, mmap=mmap)
     except pickle.UnpicklingError as err:
         detail = re.search(r"WeightsUnpickler error:\s*([^\n]+)", str(err))
         raise CheckpointError(
@@ -47,6 +52,8 @@ def load_checkpoint(path: str | Path) -> dict:
             f"checkpoint ({type(err).__name__}: {first_line(err)}). Re-copy it, or use the "
             f"fold's other checkpoint (best.ckpt / last.ckpt)."
         ) from None
+    if not mtl_only:
+        return ckpt
     hparams = ckpt.get("hyper_parameters") if isinstance(ckpt, dict) else None
     missing = (
         list(_HPARAM_KEYS)
@@ -69,6 +76,17 @@ def load_checkpoint(path: str | Path) -> dict:
     return ckpt
 
 
+def clean_state_dict(state: dict) -> dict:
+    """Weights as the plain module names them: `trainer.compile=true` wraps the encoder in
+    torch.compile, whose `_orig_mod.` prefix appears in the checkpoint's keys; metric states of
+    runs from before metrics were gathered as arrays (a `thresholds` buffer) are not weights."""
+    return {
+        key.replace("._orig_mod.", ".").removeprefix("_orig_mod."): value
+        for key, value in state.items()
+        if not key.startswith("val_metrics.")
+    }
+
+
 def build_model(ckpt: dict, path: str | Path) -> tuple[torch.nn.Module, dict, dict]:
     """The checkpoint's network in eval mode, its TaskMeta dicts, and its resolved config dict.
 
@@ -84,7 +102,7 @@ def build_model(ckpt: dict, path: str | Path) -> tuple[torch.nn.Module, dict, di
             module = MultiTaskModule(
                 hparams["config"], hparams["tasks"], hparams["backbone_config"]
             )
-        module.load_state_dict(ckpt["state_dict"])
+        module.load_state_dict(clean_state_dict(ckpt["state_dict"]))
     except MTLError as err:
         raise CheckpointError(f"Checkpoint {path}: {err}") from None
     except (RuntimeError, KeyError, TypeError, ValueError, AttributeError) as err:

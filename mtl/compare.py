@@ -7,9 +7,9 @@
 Each (config, seed) trains in-process with `mtl.train.train` into its own run folder
 `<output-dir>/<config stem>-s<seed>`; `key=value` overrides apply to every run. A run whose folds
 are all finished (`fold_<k>/metrics.json`, as `mtl.fit` marks them) is read, not retrained; an
-interrupted one resumes through `train`'s own fold skipping. The scores are the validation metrics
-of `results.json` (`tasks.<t>.mean`: fold 0 with `cv.n_splits: 1`), on each task's val file or
-held-out share. Wall-clock per run and the hardware go into the table and the JSON.
+interrupted one resumes through `train`'s own fold skipping. The scores are the clean val-set
+metrics of `results.json` (`tasks.<t>.valfile_blended`): each task's val file, or the share held out
+of its training file, which nothing was trained or chosen on. Wall-clock per run and the hardware go into the table and the JSON.
 """
 
 from __future__ import annotations
@@ -32,6 +32,7 @@ from mtl.config import load_config, to_dict
 from mtl.cv import finished_folds, read_metas
 from mtl.errors import ConfigError, MTLError
 from mtl.io import write_json, write_text
+from mtl.runfolder import flatten as _flat
 
 log = logging.getLogger("mtl.compare")
 
@@ -106,17 +107,6 @@ def check_same_settings(cfg: Box, run_dir: Path) -> None:
         )
 
 
-def _flat(tree: dict, prefix: str = "") -> dict:
-    out = {}
-    for key, value in tree.items():
-        path = f"{prefix}{key}"
-        if isinstance(value, dict) and value:
-            out.update(_flat(value, f"{path}."))
-        else:
-            out[path] = value
-    return out
-
-
 def execute(run: dict) -> dict:
     """Train one run (or read it when finished); returns its row for the JSON."""
     import json
@@ -156,7 +146,8 @@ def execute(run: dict) -> dict:
     metrics, baseline = {}, {}
     for task, entry in results["tasks"].items():
         wanted = TABLE_METRICS.get(task, [metas[task].primary_metric])
-        metrics[task] = {m: entry["mean"][m] for m in wanted if m in entry["mean"]}
+        clean = entry.get("valfile_blended", {})  # the val set: nothing was chosen on it
+        metrics[task] = {m: clean[m] for m in wanted if m in clean}
         baseline[task] = {m: entry.get("baseline", {}).get(m) for m in wanted}
     return {
         "config": run["config"],
@@ -186,7 +177,11 @@ def _train_rows(run_dir: Path) -> dict:
         return {}
     folds = pd.read_csv(path)
     return {
-        task: {"train": int((g.fold != 0).sum()), "held_out": int((g.fold == 0).sum())}
+        task: {
+            "train": int((g.fold == -1).sum()),  # mtl.folds: -1 trains, 0 selects, -2 reports
+            "selection": int((g.fold == 0).sum()),
+            "val_set_held_out": int((g.fold == -2).sum()),
+        }
         for task, g in folds.groupby("task", sort=False)
     }
 
@@ -337,7 +332,7 @@ def markdown(summary: dict, rows: list[dict], hw: dict, command: str) -> str:
     statuses = {s: sum(r["status"] == s for r in rows) for s in ("trained", "resumed", "skipped")}
     return "\n".join(
         [
-            "# Multi-task vs single-task: validation scores",
+            "# Multi-task vs single-task: val-set scores",
             "",
             f"Hardware: {hw['cpu']}, {hw['cores']} cores available ({hw['torch_threads']} torch "
             f"threads){gpu}; torch {hw['torch']}, Python {hw['python']}.",
@@ -346,8 +341,9 @@ def markdown(summary: dict, rows: list[dict], hw: dict, command: str) -> str:
             "",
             *lines,
             "",
-            "Mean ± sample std (ddof=1) over seeds of each run's validation score (the task's val "
-            "file, or its held-out share of the training file where it has none); `—` where a "
+            "Mean ± sample std (ddof=1) over seeds of each run's val-set score (the task's val "
+            "file, or its held-out share of the training file where it has none: rows never trained "
+            "on and never used to choose the checkpoint, `results.json` → `valfile_blended`); `—` where a "
             "config has no such task. Wall-clock: the whole run (data, training, validation, "
             "predictions) as timed by this script when it trained the run. The baseline row: "
             "always predicting the majority class (multi-label: the most frequent label set) on the same validation rows.",

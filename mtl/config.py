@@ -8,8 +8,11 @@ the key (and the close spelling when there is one) before any work starts.
 
 from __future__ import annotations
 
+import codecs
 import copy
 import difflib
+import math
+import re
 from pathlib import Path
 from typing import Any
 
@@ -34,7 +37,9 @@ DEFAULTS: dict[str, Any] = {
     },
     "tasks": {},
     "loss_weighting": "uncertainty",
-    "weighting": {"log_var_clamp": 5.0, "dwa_temperature": 2.0},
+    # task_loss_norm: "batch" = each task's loss is the mean over its rows in the batch;
+    # "expected" = its summed loss / its expected rows per batch (every row weighs the same)
+    "weighting": {"log_var_clamp": 5.0, "dwa_temperature": 2.0, "task_loss_norm": "batch"},
     "sampling": {"mode": "proportional", "temperature": 2.0, "length_grouping": True},
     "data": {
         "max_length": 128,
@@ -43,12 +48,16 @@ DEFAULTS: dict[str, Any] = {
         "num_workers": 0,
         "preprocess": None,
         "on_bad_rows": "error",
-        "val_fraction": 0.1,
+        "max_dropped_fraction": 0.1,  # on_bad_rows=drop refuses to drop more of a file
+        "val_fraction": 0.1,  # held out of a training file: the selection slice / a missing val set
+        "drop_overlap": False,  # drop val / test rows whose text also occurs in training
         "cache_dir": None,
         "max_train_rows": None,  # int: a seeded random subset of each task's training file
         "max_eval_rows": None,  # int: a seeded random subset of each task's val file
     },
-    "cv": {"n_splits": 1, "blend": "mean", "folds": None},
+    # selection: "best" = the best epoch on selection rows (the fold's rows in k-fold, a held-out
+    # data.val_fraction of the training rows with one split); "last" = the last epoch, nothing chosen
+    "cv": {"n_splits": 1, "blend": "mean", "folds": None, "selection": "best"},
     "optim": {
         "lr_backbone": 2.0e-5,
         "lr_heads": 5.0e-5,
@@ -96,6 +105,7 @@ TASK_DEFAULTS: dict[str, Any] = {
     "threshold": 0.5,
     "weight": 1.0,
     "max_train_rows": None,  # int: this task's own data.max_train_rows
+    "encoding": None,  # text encoding of the task's CSV / TSV / JSON Lines files; null = UTF-8
 }
 
 CHOICES: dict[str, tuple] = {
@@ -107,6 +117,8 @@ CHOICES: dict[str, tuple] = {
     "optim.scheduler": ("onecycle", "linear", "cosine", "constant"),
     "monitor.mode": ("min", "max"),
     "cv.blend": ("mean", "rank", "weighted"),
+    "cv.selection": ("best", "last"),
+    "weighting.task_loss_norm": ("batch", "expected"),
     "task.type": ("binary", "multiclass", "multilabel"),
     "task.loss": (None, "ce", "focal", "bce"),
 }
@@ -133,9 +145,70 @@ TYPES: dict[str, tuple] = {
     "task.class_weights": (str, list, _NONE),
     "task.threshold": (float, str, list),
     "task.max_train_rows": (int, _NONE),
+    "task.encoding": (str, _NONE),
+}
+
+# Numeric keys and the range they must lie in: (low, high, low_inclusive, high_inclusive).
+# A value outside is a ConfigError naming the key, not a crash (or a silent oddity) mid-training.
+INF = float("inf")
+RANGES: dict[str, tuple] = {
+    "backbone.dropout": (0.0, 1.0, True, False),
+    "backbone.head_hidden": (1, INF, True, True),
+    "optim.lr_backbone": (0.0, INF, True, True),
+    "optim.lr_heads": (0.0, INF, True, True),
+    "optim.lr_log_vars": (0.0, INF, True, True),
+    "optim.weight_decay": (0.0, INF, True, True),
+    "optim.layer_lr_decay": (0.0, INF, False, True),
+    "optim.warmup_ratio": (0.0, 1.0, True, False),
+    "optim.eps": (0.0, INF, False, True),
+    "data.max_dropped_fraction": (0.0, 1.0, True, True),
+    "data.num_workers": (0, INF, True, True),
+    "cv.n_splits": (1, INF, True, True),
+    "trainer.max_epochs": (1, INF, True, True),
+    "trainer.accumulate_grad_batches": (1, INF, True, True),
+    "trainer.gradient_clip_val": (0.0, INF, True, True),
+    "trainer.num_nodes": (1, INF, True, True),
+    "trainer.log_every_n_steps": (1, INF, True, True),
+    "trainer.limit_train_batches": (0.0, INF, False, True),
+    "trainer.limit_val_batches": (0.0, INF, False, True),
+    "early_stopping.patience": (0, INF, True, True),
+    "early_stopping.min_delta": (0.0, INF, True, True),
+    "weighting.log_var_clamp": (0.0, INF, False, True),
+    "weighting.dwa_temperature": (0.0, INF, False, True),
+    "sampling.temperature": (0.0, INF, False, True),
+    "task.gamma": (0.0, INF, True, True),
+    "task.weight": (0.0, INF, True, True),
+}
+_MEANING = {
+    "cv.n_splits": " (1 = no k-fold)",
+    "trainer.max_epochs": " (at least one epoch of training)",
+    "data.max_dropped_fraction": " (the share of a file data.on_bad_rows=drop may drop)",
 }
 
 DEFAULT_CONFIG = Path(__file__).resolve().parent.parent / "configs" / "default.yaml"
+
+
+class _Loader(yaml.SafeLoader):
+    """SafeLoader with YAML 1.2 booleans (only true / false). YAML 1.1 also reads yes, no, on,
+    off, y and n as booleans, which would turn class names like `[NOT, OFF]` into `['NOT', False]`
+    and `run.name: off` into False; with this loader they stay the strings that were written."""
+
+
+_BOOL = "tag:yaml.org,2002:bool"
+_Loader.yaml_implicit_resolvers = {
+    first: [(tag, regexp) for tag, regexp in resolvers if tag != _BOOL]
+    for first, resolvers in yaml.SafeLoader.yaml_implicit_resolvers.items()
+}
+_Loader.add_implicit_resolver(
+    _BOOL, re.compile(r"^(?:true|True|TRUE|false|False|FALSE)$"), list("tTfF")
+)
+# where a bool is meant, the YAML 1.1 spellings still work
+_BOOL_WORDS = {"yes": True, "on": True, "y": True, "no": False, "off": False, "n": False}
+
+
+def yaml_load(text: str):
+    """Parse YAML text the way every mtl config is parsed (YAML 1.2 booleans)."""
+    return yaml.load(text, Loader=_Loader)  # noqa: S506 - a SafeLoader subclass
 
 
 def load_config(path: str | Path | None = None, overrides: list[str] = ()) -> Box:
@@ -172,7 +245,7 @@ def _read_yaml(path: Path) -> dict:
             f"Config file not found: {path}. Pass an existing YAML file with --config."
         )
     try:
-        data = yaml.safe_load(path.read_text(encoding="utf-8"))
+        data = yaml_load(path.read_text(encoding="utf-8"))
     except yaml.YAMLError as err:
         raise ConfigError(f"Config file {path} is not valid YAML: {err}") from None
     if data is None:
@@ -191,7 +264,7 @@ def _apply_override(raw: dict, item: str) -> None:
             f"Override '{item}' is not of the form key.sub=value (e.g. trainer.max_epochs=1)."
         )
     try:
-        value = yaml.safe_load(text) if text != "" else ""
+        value = yaml_load(text) if text != "" else ""
     except yaml.YAMLError:
         value = text
     node = raw
@@ -245,15 +318,44 @@ def _checked_value(path: str, value: Any, default: Any, schema_key: str | None =
     value = _coerce(value, allowed)
     if not isinstance(value, allowed) or (isinstance(value, bool) and bool not in allowed):
         names = " or ".join(sorted({"null" if t is _NONE else t.__name__ for t in allowed}))
+        hint = ""
+        if str in allowed and isinstance(value, bool | int | float):
+            hint = (
+                f" YAML read the unquoted value as {'an' if type(value) is int else 'a'} "
+                f"{type(value).__name__}; quote it to keep it "
+                f"text, e.g. {path.rsplit('.', 1)[-1]}: '{value}'."
+            )
         raise ConfigError(
-            f"Config key '{path}' must be {names}, got {value!r} ({type(value).__name__})."
+            f"Config key '{path}' must be {names}, got {value!r} ({type(value).__name__}).{hint}"
         )
+    _check_range(path, schema_key, value)
     choices = CHOICES.get(schema_key)
     if choices is not None and value not in choices:
         shown = ", ".join("null" if c is None else str(c) for c in choices)
         hint = _close(str(value), [str(c) for c in choices if c is not None])
         raise ConfigError(f"Config key '{path}' must be one of: {shown}; got {value!r}.{hint}")
     return value
+
+
+def _check_range(path: str, schema_key: str, value: Any) -> None:
+    bounds = RANGES.get(schema_key)
+    if bounds is None or not isinstance(value, int | float) or isinstance(value, bool):
+        return
+    low, high, low_in, high_in = bounds
+    inside = (
+        not math.isnan(value)
+        and (value >= low if low_in else value > low)
+        and (value <= high if high_in else value < high)
+    )
+    if not inside:
+        if high == INF:
+            shown = f"at least {low}" if low_in else f"greater than {low}"
+        else:
+            left, right = ("[" if low_in else "("), ("]" if high_in else ")")
+            shown = f"in {left}{low}, {high}{right}"
+        raise ConfigError(
+            f"Config key '{path}' must be {shown}{_MEANING.get(schema_key, '')}, got {value!r}."
+        )
 
 
 def _types_of(default: Any) -> tuple:
@@ -269,7 +371,10 @@ def _types_of(default: Any) -> tuple:
 
 
 def _coerce(value: Any, allowed: tuple) -> Any:
-    """YAML reads `1e-5` as a string and `1` as an int; accept both where a float is meant."""
+    """YAML reads `1e-5` as a string and `1` as an int; accept both where a float is meant.
+    Where a bool is meant, the YAML 1.1 words yes / no / on / off count."""
+    if bool in allowed and str not in allowed and isinstance(value, str):
+        return _BOOL_WORDS.get(value.lower(), value)
     if float in allowed and not isinstance(value, bool):
         if isinstance(value, int) and int not in allowed:  # limit_*_batches: 1 batch, not 100%
             return float(value)
@@ -343,11 +448,38 @@ def _check_tasks(cfg: dict) -> None:
                 f"Config key '{where}.max_train_rows' must be a positive integer or null, "
                 f"got {spec['max_train_rows']}."
             )
+        if spec["encoding"] is not None:
+            try:
+                codecs.lookup(spec["encoding"])
+            except LookupError:
+                raise ConfigError(
+                    f"Config key '{where}.encoding' is '{spec['encoding']}', which Python does not "
+                    f"know as a text encoding; use e.g. utf-8, latin-1, cp1252 or utf-16."
+                ) from None
         if not 0.0 <= spec["label_smoothing"] < 1.0:
             raise ConfigError(
                 f"Config key '{where}.label_smoothing' must be in [0, 1), got {spec['label_smoothing']}."
             )
+        if spec["threshold"] == "tuned" and cfg["cv"]["n_splits"] <= 1:
+            if cfg["cv"]["selection"] == "last":
+                raise ConfigError(
+                    f"Config key '{where}.threshold' is 'tuned', but with cv.n_splits=1 and "
+                    f"cv.selection=last no rows are set aside to tune on (the val set only "
+                    f"reports). Use cv.selection=best, k-fold (cv.n_splits>1) or a fixed threshold."
+                )
         tasks[name] = spec
+    if not 0.0 <= cfg["data"]["val_fraction"] < 1.0:
+        raise ConfigError(
+            f"Config key 'data.val_fraction' must be in [0, 1) (the share of a training file held "
+            f"out), got {cfg['data']['val_fraction']}."
+        )
+    if cfg["data"]["val_fraction"] == 0 and cfg["cv"]["n_splits"] <= 1:
+        if cfg["cv"]["selection"] == "best":
+            raise ConfigError(
+                "Config key 'data.val_fraction' is 0, but with cv.n_splits=1 and cv.selection=best "
+                "the best epoch is chosen on a held-out share of the training rows. Set "
+                "data.val_fraction (e.g. 0.1), or cv.selection=last to train fixed epochs."
+            )
     for key in ("max_length", "batch_size", "eval_batch_size", "max_train_rows", "max_eval_rows"):
         if cfg["data"][key] is not None and cfg["data"][key] < 1:
             raise ConfigError(

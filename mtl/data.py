@@ -23,17 +23,20 @@ import pandas as pd
 from box import Box
 
 from mtl.errors import ConfigError, DataError, first_rows
-from mtl.io import atomic_write
+from mtl.io import atomic_write, undecodable_at
 from mtl.tasks import TaskMeta
 
 log = logging.getLogger(__name__)
 
-READERS: dict[str, Callable[[Path], pd.DataFrame]] = {
-    ".csv": lambda p: pd.read_csv(p, keep_default_na=False, na_values=[""]),
-    ".tsv": lambda p: pd.read_csv(p, sep="\t", keep_default_na=False, na_values=[""]),
-    ".parquet": pd.read_parquet,
-    ".jsonl": lambda p: pd.read_json(p, lines=True),
-    ".json": lambda p: pd.read_json(p, lines=True),
+# path, text encoding (None: UTF-8; Parquet stores its own) → frame
+READERS: dict[str, Callable[[Path, str | None], pd.DataFrame]] = {
+    ".csv": lambda p, enc: pd.read_csv(p, keep_default_na=False, na_values=[""], encoding=enc),
+    ".tsv": lambda p, enc: pd.read_csv(
+        p, sep="\t", keep_default_na=False, na_values=[""], encoding=enc
+    ),
+    ".parquet": lambda p, enc: pd.read_parquet(p),
+    ".jsonl": lambda p, enc: pd.read_json(p, lines=True, encoding=enc),
+    ".json": lambda p, enc: pd.read_json(p, lines=True, encoding=enc),
 }
 SPLITS = ("train", "val", "test")
 
@@ -75,7 +78,7 @@ def resolve_path(cfg: Box, name: str) -> Path:
     return path if path.is_absolute() else Path(cfg.data_dir).expanduser() / path
 
 
-def read_table(path: Path, key: str) -> pd.DataFrame:
+def read_table(path: Path, key: str, encoding: str | None = None) -> pd.DataFrame:
     """Read one task file; `key` is the config key that named it, for the error message."""
     if not path.is_file():
         raise DataError(
@@ -88,7 +91,9 @@ def read_table(path: Path, key: str) -> pd.DataFrame:
             f"Use one of {', '.join(READERS)}."
         )
     try:
-        frame = reader(path)
+        frame = reader(path, encoding)
+    except UnicodeError as err:
+        raise DataError(undecodable(path, key, encoding, err)) from None
     except pd.errors.EmptyDataError:
         raise DataError(
             f"File {path} (config key '{key}') is empty: it needs a header and data rows."
@@ -98,6 +103,17 @@ def read_table(path: Path, key: str) -> pd.DataFrame:
     if len(frame) == 0:
         raise DataError(f"File {path} (config key '{key}') has a header but no data rows.")
     return frame
+
+
+def undecodable(path: Path, key: str, encoding: str | None, err: UnicodeError) -> str:
+    codec = encoding or "utf-8"
+    task = key.split(".")[1] if key.count(".") >= 2 else "<task>"
+    return (
+        f"File {path} (config key '{key}') cannot be read as {codec} text: "
+        f"{undecodable_at(path, codec, err)} Save the file as UTF-8 (e.g. iconv -f cp1252 -t "
+        f"utf-8 old.csv > new.csv), or set tasks.{task}.encoding to the encoding it was saved in "
+        f"(e.g. tasks.{task}.encoding=cp1252)."
+    )
 
 
 def load_tasks(cfg: Box, tokenizer) -> tuple[dict[str, dict[str, TaskData]], dict[str, TaskMeta]]:
@@ -112,13 +128,20 @@ def load_tasks(cfg: Box, tokenizer) -> tuple[dict[str, dict[str, TaskData]], dic
                 continue
             key = f"tasks.{name}.{split}"
             path = resolve_path(cfg, spec[split])
-            frame = read_table(path, key)
+            frame = read_table(path, key, spec.encoding)
             if split == "train":
                 metas[name] = TaskMeta(
                     name=name, type=spec.type, classes=declared_classes(spec, frame, path)
                 )
             part = build_task_data(
-                frame, path, name, split, spec, metas[name], cfg.data.on_bad_rows
+                frame,
+                path,
+                name,
+                split,
+                spec,
+                metas[name],
+                cfg.data.on_bad_rows,
+                cfg.data.max_dropped_fraction,
             )
             if split == "train" and len(part) == 0:
                 raise DataError(
@@ -181,6 +204,7 @@ def build_task_data(
     spec: Box,
     meta: TaskMeta,
     on_bad_rows: str,
+    max_dropped: float = 1.0,
 ) -> TaskData:
     key = f"tasks.{task}.{split}"
     labelled = split != "test" or all(c in frame.columns for c in spec.label_columns)
@@ -212,6 +236,12 @@ def build_task_data(
                 f"(1-based, header not counted). Fix or remove these rows, or set data.on_bad_rows=drop "
                 f"to skip them with a logged count."
             )
+        drop |= mask
+    if drop.any():  # refused before anything is logged as dropped
+        train_labels = labels if split == "train" else None
+        check_drop(frame, path, key, spec, meta, train_labels, drop, bad, max_dropped)
+    for problem, mask in bad.items():
+        rows = np.flatnonzero(mask) + 1
         log.warning(
             "%s: dropping %d rows with %s (data rows %s)",
             path,
@@ -219,7 +249,6 @@ def build_task_data(
             problem,
             first_rows(rows),
         )
-        drop |= mask
     keep = np.flatnonzero(~drop)
     groups = (
         frame[spec.group_column].to_numpy()[keep]
@@ -236,6 +265,57 @@ def build_task_data(
         labels=None if labels is None else labels[keep],
         groups=groups,
     )
+
+
+def check_drop(
+    frame: pd.DataFrame,
+    path: Path,
+    key: str,
+    spec: Box,
+    meta: TaskMeta,
+    labels: np.ndarray | None,
+    drop: np.ndarray,
+    bad: dict[str, np.ndarray],
+    max_dropped: float,
+) -> None:
+    """`on_bad_rows=drop` is for a few broken rows. Dropping a large share of a file, or every
+    training row of a class, means the file and the config disagree (e.g. `classes` that do not
+    match the file's labels): training on what is left would silently be a different task."""
+    counts = "; ".join(f"{int(mask.sum())} with {problem}" for problem, mask in bad.items())
+    share = drop.mean()
+    if share > max_dropped:
+        raise DataError(
+            f"File {path} (config key '{key}'): data.on_bad_rows=drop would drop {int(drop.sum())} "
+            f"of {len(drop)} rows ({share:.0%}), more than data.max_dropped_fraction="
+            f"{max_dropped} allows ({counts}). So many bad rows usually mean the file and the "
+            f"config disagree: check tasks.{meta.name}.classes / label_columns against the file, "
+            f"fix the rows, or raise data.max_dropped_fraction if dropping them is intended."
+        )
+    if labels is None:
+        return
+    if meta.multilabel:
+        had = labels.sum(axis=0) > 0
+        kept = labels[~drop].sum(axis=0) > 0
+        lost = [c for c, h, k in zip(meta.classes, had, kept, strict=True) if h and not k]
+    else:
+        kept = np.bincount(labels[~drop], minlength=meta.num_outputs)
+        lost = [c for c, n in zip(meta.classes, kept, strict=True) if n == 0]
+    if lost:
+        column = spec.label_columns[0]
+        seen = ""
+        if not meta.multilabel and column in frame.columns:
+            top = frame[column][drop].astype(str).value_counts().head(5)
+            seen = (
+                " The dropped rows' labels: "
+                + ", ".join(f"{v!r} ({n})" for v, n in top.items())
+                + "."
+            )
+        raise DataError(
+            f"File {path} (config key '{key}'): data.on_bad_rows=drop would leave class(es) "
+            f"{lost} of task '{meta.name}' with no training rows ({counts}).{seen} The declared "
+            f"classes {list(meta.classes)} probably do not match the file's labels: fix "
+            f"tasks.{meta.name}.classes (quote names YAML could read otherwise) or the file."
+        )
 
 
 def encode_labels(
@@ -352,13 +432,17 @@ def tokenizer_fingerprint(tokenizer) -> str:
     return cached
 
 
+def token_cache_dir(cfg: Box) -> Path:
+    return Path(cfg.data.cache_dir or Path(cfg.run.output_dir) / ".token_cache")
+
+
 def tokenize(texts: list[str], tokenizer, cfg: Box, path: Path, key: str) -> list[np.ndarray]:
     """Token ids per text (truncated to max_length, unpadded), from the cache when it has them."""
     digest = hashlib.sha256()
     for part in (tokenizer_fingerprint(tokenizer), str(cfg.data.max_length), "\x1f".join(texts)):
         digest.update(part.encode("utf-8", "surrogatepass"))
         digest.update(b"\x00")
-    cache_dir = Path(cfg.data.cache_dir or Path(cfg.run.output_dir) / ".token_cache")
+    cache_dir = token_cache_dir(cfg)
     cache_file = cache_dir / f"{path.stem}-{digest.hexdigest()[:24]}.npz"
     if cache_file.is_file():
         with np.load(cache_file) as stored:

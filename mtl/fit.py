@@ -10,7 +10,6 @@ the fold's predictions are gathered from all ranks before global rank 0 writes t
 
 from __future__ import annotations
 
-import json
 import logging
 import re
 from pathlib import Path
@@ -25,10 +24,12 @@ from lightning.pytorch.loggers import CSVLogger, TensorBoardLogger
 from lightning.pytorch.plugins.io import TorchCheckpointIO
 from lightning.pytorch.strategies import DDPStrategy, FSDPStrategy
 
+from mtl.checkpoint import load_checkpoint
 from mtl.config import to_dict
 from mtl.data import TaskData
 from mtl.datamodule import MultiTaskDataModule, make_loader
-from mtl.io import atomic_write, write_csv, write_json
+from mtl.errors import CheckpointError, MTLError
+from mtl.io import atomic_write, read_json_object, write_csv, write_json
 from mtl.module import MultiTaskModule
 from mtl.tasks import TaskMeta
 
@@ -36,13 +37,29 @@ log = logging.getLogger(__name__)
 
 
 class AtomicCheckpointIO(TorchCheckpointIO):
-    """A kill during a checkpoint write leaves the previous checkpoint intact."""
+    """A kill during a checkpoint write leaves the previous checkpoint intact; every checkpoint
+    Lightning opens (resume, `validate` / `predict` with the best weights) goes through mtl's safe
+    loader (`weights_only=True` explicitly, so TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD cannot turn it off).
+
+    `preload` hands over a checkpoint mtl has already opened (and checked) with that loader, so a
+    resume reads the file once."""
+
+    def __init__(self):
+        super().__init__()
+        self._preloaded: dict[str, dict] = {}
 
     def save_checkpoint(self, checkpoint, path, storage_options=None):
         atomic_write(
             path,
             lambda tmp: TorchCheckpointIO.save_checkpoint(self, checkpoint, tmp, storage_options),
         )
+
+    def preload(self, path: str | Path, checkpoint: dict) -> None:
+        self._preloaded[str(Path(path).resolve())] = checkpoint
+
+    def load_checkpoint(self, path, map_location=None, weights_only=None):
+        checkpoint = self._preloaded.pop(str(Path(path).resolve()), None)
+        return checkpoint if checkpoint is not None else load_checkpoint(path)
 
 
 def monitor_key(cfg: Box) -> tuple[str, str]:
@@ -58,6 +75,14 @@ def _csv_version(run_dir: Path, fold: int) -> str:
 class EncoderFSDP(FSDPStrategy):
     """FSDP with one sharded unit per transformer block of the encoder (the classes its Hugging Face
     model lists in `_no_split_modules`), so only one block's full weights exist at a time."""
+
+    def load_checkpoint(self, checkpoint_path, weights_only=None):
+        # Lightning's FSDP opens a full checkpoint with its own (unrestricted) unpickler, not the
+        # CheckpointIO: the safe loader vets the file first, so that unpickler meets only tensors
+        # and plain containers.
+        if Path(checkpoint_path).is_file():
+            load_checkpoint(checkpoint_path)
+        return super().load_checkpoint(checkpoint_path, weights_only=True)
 
     def _setup_model(self, model):
         from torch.distributed.fsdp import FullyShardedDataParallel
@@ -88,17 +113,18 @@ def make_trainer(
     cfg: Box, fold_dir: Path, run_dir: Path, fold: int, callbacks: list | None = None
 ) -> L.Trainer:
     monitor, mode = monitor_key(cfg)
+    chooses = cfg.cv.selection == "best"  # "last": no monitor, best.ckpt is the latest epoch
     t = cfg.trainer
     checkpoint = ModelCheckpoint(
         dirpath=fold_dir,
         filename="best",
-        monitor=monitor,
+        monitor=monitor if chooses else None,
         mode=mode,
         save_last=True,
         enable_version_counter=False,
     )
     callbacks = [checkpoint, LearningRateMonitor(logging_interval="step")] + list(callbacks or [])
-    if cfg.early_stopping.enabled:
+    if cfg.early_stopping.enabled and chooses:
         callbacks.append(
             EarlyStopping(
                 monitor=monitor,
@@ -161,7 +187,7 @@ def fit_fold(
     done = fold_dir / "metrics.json"
     if done.is_file():
         log.info("fold %d already finished: %s", fold, done)
-        return json.loads(done.read_text())
+        return finished_metrics(done, fold)
     L.seed_everything(cfg.seed + fold, workers=True, verbose=False)
     module = MultiTaskModule(to_dict(cfg), {name: meta.to_dict() for name, meta in metas.items()})
     datamodule = MultiTaskDataModule(cfg, metas, pad_id, train_parts, val_parts)
@@ -170,25 +196,40 @@ def fit_fold(
     resume = resume_checkpoint(fold_dir)
     if resume is not None:
         log.info("fold %d: resuming from %s", fold, resume)
+        checkpoint = open_resume_checkpoint(resume, fold)
+        checkpoint_io = trainer.strategy.checkpoint_io
+        if isinstance(checkpoint_io, AtomicCheckpointIO) and not isinstance(
+            trainer.strategy,
+            FSDPStrategy,  # loads full checkpoints itself, after a safe check
+        ):
+            checkpoint_io.preload(resume, checkpoint)
     trainer.fit(module, datamodule=datamodule, ckpt_path=str(resume) if resume else None)
 
     best = trainer.checkpoint_callback.best_model_path or str(last)
-    trainer.validate(
-        module, datamodule=datamodule, ckpt_path=best, verbose=False
-    )  # loads best weights
-    outputs = {"val": (val_parts, gather_predictions(trainer, module.val_predictions))}
+    # with cv.selection=last the weights in memory are the checkpoint's, and the last epoch's
+    # validation (run in this process) already holds their metrics and predictions
+    if cfg.cv.selection != "last" or not module.last_val_metrics:
+        trainer.validate(module, datamodule=datamodule, ckpt_path=best, verbose=False)
+    val_predictions = gather_predictions(trainer, module.val_predictions)
+    outputs = {"val": (val_parts, val_predictions)}
     shard = {"rank": trainer.global_rank, "world_size": trainer.world_size}
     for kind, parts in (predict_parts or {}).items():
-        if not parts:
-            continue
-        loader = make_loader(cfg, parts, datamodule.collator, train=False, **shard)
-        # an explicit path: with none, Lightning under SLURM would load a leftover hpc_ckpt_<n>
-        predictions = merge_predictions(trainer.predict(module, dataloaders=loader, ckpt_path=best))
-        outputs[kind] = (parts, gather_predictions(trainer, predictions))
+        # a val set that also validated (one split, nothing chosen) is not predicted twice
+        todo = {n: p for n, p in parts.items() if not same_rows(p, val_parts.get(n))}
+        ready = {n: val_predictions[n] for n in parts if n not in todo and n in val_predictions}
+        if todo:
+            loader = make_loader(cfg, todo, datamodule.collator, train=False, **shard)
+            # an explicit path: with none, Lightning under SLURM would load a leftover hpc_ckpt_<n>
+            predicted = merge_predictions(
+                trainer.predict(module, dataloaders=loader, ckpt_path=best)
+            )
+            ready.update(gather_predictions(trainer, predicted))
+        if ready:
+            outputs[kind] = (parts, ready)
     metrics = {
         "fold": fold,
         "best_checkpoint": Path(best).name,
-        "best_epoch": int(torch.load(best, map_location="cpu", weights_only=True)["epoch"]),
+        "best_epoch": int(load_checkpoint(best)["epoch"]),
         "epochs_trained": trainer.current_epoch,
         "metrics": {k: float(v) for k, v in module.last_val_metrics.items()},
     }
@@ -201,6 +242,15 @@ def fit_fold(
         for stale in hpc_checkpoints(fold_dir):  # a finished fold is never resumed
             stale.unlink(missing_ok=True)
     return metrics
+
+
+def same_rows(a: TaskData | None, b: TaskData | None) -> bool:
+    return a is b or (
+        a is not None
+        and b is not None
+        and (a.path, a.split) == (b.path, b.split)
+        and np.array_equal(a.rows, b.rows)
+    )
 
 
 def hpc_checkpoints(fold_dir: Path) -> list[Path]:
@@ -227,13 +277,37 @@ def resume_checkpoint(fold_dir: Path) -> Path | None:
 
     def progress(path: Path) -> int:
         try:
-            state = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
-        except Exception:  # unreadable: never preferred
+            state = load_checkpoint(path, mtl_only=False, mmap=True)
+        except MTLError:  # unreadable or unsafe: never preferred
             return -1
-        return int(state.get("global_step", -1))
+        return int(state.get("global_step", -1)) if isinstance(state, dict) else -1
 
     last, hpc = candidates
     return hpc if progress(hpc) > progress(last) else last
+
+
+def finished_metrics(done: Path, fold: int) -> dict:
+    """A finished fold's metrics.json; an empty or damaged one (it is written atomically, so
+    something else broke it) is an error naming the fix, not a traceback."""
+    metrics, problem = read_json_object(done, "metrics")
+    if metrics is not None:
+        return metrics
+    raise MTLError(
+        f"{done} marks fold {fold} as finished but cannot be read ({problem}). Delete the folder "
+        f"{done.parent} and run the same command again to retrain fold {fold}; the other folds "
+        f"are kept."
+    )
+
+
+def open_resume_checkpoint(path: Path, fold: int) -> dict:
+    """The checkpoint an interrupted fold resumes from, opened with the safe loader."""
+    try:
+        return load_checkpoint(path)
+    except CheckpointError as err:
+        raise CheckpointError(
+            f"Cannot resume fold {fold}: {err} To restart fold {fold} from its first epoch, "
+            f"delete {path} (and any other *.ckpt in {path.parent}) and run the same command again."
+        ) from None
 
 
 def gather_predictions(trainer: L.Trainer, predictions: dict[str, list]) -> dict[str, list]:

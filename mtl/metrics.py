@@ -1,8 +1,13 @@
-"""Per-task validation metrics with torchmetrics (synced across DDP ranks at compute time).
+"""Per-task metrics, one definition (scikit-learn's, as papers report them) for every score.
 
 binary      f1_macro, accuracy, auroc
-multiclass  f1_macro, accuracy
+multiclass  f1_macro, accuracy          (macro over *all* declared classes: a class absent from
+                                          predictions and targets counts as F1 0, as in sklearn)
 multilabel  f1_macro, f1_micro, f1_<label> per label, exact_match
+
+Validation during training gathers probabilities and targets with torchmetrics' `CatMetric`
+(synced across DDP ranks at compute time) and scores them with `score_arrays`, the same function
+that scores out-of-fold and blended predictions, so a fold's logged metric and its OOF score agree.
 """
 
 from __future__ import annotations
@@ -11,14 +16,7 @@ import numpy as np
 import torch
 from sklearn.metrics import accuracy_score, f1_score, roc_auc_score
 from torch import nn
-from torchmetrics import MetricCollection
-from torchmetrics.classification import (
-    BinaryAUROC,
-    MulticlassAccuracy,
-    MulticlassF1Score,
-    MultilabelExactMatch,
-    MultilabelF1Score,
-)
+from torchmetrics.aggregation import CatMetric
 
 from mtl.tasks import TaskMeta
 
@@ -29,60 +27,37 @@ class TaskMetrics(nn.Module):
     def __init__(self, meta: TaskMeta):
         super().__init__()
         self.meta = meta
-        n = meta.num_outputs
-        if meta.multilabel:
-            self.register_buffer("thresholds", torch.tensor(meta.threshold or [0.5] * n))
-            self.metrics = MetricCollection(
-                {
-                    "f1_macro": MultilabelF1Score(n, average="macro", zero_division=0),
-                    "f1_micro": MultilabelF1Score(n, average="micro", zero_division=0),
-                    "f1_per_label": MultilabelF1Score(n, average="none", zero_division=0),
-                    "exact_match": MultilabelExactMatch(n),
-                }
-            )
-        else:
-            metrics = {
-                "f1_macro": MulticlassF1Score(n, average="macro", zero_division=0),
-                "accuracy": MulticlassAccuracy(n, average="micro"),
-            }
-            if meta.type == "binary":
-                metrics["auroc"] = BinaryAUROC()
-            self.metrics = MetricCollection(metrics)
+        self.probs = CatMetric()
+        self.targets = CatMetric()
 
     def update(self, probs: torch.Tensor, targets: torch.Tensor) -> None:
         if probs.shape[0] == 0:
             return
-        if self.meta.multilabel:
-            # thresholds may differ per label: compare first, then feed 0/1 "probabilities"
-            self.metrics.update((probs >= self.thresholds).float(), targets.long())
-            return
-        preds = probs.argmax(dim=-1)
-        for name, metric in self.metrics.items():
-            metric.update(probs[:, 1] if name == "auroc" else preds, targets)
+        self.probs.update(probs.detach().float())
+        self.targets.update(targets.detach().float())
 
     def compute(self) -> dict[str, float]:
-        values = self.metrics.compute()
-        out: dict[str, float] = {}
-        for name, value in values.items():
-            if name == "f1_per_label":
-                out.update(
-                    {
-                        f"f1_{label}": float(v)
-                        for label, v in zip(self.meta.classes, value, strict=True)
-                    }
-                )
-            else:
-                out[name] = float(value)
-        return out
+        probs = self.probs.compute().cpu().double().numpy().reshape(-1, self.meta.num_outputs)
+        targets = self.targets.compute().cpu().numpy()
+        labels = (
+            targets.reshape(len(probs), -1) if self.meta.multilabel else targets.astype(np.int64)
+        )
+        return score_arrays(self.meta, probs, labels, self.meta.threshold or None)
 
     def reset(self) -> None:
-        self.metrics.reset()
+        self.probs.reset()
+        self.targets.reset()
 
 
 def score_arrays(
-    meta: TaskMeta, probs: np.ndarray, labels: np.ndarray, thresholds=None
+    meta: TaskMeta,
+    probs: np.ndarray,
+    labels: np.ndarray,
+    thresholds=None,
+    rank_scores: np.ndarray | None = None,
 ) -> dict[str, float]:
-    """The same metrics from numpy arrays (out-of-fold and blended predictions)."""
+    """Every metric of the task from numpy arrays. `thresholds`: one per label, or (N, C) per row
+    (cross-fitted); `rank_scores`: scores for AUROC in place of `probs` (the rank blend)."""
     if meta.multilabel:
         cut = np.asarray(thresholds if thresholds is not None else meta.threshold or 0.5)
         preds = (probs >= cut).astype(int)
@@ -103,8 +78,9 @@ def score_arrays(
         "accuracy": accuracy_score(labels, preds),
     }
     if meta.type == "binary":
+        scores = (probs if rank_scores is None else rank_scores)[:, 1]
         out["auroc"] = (
-            roc_auc_score(labels, probs[:, 1]) if len(np.unique(labels)) == 2 else float("nan")
+            roc_auc_score(labels, scores) if len(np.unique(labels)) == 2 else float("nan")
         )
     return {k: float(v) for k, v in out.items()}
 

@@ -34,6 +34,42 @@ def backbone_path(name: str) -> str:
     return str(module.get_model_path())
 
 
+# Models whose position ids start after the padding index (RoBERTa family): padding_idx + 1
+# positions of max_position_embeddings are never used for tokens.
+_OFFSET_POSITIONS = {
+    "roberta",
+    "xlm-roberta",
+    "xlm-roberta-xl",
+    "camembert",
+    "longformer",
+    "data2vec-text",
+    "roberta-prelayernorm",
+    "ibert",
+    "mpnet",
+    "luke",
+    "markuplm",
+}
+
+
+def position_limit(name: str) -> int | None:
+    """The most tokens the backbone has position embeddings for; None when unknown or unbounded
+    (relative positions, e.g. DeBERTa-v3). An unloadable backbone is reported elsewhere."""
+    from transformers import AutoConfig
+
+    try:
+        config = AutoConfig.from_pretrained(backbone_path(name))
+    except (OSError, ValueError):
+        return None
+    if getattr(config, "position_biased_input", True) is False:
+        return None
+    limit = getattr(config, "max_position_embeddings", None)
+    if not isinstance(limit, int) or limit <= 0:
+        return None
+    if config.model_type in _OFFSET_POSITIONS:
+        limit -= (config.pad_token_id or 0) + 1
+    return limit
+
+
 def load_tokenizer(name: str):
     from transformers import AutoTokenizer
 

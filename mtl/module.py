@@ -18,6 +18,7 @@ from mtl.losses import TaskLoss
 from mtl.metrics import TaskMetrics
 from mtl.model import MultiTaskModel, load_encoder
 from mtl.optim import build_optimizer, build_scheduler
+from mtl.sampling import expected_rows_per_batch
 from mtl.tasks import TaskMeta
 from mtl.weighting import build_weighting
 
@@ -61,6 +62,7 @@ class MultiTaskModule(L.LightningModule):
         }
         self.val_predictions: dict[str, list] = {}
         self.last_val_metrics: dict = {}
+        self.expected_rows: dict[str, float] = {}  # set in setup("fit") when normalising by it
         for param in self.parameters():  # FSDP later reshapes them into flat shards (mtl/optim.py)
             param.mtl_ndim = param.dim()
 
@@ -70,6 +72,25 @@ class MultiTaskModule(L.LightningModule):
     def setup(self, stage: str) -> None:
         if self.cfg.trainer.compile and stage == "fit":
             self.model.encoder = torch.compile(self.model.encoder)
+        if stage == "fit" and self.cfg.weighting.task_loss_norm == "expected":
+            parts = self.trainer.datamodule.train_parts
+            sizes = [len(parts[n]) if parts.get(n) is not None else 0 for n in self.task_names]
+            s = self.cfg.sampling
+            expected = expected_rows_per_batch(
+                sizes, s.mode, s.temperature, self.cfg.data.batch_size
+            )
+            self.expected_rows = dict(zip(self.task_names, expected.tolist(), strict=True))
+
+    def normalise(self, losses: dict[str, torch.Tensor], batch: dict) -> dict[str, torch.Tensor]:
+        """`weighting.task_loss_norm: expected`: a task's batch-mean loss × its rows in the batch /
+        its expected rows per batch, i.e. its summed loss over a constant. Under length grouping a
+        batch holds 0–32 rows of a task; a batch mean would weigh each of 2 rows 16× one of 32."""
+        if not self.expected_rows:
+            return losses
+        return {
+            name: loss * (batch["index"][name].numel() / max(self.expected_rows[name], 1e-12))
+            for name, loss in losses.items()
+        }
 
     # --- the shared step ------------------------------------------------------------------------
 
@@ -88,6 +109,8 @@ class MultiTaskModule(L.LightningModule):
                 n = batch["index"][name].numel()
                 sums[k, 0] += losses[name].detach().float() * n
                 sums[k, 1] += n
+        if stage == "train":
+            losses = self.normalise(losses, batch)
         return self.weighting(losses, present), logits
 
     def training_step(self, batch: dict, batch_idx: int) -> torch.Tensor:
@@ -97,6 +120,10 @@ class MultiTaskModule(L.LightningModule):
         logs.update(self.weighting.extra_logs())
         self.log_dict(logs, on_step=True, on_epoch=False)
         return total
+
+    def optimizer_step(self, *args, **kwargs) -> None:
+        super().optimizer_step(*args, **kwargs)
+        self.weighting.project()  # e.g. keep log-variances in range without killing gradients
 
     def validation_step(self, batch: dict, batch_idx: int) -> None:
         _, logits = self.model_step(batch, "val")

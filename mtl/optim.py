@@ -38,7 +38,8 @@ def param_groups(model: nn.Module, weighting: nn.Module, optim: Box) -> list[dic
     for name, param in model.encoder.named_parameters():
         if param.requires_grad:
             depth = layer_depth(f".{name}", num_layers)
-            scale = optim.layer_lr_decay ** (num_layers + 1 - depth)
+            # the top layer (depth num_layers) and anything above it get lr_backbone itself
+            scale = optim.layer_lr_decay ** max(0, num_layers - depth)
             add(param, "backbone", optim.lr_backbone * scale)
     for param in model.heads.parameters():
         add(param, "heads", optim.lr_heads)
@@ -64,6 +65,7 @@ def build_scheduler(optimizer: torch.optim.Optimizer, optim: Box, total_steps: i
             # OneCycleLR needs at least one step on each side of the peak
             pct_start=min(max(optim.warmup_ratio, 2.0 / total_steps), 1.0 - 1.0 / total_steps),
             anneal_strategy="cos",
+            cycle_momentum=False,  # it would cycle AdamW's β₁ between 0.85 and 0.95
         )
 
     def factor(step: int) -> float:

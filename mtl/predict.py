@@ -38,8 +38,11 @@ from mtl.tables import (
     DEFAULT_CHUNK_SIZE,
     TableSource,
     as_texts,
+    empty_positions,
     join_columns,
     output_format,
+    refuse_overwriting_input,
+    warn_empty_texts,
     write_frames,
 )
 
@@ -89,8 +92,8 @@ class Predictor:
 
     predict_proba(texts) → {task: (N, C) float64 array}; columns in `classes[task]` order.
         Single-label tasks: softmax probabilities. Multi-label: per-label sigmoid probabilities.
-        With the `rank` blend the values are ranks scaled to [0, 1] within the texts of the
-        call (as the run's blended test predictions are within its test file), not probabilities.
+        The `rank` blend gives the mean blend's probabilities (ranks only serve rank metrics
+        over a whole file, see mtl/blend.py), so a text gets the same label alone or in a batch.
     predict(texts) → pandas DataFrame, one row per text: `text`, then per task the
         `<task>_<class>` probability columns (class names as str) and `<task>_label`: the argmax
         class for binary / multiclass tasks, the labels at or over their threshold joined with
@@ -362,6 +365,8 @@ class Predictor:
         self, texts: Iterable, batch_size: int | None = None
     ) -> dict[str, np.ndarray]:
         """{task: (N, C) float64}: blended over the models; columns in `classes[task]` order."""
+        texts = as_texts(texts)
+        warn_empty_texts(empty_positions(texts), len(texts), "given")
         return self.blend(self.fold_probabilities(texts, batch_size))
 
     def labels(self, probs: dict[str, np.ndarray]) -> dict[str, list]:
@@ -401,16 +406,25 @@ class Predictor:
 
         The output (format from its extension) keeps the input's columns and adds the
         prediction columns. Both files are streamed `chunk_size` rows at a time; the output
-        appears only when complete (temp file + rename). With the `rank` blend the ranks span
-        the whole file: a first pass predicts every row, a second re-reads the input to write.
+        appears only when complete (temp file + rename).
         `progress`: a tqdm bar (None: only when stderr is a terminal).
         """
         from tqdm.auto import tqdm
 
         from mtl.io import atomic_write
 
+        refuse_overwriting_input(input_path, output_path)
         source = TableSource(input_path, text_column, chunk_size)
         output_path = Path(output_path)
+        empty: list[int] = []  # positions of empty texts over the whole file
+        seen = [0]
+
+        def texts_of(chunk: pd.DataFrame) -> list[str]:
+            texts = source.texts(chunk)
+            empty.extend(seen[0] + i for i in empty_positions(texts))
+            seen[0] += len(texts)
+            return texts
+
         fmt = output_format(output_path)
         bar = tqdm(
             total=source.total_rows,
@@ -420,26 +434,8 @@ class Predictor:
         )
 
         def chunks() -> Iterator[pd.DataFrame]:
-            if self.blend_method == "rank":  # ranks over the whole file, like the run's test set
-                parts = [
-                    self.fold_probabilities(source.texts(c), batch_size, bar.update)
-                    for c in source.chunks()
-                ]
-                merged = [
-                    {name: np.concatenate([p[f][name] for p in parts]) for name in self.metas}
-                    for f in range(len(self.models))
-                ]
-                probs = self.blend(merged) if parts else None
-                offset = 0
-                for chunk in source.chunks():
-                    piece = {k: v[offset : offset + len(chunk)] for k, v in probs.items()}
-                    offset += len(chunk)
-                    yield join_columns(chunk, self.frame(piece))
-                return
             for chunk in source.chunks():
-                probs = self.blend(
-                    self.fold_probabilities(source.texts(chunk), batch_size, bar.update)
-                )
+                probs = self.blend(self.fold_probabilities(texts_of(chunk), batch_size, bar.update))
                 yield join_columns(chunk, self.frame(probs))
 
         try:
@@ -447,6 +443,7 @@ class Predictor:
             atomic_write(output_path, lambda tmp: rows.append(write_frames(tmp, fmt, chunks())))
         finally:
             bar.close()
+        warn_empty_texts(empty, seen[0], f"in {source.path}")
         return rows[0]
 
 

@@ -17,7 +17,13 @@ import numpy as np
 
 from mtl.errors import MTLError
 from mtl.predict import PRECISIONS, Predictor
-from mtl.tables import DEFAULT_CHUNK_SIZE, as_texts, output_format, write_frames
+from mtl.tables import (
+    DEFAULT_CHUNK_SIZE,
+    as_texts,
+    output_format,
+    refuse_overwriting_input,
+    write_frames,
+)
 
 log = logging.getLogger(__name__)
 
@@ -145,6 +151,8 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
     try:
+        if args.input is not None:  # before the models load: a quick, clear refusal
+            refuse_overwriting_input(args.input, args.output)
         if args.backend == "onnx":
             from mtl.onnx_predict import OnnxPredictor
 

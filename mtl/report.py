@@ -64,8 +64,13 @@ def plot_history(path: Path, histories: dict[int, pd.DataFrame], results: dict) 
             ax.grid(alpha=0.3)
     if axes[0][0].get_legend_handles_labels()[0]:
         axes[0][0].legend(fontsize=8)
+    clean = results.get("score")
     fig.suptitle(
-        f"run {results['run']}: {results['monitor']} {results['score']:.4f} ± {results['score_std']:.4f}"
+        f"run {results['run']}: val-set score "
+        + ("—" if clean is None else f"{clean:.4f}")
+        + f" · fold {results['monitor']} {results['selection_score']:.4f} ± "
+        f"{results['selection_score_std']:.4f}"
+        + (" (selection rows)" if results.get("selection_biased", True) else "")
     )
     fig.tight_layout()
     atomic_write(path, lambda tmp: fig.savefig(tmp, dpi=90, format="png"))
@@ -74,23 +79,33 @@ def plot_history(path: Path, histories: dict[int, pd.DataFrame], results: dict) 
 
 def markdown_table(results: dict) -> str:
     lines = [f"# Run `{results['run']}`", ""]
+    clean = results.get("score")
     lines.append(
-        "Per-fold columns score each fold's own validation rows at its best epoch; OOF scores all "
-        "training rows once; the majority baseline predicts the most frequent class (label set) of "
-        "those same rows."
+        "**Headline: val-set score "
+        + ("— (no task has a val set)" if clean is None else f"{clean:.4f}")
+        + f"** — mean primary metric of {results.get('score_rows', 'the val sets')}."
     )
     lines.append("")
+    biased = results.get("selection_biased", True)
     lines.append(
-        f"Monitored `{results['monitor']}`: {results['score']:.4f} ± {results['score_std']:.4f} over folds "
-        f"{results['folds']}"
+        f"Checkpoint chosen by: {results.get('selected_on', 'the monitored metric')}. "
+        + (
+            "The per-fold, mean ± std and OOF columns score those same rows, so they are "
+            "**selection-biased** (optimistic); OOF multi-label thresholds are cross-fitted. "
+            if biased
+            else "The per-fold and OOF columns score each fold's validation rows; nothing was "
+            "chosen on them. "
+        )
+        + f"Fold `{results['monitor']}`: {results['selection_score']:.4f} ± "
+        f"{results['selection_score_std']:.4f} over folds {results['folds']}"
         + (f" (missing: {results['missing_folds']})" if results["missing_folds"] else "")
-        + "."
+        + ". The majority baseline predicts the most frequent class (label set) of the val set."
     )
     lines += [
         "",
-        "| task | metric | "
+        "| task | metric | val set (blended) | majority baseline | test (blended) | "
         + " | ".join(f"fold {k}" for k in results["folds"])
-        + " | mean ± std | OOF | val file (blended) | test (blended) | majority baseline |",
+        + " | fold mean ± std | OOF |",
     ]
     lines.append("|" + "---|" * (len(results["folds"]) + 7))
     for task, entry in results["tasks"].items():
@@ -101,15 +116,26 @@ def markdown_table(results: dict) -> str:
         ]
         for metric in metrics:
             per_fold = [_fmt(entry["folds"].get(str(k), {}).get(metric)) for k in results["folds"]]
-            oof = _fmt(entry.get("oof", {}).get(metric))
-            extra = [
+            head = [
                 _fmt(entry.get(k, {}).get(metric))
-                for k in ("valfile_blended", "test_blended", "baseline")
+                for k in ("valfile_blended", "baseline", "test_blended")
             ]
             mean = f"{entry['mean'][metric]:.4f} ± {entry['std'][metric]:.4f}"
+            oof = _fmt(entry.get("oof", {}).get(metric))
             lines.append(
-                f"| {task} | {metric} | " + " | ".join(per_fold + [mean, oof] + extra) + " |"
+                f"| {task} | {metric} | " + " | ".join(head + per_fold + [mean, oof]) + " |"
             )
+    overlap = {t: e.get("overlap_with_training") for t, e in results["tasks"].items()}
+    overlap = {t: o for t, o in overlap.items() if o and any(o.values())}
+    if overlap:
+        lines += [
+            "",
+            "Val / test rows whose text also occurs in training (data.drop_overlap drops them): "
+            + "; ".join(
+                f"{t}: " + ", ".join(f"{n} {split}" for split, n in o.items())
+                for t, o in overlap.items()
+            ),
+        ]
     if results.get("thresholds"):
         lines += [
             "",

@@ -64,6 +64,14 @@ def task_sample_counts(sizes: np.ndarray, mode: str, temperature: float) -> np.n
     return counts
 
 
+def expected_rows_per_batch(
+    sizes: np.ndarray, mode: str, temperature: float, batch_size: int
+) -> np.ndarray:
+    """Per task, the rows it has in an average training batch under this sampling."""
+    counts = task_sample_counts(np.asarray(sizes), mode, temperature).astype(np.float64)
+    return batch_size * counts / max(1.0, counts.sum())
+
+
 class MultiTaskBatchSampler(Sampler[list[int]]):
     """Yields lists of dataset indices. Deterministic from (seed, epoch); `set_epoch` reshuffles.
 

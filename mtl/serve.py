@@ -7,8 +7,8 @@ POST /predict takes {"texts": [str, ...]} and answers {"predictions": [...]}: pe
 record as `scripts/predict.py --format json` (text; per task the probability of every class by
 name and the label, or for multi-label tasks the list of labels). Requests from different
 clients that arrive within `batch_timeout` of each other run as one batch (LitServe's batching,
-up to `max_batch_size` requests); each request is blended on its own, so its answer does not
-depend on what it was batched with (the `rank` blend ranks within one request).
+up to `max_batch_size` requests); each request is blended on its own (`Predictor.blend`), so
+no blend method can make its answer depend on what it was batched with.
 
 A request is checked before it reaches the model (`RequestGuard`): a body over `max_body_bytes`
 is refused with 413 as soon as it is that long, malformed JSON gets 400, a wrong shape 422, too

@@ -4,12 +4,14 @@ from __future__ import annotations
 
 import logging
 import math
+import os
 from collections.abc import Iterable, Iterator
 from pathlib import Path
 
 import pandas as pd
 
-from mtl.errors import PredictError, first_line
+from mtl.errors import PredictError, first_line, first_rows
+from mtl.io import undecodable_at
 
 log = logging.getLogger(__name__)
 
@@ -35,6 +37,40 @@ def as_texts(texts: Iterable) -> list[str]:
         else:
             out.append(t if isinstance(t, str) else str(t))
     return out
+
+
+def empty_positions(texts: list[str]) -> list[int]:
+    """0-based positions of texts that are empty or only whitespace."""
+    return [i for i, t in enumerate(texts) if not t.strip()]
+
+
+def warn_empty_texts(positions: list[int], total: int, source: str) -> None:
+    """An empty text still gets probabilities (the model's prior), which look like a confident
+    prediction about nothing: say so, with the numbers."""
+    if positions:
+        log.warning(
+            "%d of %d texts %s are empty or whitespace only (rows %s, 1-based): the model still "
+            "assigns them labels, which say nothing about any text. Remove those rows, or ignore "
+            "their predictions.",
+            len(positions),
+            total,
+            source,
+            first_rows(p + 1 for p in positions),
+        )
+
+
+def refuse_overwriting_input(input_path: str | Path, output_path: str | Path) -> None:
+    """Writing predictions over the input file would silently replace the user's data."""
+    source, target = Path(input_path), Path(output_path)
+    same = source.resolve() == target.resolve()
+    if not same and source.exists() and target.exists():
+        same = os.path.samefile(source, target)  # a hard link or another path to the same file
+    if same:
+        suggestion = target.with_name(f"{target.stem}_predictions{target.suffix}")
+        raise PredictError(
+            f"--output {target} is the input file {source}: writing the predictions there would "
+            f"replace your input. Pass another output path, e.g. --output {suggestion}."
+        )
 
 
 def join_columns(chunk: pd.DataFrame, predictions: pd.DataFrame) -> pd.DataFrame:
@@ -130,7 +166,13 @@ class TableSource:
                     f"Input file {self.path} is empty: it needs a header with a "
                     f"'{self.text_column}' column."
                 ) from None
-            except (ValueError, pd.errors.ParserError, OSError, UnicodeDecodeError) as err:
+            except UnicodeDecodeError as err:
+                raise PredictError(
+                    f"Input file {self.path} is not UTF-8 text: "
+                    f"{undecodable_at(self.path, 'utf-8', err)} Save it as UTF-8 (e.g. iconv -f "
+                    f"cp1252 -t utf-8 old.csv > new.csv) and predict again."
+                ) from None
+            except (ValueError, pd.errors.ParserError, OSError) as err:
                 raise PredictError(f"Cannot parse {self.path}: {first_line(err)}") from None
             if first:
                 self._check_columns(chunk.columns)

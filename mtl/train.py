@@ -2,18 +2,19 @@
 
     python scripts/train.py --config configs/default.yaml trainer.max_epochs=1
 
-Run folder `checkpoints/<run.name>/`: config.yaml, tokenizer/, folds.csv, fold_<k>/ (best.ckpt,
+Run folder `checkpoints/<run.name>/`: config.yaml, fingerprint.json (what the folds were trained
+with; see docs/reliability.md), tokenizer/, folds.csv, fold_<k>/ (best.ckpt,
 last.ckpt, metrics.json, val_<task>.csv), tensorboard/fold_<k>/, csv/fold_<k>/, results.json.
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import logging
 import os
 import shutil
 import sys
-import tempfile
 import warnings
 from pathlib import Path
 
@@ -23,14 +24,15 @@ from box import Box
 from lightning.fabric.utilities.rank_zero import rank_zero_only
 
 from mtl.config import DEFAULT_CONFIG, load_config, save_config
-from mtl.cv import collect
-from mtl.data import load_tasks
+from mtl.cv import collect, headline
+from mtl.data import load_tasks, token_cache_dir
 from mtl.errors import ConfigError, MTLError
 from mtl.fit import fit_fold
-from mtl.folds import fold_assignments, fold_split
-from mtl.io import write_csv, write_json
-from mtl.model import load_tokenizer
+from mtl.folds import drop_overlap, fold_assignments, fold_split, overlap_counts, val_sets
+from mtl.io import make_tmp_dir, remove_orphaned_tmp, write_csv, write_json
+from mtl.model import load_tokenizer, position_limit
 from mtl.report import write_report
+from mtl.runfolder import check_and_record, fold_lock, run_identity, run_lock
 
 log = logging.getLogger("mtl")
 
@@ -64,29 +66,51 @@ def global_rank() -> int:
 
 
 def prepare(cfg: Box):
-    """Everything before the first fold: run folder, tokenizer, data, fold assignment.
+    """Everything before the first fold: tokenizer, data, fold assignment, then the run folder.
 
-    Under DDP every rank runs this; only rank 0 writes (every rank computes the same)."""
+    The data and folds are checked before the folder is touched, so a failed start leaves nothing
+    that blocks the corrected rerun. Under DDP every rank runs this; only rank 0 writes (every
+    rank computes the same)."""
     run_dir = run_dir_of(cfg)
-    run_dir.mkdir(parents=True, exist_ok=True)
-    check_run_folder(cfg, run_dir)
-    writer = global_rank() == 0
-    if writer:
-        save_config(cfg, run_dir / "config.yaml")
+    check_max_length(cfg)
     tokenizer = load_tokenizer(cfg.backbone.name)
-    if writer and not (run_dir / "tokenizer").is_dir():
-        save_tokenizer(tokenizer, run_dir / "tokenizer")
     data, metas = load_tasks(cfg, tokenizer)
+    if cfg.data.drop_overlap:
+        data = drop_overlap(data)
     folds = fold_assignments(cfg, data)
-    if writer:
-        write_json(run_dir / "tasks.json", {name: meta.to_dict() for name, meta in metas.items()})
-        write_csv(run_dir / "folds.csv", folds_frame(data, folds))
+    warn_small_classes(cfg, data, metas)
+    overlap = overlap_counts(data, folds)
+    for name, counts in overlap.items():
+        for split, n in counts.items():
+            if n:
+                log.warning(
+                    "%s: %d %s rows also occur (same normalised text) among its training rows; "
+                    "data.drop_overlap=true drops them",
+                    name, n, split,
+                )  # fmt: skip
+    identity = run_identity(cfg)
+    assignment = folds_frame(data, folds)
+    writer = global_rank() == 0
+    run_dir.mkdir(parents=True, exist_ok=True)
+    with run_lock(run_dir):  # fold jobs of one run (a SLURM array) start at once
+        check_and_record(cfg, run_dir, identity, write=writer, folds=assignment)
+        if writer:
+            remove_orphaned_tmp(run_dir)
+            remove_orphaned_tmp(token_cache_dir(cfg))  # shared by runs: only dead writers' files
+            save_config(cfg, run_dir / "config.yaml")
+            if not (run_dir / "tokenizer").is_dir():
+                save_tokenizer(tokenizer, run_dir / "tokenizer")
+            write_json(
+                run_dir / "tasks.json", {name: meta.to_dict() for name, meta in metas.items()}
+            )
+            write_csv(run_dir / "folds.csv", assignment)
+            write_json(run_dir / "overlap.json", overlap)
     return run_dir, tokenizer, data, metas, folds
 
 
 def save_tokenizer(tokenizer, folder: Path) -> None:
     """Into a temporary folder renamed into place: fold jobs of one run (a SLURM array) may race."""
-    tmp = Path(tempfile.mkdtemp(prefix=".tokenizer.", dir=folder.parent))
+    tmp = make_tmp_dir(folder)
     try:
         tokenizer.save_pretrained(tmp)
         os.rename(tmp, folder)
@@ -97,29 +121,43 @@ def save_tokenizer(tokenizer, folder: Path) -> None:
         shutil.rmtree(tmp, ignore_errors=True)
 
 
-def check_run_folder(cfg: Box, run_dir: Path) -> None:
-    """Resuming into a folder trained on other data, folds or model would mix incompatible folds."""
-    saved = run_dir / "config.yaml"
-    if not saved.is_file():
+def check_max_length(cfg: Box) -> None:
+    """data.max_length above the backbone's position limit crashes mid-validation on long texts."""
+    limit = position_limit(cfg.backbone.name)
+    if limit is not None and cfg.data.max_length > limit:
+        raise ConfigError(
+            f"Config key 'data.max_length' is {cfg.data.max_length}, but backbone "
+            f"'{cfg.backbone.name}' has positions for at most {limit} tokens. Set "
+            f"data.max_length={limit} or less."
+        )
+
+
+def warn_small_classes(cfg: Box, data: dict, metas: dict) -> None:
+    """A class with fewer training rows than folds is missing from some folds' validation rows,
+    so its per-fold scores there are undefined (counted as 0 by macro-F1)."""
+    n = cfg.cv.n_splits
+    if n < 2:
         return
-    old = load_config(saved)
-    for key, now, before in (
-        ("seed", cfg.seed, old.seed),
-        ("cv.n_splits", cfg.cv.n_splits, old.cv.n_splits),
-        ("backbone.name", cfg.backbone.name, old.backbone.name),
-        ("data.max_length", cfg.data.max_length, old.data.max_length),
-        ("tasks", _task_identity(cfg), _task_identity(old)),
-    ):
-        if now != before:
-            raise ConfigError(
-                f"Run folder {run_dir} was started with a different '{key}' ({before!r}, now {now!r}). "
-                f"Use another run.name (e.g. run.name={cfg.run.name}_2) or delete the folder to start over."
+    for name, meta in metas.items():
+        labels = data[name]["train"].labels
+        counts = (
+            labels.sum(axis=0)
+            if meta.multilabel
+            else np.bincount(labels, minlength=meta.num_outputs)
+        )
+        small = {str(c): int(k) for c, k in zip(meta.classes, counts, strict=True) if k < n}
+        if small:
+            log.warning(
+                "task '%s': %s %s have fewer training rows than cv.n_splits=%d (%s of %d rows): some "
+                "folds validate without them, so those folds' per-class and macro scores are "
+                "unreliable. Use fewer folds, add rows, or merge rare classes.",
+                name,
+                "labels" if meta.multilabel else "classes",
+                list(small),
+                n,
+                ", ".join(f"{c}: {k}" for c, k in small.items()),
+                len(labels),
             )
-
-
-def _task_identity(cfg: Box) -> dict:
-    keys = ("type", "train", "text_column", "label_columns", "classes", "group_column")
-    return {name: {k: spec[k] for k in keys} for name, spec in cfg.tasks.items()}
 
 
 def folds_frame(data, folds: dict[str, np.ndarray]) -> pd.DataFrame:
@@ -135,17 +173,28 @@ def train(cfg: Box) -> dict:
 
     Under DDP every rank calls this; rank 0 returns the results, the other ranks `{}`."""
     run_dir, tokenizer, data, metas, folds = prepare(cfg)
-    predict_parts = {"test": {n: s["test"] for n, s in data.items() if s.get("test") is not None}}
-    if cfg.cv.n_splits > 1:  # a task's own val file is scored in addition, never mixed into folds
-        predict_parts["valfile"] = {
-            n: s["val"] for n, s in data.items() if s.get("val") is not None
-        }
+    predict_parts = {
+        "test": {n: s["test"] for n, s in data.items() if s.get("test") is not None},
+        # the clean headline: each task's val set, never trained on and never chosen on
+        "valfile": val_sets(data, folds),
+    }
     for k in folds_to_run(cfg):
         train_parts, val_parts = fold_split(data, folds, k)
-        log.info("fold %d: training on %s rows", k, {n: len(p) for n, p in train_parts.items()})
-        fit_fold(
-            cfg, k, run_dir, metas, tokenizer.pad_token_id, train_parts, val_parts, predict_parts
-        )
+        # one process trains a fold at a time (rank 0 holds the lock for its DDP group)
+        with fold_lock(run_dir, k) if global_rank() == 0 else contextlib.nullcontext():
+            if global_rank() == 0:
+                remove_orphaned_tmp(run_dir / f"fold_{k}")
+            log.info("fold %d: training on %s rows", k, {n: len(p) for n, p in train_parts.items()})
+            fit_fold(
+                cfg,
+                k,
+                run_dir,
+                metas,
+                tokenizer.pad_token_id,
+                train_parts,
+                val_parts,
+                predict_parts,
+            )
     if global_rank() != 0:
         return {}  # under DDP rank 0 alone blends and writes the run's results
     results = collect(cfg, run_dir)
@@ -199,9 +248,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: {err}", file=sys.stderr)
         return 2
     if results:  # empty on the other ranks of a multi-process run
-        print(
-            f"done: score {results['score']:.4f} ({results['monitor']}); run folder {run_dir_of(cfg)}"
-        )
+        print(f"done: {headline(results)}; run folder {run_dir_of(cfg)}")
     return 0
 
 

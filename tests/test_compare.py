@@ -161,15 +161,20 @@ def test_compare_writes_the_table_and_skips_finished_runs(
     assert set(runs["mtl_uncertainty", 1]["metrics"]) == {"sentiment", "toxicity", "emotion"}
     assert set(runs["single_sentiment", 1]["metrics"]) == {"sentiment"}
     assert set(runs["single_sentiment", 1]["metrics"]["sentiment"]) == {"accuracy", "f1_macro"}
-    # the numbers are the run folder's own results.json (fold 0 of the val data)
+    # the numbers are the run folder's own results.json: the clean val-set scores
     results = json.loads((out / "mtl_uncertainty-s2" / "results.json").read_text())
     assert (
         runs["mtl_uncertainty", 2]["metrics"]["emotion"]["f1_macro"]
-        == results["tasks"]["emotion"]["folds"]["0"]["f1_macro"]
+        == results["tasks"]["emotion"]["valfile_blended"]["f1_macro"]
     )
-    # capped rows; sentiment holds out the same rows in the multi-task and the single-task run
-    assert runs["mtl_uncertainty", 1]["train_rows"]["toxicity"] == {"train": 100, "held_out": 0}
-    assert runs["mtl_uncertainty", 1]["train_rows"]["sentiment"] == {"train": 80, "held_out": 20}
+    # capped rows; nothing is chosen (selection: last), so no selection slice; sentiment holds
+    # out the same val rows in the multi-task and the single-task run
+    assert runs["mtl_uncertainty", 1]["train_rows"]["toxicity"] == {
+        "train": 100, "selection": 0, "val_set_held_out": 0
+    }  # fmt: skip
+    assert runs["mtl_uncertainty", 1]["train_rows"]["sentiment"] == {
+        "train": 80, "selection": 0, "val_set_held_out": 20
+    }  # fmt: skip
     for seed in (1, 2):
         held = [
             pd.read_csv(out / f"{name}-s{seed}" / "folds.csv").query("task == 'sentiment'")

@@ -41,7 +41,7 @@ def test_ddp_on_two_cpu_processes_gathers_every_validation_row_once(
     ]
     done = run_train_script(argv, timeout=240)  # waits for both ranks (they share its pipes)
     assert done.returncode == 0, done.stderr[-4000:]
-    assert done.stdout.count("done: score") == 1  # rank 1 trains but reports nothing
+    assert done.stdout.count("done: val-set score") == 1  # rank 1 trains but reports nothing
     run = tmp_path / "tiny"
     results = json.loads((run / "results.json").read_text())
     assert set(results["tasks"]) == set(TASKS)
@@ -51,13 +51,18 @@ def test_ddp_on_two_cpu_processes_gathers_every_validation_row_once(
     assert [p.name for p in (run / "csv").iterdir()] == ["fold_0"]  # one writer: rank 0
 
     fold = json.loads((run / "fold_0" / "metrics.json").read_text())
+    folds = pd.read_csv(run / "folds.csv")
     metrics, metas = fold["metrics"], read_metas(run)
     primaries = []
     for task in TASKS:
         meta = metas[task]
-        val = pd.read_csv(run / "fold_0" / f"val_{task}.csv", keep_default_na=False)
+        # the val file (reported) and the selection slice of the training rows (validated)
+        valfile = pd.read_csv(run / "fold_0" / f"valfile_{task}.csv", keep_default_na=False)
         n_val = len(pd.read_csv(data_dir / f"{task}_val.csv"))
-        assert val.row.tolist() == list(range(n_val))  # both ranks' shards, each row once
+        assert valfile.row.tolist() == list(range(n_val))  # both ranks' shards, each row once
+        val = pd.read_csv(run / "fold_0" / f"val_{task}.csv", keep_default_na=False)
+        chosen = folds.query("task == @task and fold == 0").row
+        assert val.row.tolist() == sorted(chosen)
         test = pd.read_csv(run / "fold_0" / f"test_{task}.csv", keep_default_na=False)
         assert test.row.tolist() == list(range(len(pd.read_csv(data_dir / f"{task}_test.csv"))))
         # the logged (torchmetrics, synced over ranks) metrics are those of all rows
@@ -68,7 +73,7 @@ def test_ddp_on_two_cpu_processes_gathers_every_validation_row_once(
     assert metrics["val/score"] == pytest.approx(np.mean(primaries), abs=1e-5)
 
     # each rank stepped through half of every epoch's batches
-    rows = sum(len(pd.read_csv(data_dir / f"{t}_train.csv")) for t in TASKS)
+    rows = int((folds.fold == -1).sum())  # the rows that train (not the selection slice)
     per_rank = math.ceil(math.ceil(rows / 16) / 2)
     last = torch.load(run / "fold_0" / "last.ckpt", map_location="cpu", weights_only=True)
     assert last["global_step"] == fold["epochs_trained"] * per_rank

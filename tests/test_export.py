@@ -13,6 +13,7 @@ import pytest
 from conftest import tiny_overrides
 from test_train_script import TOPICS, make_topics
 
+from mtl.bench.serve_paths import agreement
 from mtl.config import load_config
 from mtl.errors import PredictError
 from mtl.export import export_run, sha256
@@ -75,9 +76,10 @@ def test_int8_agrees_with_fp32_on_labels(exported, texts):
     int8 = OnnxPredictor.from_export(exported, device="cpu")  # auto: int8 when exported
     assert int8.model_kind == "int8"
     a, b = fp32.labels(fp32.predict_proba(texts)), int8.labels(int8.predict_proba(texts))
-    for task in a:
-        agreement = np.mean([x == y for x, y in zip(a[task], b[task], strict=True)])
-        assert agreement >= 0.99, (task, agreement)
+    for task, meta in fp32.metas.items():
+        # per label decision, as the benchmark reports it: a multi-label text holds 7 of them
+        per_label, _ = agreement(a[task], b[task], meta.multilabel, list(meta.classes))
+        assert per_label >= 0.99, (task, per_label)
     sizes = {p.name: p.stat().st_size for p in exported.glob("*.onnx")}
     assert sizes["fold_0.int8.onnx"] < sizes["fold_0.onnx"]
 

@@ -227,15 +227,18 @@ def test_predict_file_other_formats(predictor, texts, tmp_path, suffix):
     )
 
 
-def test_rank_blend_over_a_file_ranks_the_whole_file(run, texts, tmp_path):
-    p = Predictor.from_run(run, device="cpu", blend="rank")
-    src = tmp_path / "in.csv"
-    pd.DataFrame({"text": texts}).to_csv(src, index=False)
-    p.predict_file(src, tmp_path / "out.csv", chunk_size=4)
-    got = pd.read_csv(tmp_path / "out.csv", keep_default_na=False)
-    np.testing.assert_allclose(
-        got[p.prob_columns("emotion")], p.predict_proba(texts)["emotion"], atol=1e-9
-    )
+def test_rank_blend_labels_a_text_alone_as_in_a_batch_and_as_the_mean_blend(run, texts):
+    """Issue 11: a lone text under `rank` used to get ranks [0, 0], i.e. always class 0."""
+    rank = Predictor.from_run(run, device="cpu", blend="rank")
+    mean = Predictor.from_run(run, device="cpu", blend="mean")
+    batch = rank.predict(texts)
+    for i in range(3):
+        alone = rank.predict([texts[i]])
+        for task in rank.tasks:
+            assert alone[f"{task}_label"][0] == batch[f"{task}_label"][i]
+    together = mean.predict(texts)
+    for task in rank.tasks:
+        assert batch[f"{task}_label"].tolist() == together[f"{task}_label"].tolist()
 
 
 def test_header_only_input_gives_header_only_output(predictor, tmp_path):

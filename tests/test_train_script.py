@@ -51,7 +51,7 @@ def test_train_script_exits_0_and_reports_the_run_folder(script_run):
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert "Traceback" not in proc.stderr
     assert f"run folder {run}" in proc.stdout
-    assert "done: score" in proc.stdout
+    assert "done: val-set score" in proc.stdout and "selection-biased" in proc.stdout
 
 
 def test_train_script_writes_the_run_folder(script_run):

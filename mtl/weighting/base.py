@@ -28,5 +28,8 @@ class LossWeighting(nn.Module):
         """Anything else worth a TensorBoard curve (σ for uncertainty weighting)."""
         return {}
 
+    def project(self) -> None:
+        """Called after every optimizer step: bring learned parameters back into their range."""
+
     def on_epoch_end(self, epoch_losses: dict[str, float]) -> None:
         """Called with each task's mean training loss of the finished epoch."""

@@ -1,9 +1,12 @@
 """Homoscedastic uncertainty weighting (Kendall, Gal & Cipolla, CVPR 2018).
 
-    total = Σ_k  exp(-s_k) · L_k + s_k,     s_k = log σ_k²  (learned, clamped to ±clamp)
+    total = Σ_k  exp(-s_k) · L_k + s_k,     s_k = log σ_k²  (learned, kept within ±clamp)
 
 A task with noisy loss learns a large σ and is down-weighted; the `+ s_k` term stops σ from
 growing without bound. Tasks absent from a batch add nothing, and their s_k gets no gradient.
+The bound is applied to the parameter after each optimizer step (`project`), not inside the loss:
+a clamp in the forward pass has zero gradient past the bound, so an s_k that crossed it would
+never come back.
 """
 
 from __future__ import annotations
@@ -23,8 +26,12 @@ class UncertaintyWeighting(LossWeighting):
     def clamped(self) -> torch.Tensor:
         return self.log_vars.clamp(-self.clamp, self.clamp)
 
+    @torch.no_grad()
+    def project(self) -> None:
+        self.log_vars.clamp_(-self.clamp, self.clamp)
+
     def forward(self, losses: dict[str, torch.Tensor], present: dict[str, bool]) -> torch.Tensor:
-        log_vars = self.clamped()
+        log_vars = self.log_vars
         total = log_vars.sum() * 0.0  # keeps every parameter in the graph (DDP)
         for k, name in enumerate(self.task_names):
             if present[name]:

@@ -1,0 +1,380 @@
+"""Issue 11, "trustworthy numbers": each test fails on the code before the fix it protects."""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+from box import Box
+
+from mtl.blend import blend, cross_fit_thresholds, rank_blend, tune_thresholds
+from mtl.metrics import TaskMetrics, score_arrays
+from mtl.tasks import TaskMeta
+
+
+def binary_meta() -> TaskMeta:
+    return TaskMeta(name="tox", type="binary", classes=[0, 1])
+
+
+def simulated_binary_folds(n=2000, rate=0.277, folds=5, seed=0):
+    """Well-calibrated folds of a task with `rate` positives, each fold's noise its own."""
+    rng = np.random.default_rng(seed)
+    truth = (rng.random(n) < rate).astype(int)
+    logit = np.where(truth == 1, 0.4, -1.8) + rng.normal(0, 1.0, n)
+    out = []
+    for _ in range(folds):
+        p1 = 1 / (1 + np.exp(-(logit + rng.normal(0, 0.3, n))))
+        out.append(np.stack([1 - p1, p1], axis=1))
+    return out, truth
+
+
+# --- 1. rank blending decides nothing -------------------------------------------------------------
+
+
+def test_rank_blend_labels_follow_the_base_rate_not_half_the_rows():
+    folds, truth = simulated_binary_folds()
+    probs = blend(folds, "rank")
+    positive_rate = (probs.argmax(axis=1) == 1).mean()
+    assert positive_rate == pytest.approx((blend(folds, "mean").argmax(axis=1) == 1).mean())
+    assert abs(positive_rate - truth.mean()) < 0.1  # the old per-column ranks gave 0.50
+
+
+def test_rank_blend_scores_auroc_from_ranks_and_f1_from_the_mean():
+    folds, truth = simulated_binary_folds()
+    meta = binary_meta()
+    ranks = rank_blend(folds)
+    assert ranks.min() >= 0.0 and ranks.max() <= 1.0
+    scored = score_arrays(meta, blend(folds, "rank"), truth, rank_scores=ranks)
+    from sklearn.metrics import roc_auc_score
+
+    assert scored["auroc"] == pytest.approx(roc_auc_score(truth, ranks[:, 1]))
+    assert scored["f1_macro"] == pytest.approx(
+        score_arrays(meta, blend(folds, "mean"), truth)["f1_macro"]
+    )
+
+
+# --- 2. cross-fitted OOF thresholds ---------------------------------------------------------------
+
+
+def test_cross_fit_gives_each_fold_the_thresholds_tuned_on_the_other_folds():
+    rng = np.random.default_rng(1)
+    probs, labels = rng.random((300, 3)), (rng.random((300, 3)) < 0.3).astype(int)
+    fold = np.repeat([0, 1, 2], 100)
+    cut = cross_fit_thresholds(probs, labels, fold)
+    for k in range(3):
+        assert (cut[fold == k] == tune_thresholds(probs[fold != k], labels[fold != k])).all()
+
+
+def test_cross_fitted_oof_score_is_not_the_optimistic_in_sample_one():
+    """Pure noise: thresholds tuned on the scored rows flatter them; cross-fitted ones do not."""
+    meta = TaskMeta(name="emo", type="multilabel", classes=list("abcdef"))
+    rng = np.random.default_rng(2)
+    probs, labels = rng.random((600, 6)), (rng.random((600, 6)) < 0.1).astype(int)
+    fold = np.arange(600) % 5
+    in_sample = score_arrays(meta, probs, labels, tune_thresholds(probs, labels))["f1_macro"]
+    crossed = score_arrays(meta, probs, labels, cross_fit_thresholds(probs, labels, fold))[
+        "f1_macro"
+    ]
+    assert crossed < in_sample - 0.005
+
+
+def test_kfold_oof_score_uses_cross_fitted_thresholds(tiny_cfg):
+    from mtl.train import train
+
+    cfg = tiny_cfg("cv.n_splits=3", "tasks.emotion.threshold=tuned", "trainer.max_epochs=1")
+    results = train(cfg)
+    folder = Path(cfg.run.output_dir) / cfg.run.name
+    oof = pd.read_csv(folder / "oof_emotion.csv")
+    meta = TaskMeta(**json.loads((folder / "tasks.json").read_text())["emotion"])
+    probs, truth = oof[meta.prob_columns()].to_numpy(), oof[meta.truth_columns()].to_numpy()
+    expected = score_arrays(
+        meta, probs, truth, cross_fit_thresholds(probs, truth, oof.fold.to_numpy())
+    )
+    assert results["tasks"]["emotion"]["oof"]["f1_macro"] == pytest.approx(expected["f1_macro"])
+    # the blends and Predictor keep the thresholds tuned on every OOF row
+    assert results["thresholds"]["emotion"] == tune_thresholds(probs, truth)
+
+
+# --- 3. fold seeds by task name -------------------------------------------------------------------
+
+
+def test_a_task_gets_the_same_folds_alone_and_in_any_task_order(tiny_cfg):
+    from mtl.data import load_tasks
+    from mtl.folds import fold_assignments
+    from mtl.model import load_tokenizer
+
+    cfg = tiny_cfg("cv.n_splits=3")
+    tokenizer = load_tokenizer(cfg.backbone.name)
+    data, _ = load_tasks(cfg, tokenizer)
+    together = fold_assignments(cfg, data)
+    reordered = fold_assignments(cfg, dict(reversed(list(data.items()))))
+    alone = fold_assignments(cfg, {"sentiment": data["sentiment"]})
+    for task in data:
+        assert (reordered[task] == together[task]).all()
+    assert (alone["sentiment"] == together["sentiment"]).all()
+
+
+# --- 4. one macro-F1 ------------------------------------------------------------------------------
+
+
+def test_logged_multiclass_macro_f1_counts_absent_classes_like_the_oof_score():
+    meta = TaskMeta(name="topic", type="multiclass", classes=["a", "b", "c", "d"])
+    truth = np.array([0, 0, 1, 1, 2, 2])  # class d: neither predicted nor true
+    probs = np.eye(4)[[0, 0, 1, 2, 2, 2]] * 0.9 + 0.025
+    metric = TaskMetrics(meta)
+    metric.update(torch.tensor(probs[:3], dtype=torch.float32), torch.tensor(truth[:3]))
+    metric.update(torch.tensor(probs[3:], dtype=torch.float32), torch.tensor(truth[3:]))
+    logged = metric.compute()
+    offline = score_arrays(meta, probs, truth)
+    assert logged["f1_macro"] == pytest.approx(offline["f1_macro"])
+    assert logged["accuracy"] == pytest.approx(offline["accuracy"])
+    assert offline["f1_macro"] == pytest.approx((1 + 2 / 3 + 0.8 + 0) / 4)
+
+
+def test_logged_multilabel_metrics_equal_the_offline_ones():
+    meta = TaskMeta(name="emo", type="multilabel", classes=list("abc"), threshold=[0.3, 0.5, 0.7])
+    rng = np.random.default_rng(3)
+    probs, truth = rng.random((50, 3)), (rng.random((50, 3)) < 0.4).astype(np.float32)
+    metric = TaskMetrics(meta)
+    metric.update(torch.tensor(probs, dtype=torch.float32), torch.tensor(truth))
+    logged, offline = metric.compute(), score_arrays(meta, probs, truth, meta.threshold)
+    assert logged == pytest.approx(offline)
+
+
+# --- 5. clean selection ---------------------------------------------------------------------------
+
+
+def test_one_split_selects_on_held_out_training_rows_and_reports_the_val_file(tiny_cfg, data_dir):
+    from mtl.train import train
+
+    cfg = tiny_cfg("cv.n_splits=1", "data.val_fraction=0.25")
+    results = train(cfg)
+    folder = Path(cfg.run.output_dir) / cfg.run.name
+    folds = pd.read_csv(folder / "folds.csv")
+    for task in ("toxicity", "emotion", "sentiment"):
+        rows = folds[folds.task == task]
+        assert 0.2 < (rows.fold == 0).mean() < 0.3  # the selection slice of the training file
+        chose = pd.read_csv(folder / "fold_0" / f"val_{task}.csv")
+        train_file = pd.read_csv(data_dir / f"{task}_train.csv")
+        assert chose.text.tolist() == train_file.text.iloc[chose.row].tolist()  # training rows
+        reported = pd.read_csv(folder / f"val_{task}.csv")
+        assert len(reported) == len(pd.read_csv(data_dir / f"{task}_val.csv"))
+    clean = [results["tasks"][t]["valfile_blended"]["f1_macro"] for t in results["tasks"]]
+    assert results["score"] == pytest.approx(np.mean(clean))
+    assert "held-out" in results["selected_on"] and results["selection_biased"]
+    report = (folder / "report.md").read_text()
+    assert "Headline: val-set score" in report and "selection-biased" in report
+
+
+def test_a_task_without_a_val_file_reports_rows_held_out_of_training(tiny_cfg):
+    from mtl.train import train
+
+    cfg = tiny_cfg("tasks.sentiment.val=null", "cv.n_splits=2", "data.val_fraction=0.2")
+    results = train(cfg)
+    folder = Path(cfg.run.output_dir) / cfg.run.name
+    rows = pd.read_csv(folder / "folds.csv").query("task == 'sentiment'")
+    held = set(rows.row[rows.fold == -2])
+    assert 0.15 < len(held) / len(rows) < 0.25
+    assert set(pd.read_csv(folder / "val_sentiment.csv").row) == held
+    for k in (0, 1):
+        trained_or_chose = pd.read_csv(folder / f"fold_{k}" / "val_sentiment.csv").row
+        assert not held & set(trained_or_chose)
+    assert results["tasks"]["sentiment"]["val_source"] == "held out of the training file"
+    assert "valfile_blended" in results["tasks"]["sentiment"]
+
+
+def test_selection_last_trains_fixed_epochs_and_chooses_nothing(tiny_cfg):
+    from mtl.train import train
+
+    cfg = tiny_cfg("cv.n_splits=1", "cv.selection=last", "trainer.max_epochs=2")
+    results = train(cfg)
+    folder = Path(cfg.run.output_dir) / cfg.run.name
+    assert (pd.read_csv(folder / "folds.csv").fold == -1).all()  # every training row trains
+    metrics = json.loads((folder / "fold_0" / "metrics.json").read_text())
+    assert metrics["best_epoch"] == 1 and not results["selection_biased"]
+    for task in ("toxicity", "emotion", "sentiment"):  # the val set is watched and reported
+        watched = pd.read_csv(folder / "fold_0" / f"val_{task}.csv")
+        reported = pd.read_csv(folder / "fold_0" / f"valfile_{task}.csv")
+        pd.testing.assert_frame_equal(watched, reported)
+
+
+def test_tuned_thresholds_with_nothing_to_tune_on_is_a_config_error(tiny_cfg):
+    from mtl.errors import ConfigError
+
+    with pytest.raises(ConfigError, match="cv.selection=last"):
+        tiny_cfg("cv.n_splits=1", "cv.selection=last", "tasks.emotion.threshold=tuned")
+
+
+# --- 6. duplicates stay in one fold; overlap with training is counted -------------------------------
+
+
+def test_identical_texts_share_a_fold_and_overlap_is_reported(tiny_cfg, data_dir, tmp_path):
+    from mtl.train import train
+
+    train_file = pd.read_csv(data_dir / "toxicity_train.csv")
+    dup = pd.concat(
+        [train_file, train_file.iloc[:30].assign(text=lambda f: "  " + f.text.str.upper())]
+    )
+    dup.to_csv(tmp_path / "tox_dup.csv", index=False)
+    val = pd.read_csv(data_dir / "toxicity_val.csv")
+    val.iloc[:5, val.columns.get_loc("text")] = train_file.text.iloc[40:45].to_numpy()
+    val.to_csv(tmp_path / "tox_val.csv", index=False)
+    cfg = tiny_cfg(
+        "cv.n_splits=3",
+        "trainer.max_epochs=1",
+        f"tasks.toxicity.train={tmp_path / 'tox_dup.csv'}",
+        f"tasks.toxicity.val={tmp_path / 'tox_val.csv'}",
+    )
+    results = train(cfg)
+    folder = Path(cfg.run.output_dir) / cfg.run.name
+    folds = pd.read_csv(folder / "folds.csv").query("task == 'toxicity'").set_index("row").fold
+    n = len(train_file)
+    assert (folds.loc[np.arange(30)].to_numpy() == folds.loc[np.arange(n, n + 30)].to_numpy()).all()
+    assert results["tasks"]["toxicity"]["overlap_with_training"]["val"] >= 5
+
+    cfg = tiny_cfg(
+        "cv.n_splits=3",
+        "trainer.max_epochs=1",
+        "run.name=dropped",
+        "data.drop_overlap=true",
+        f"tasks.toxicity.train={tmp_path / 'tox_dup.csv'}",
+        f"tasks.toxicity.val={tmp_path / 'tox_val.csv'}",
+    )
+    results = train(cfg)
+    assert results["tasks"]["toxicity"]["overlap_with_training"]["val"] == 0
+    reported = pd.read_csv(Path(cfg.run.output_dir) / "dropped" / "val_toxicity.csv")
+    assert len(reported) <= len(val) - 5
+
+
+# --- 7. the uncertainty bound does not stick --------------------------------------------------------
+
+
+def test_uncertainty_log_var_past_the_bound_still_gets_its_gradient_and_is_projected_back():
+    from mtl.weighting import UncertaintyWeighting
+
+    weighting = UncertaintyWeighting(["a", "b"], clamp=5.0)
+    with torch.no_grad():
+        weighting.log_vars.copy_(torch.tensor([6.0, -6.0]))
+    total = weighting({"a": torch.tensor(0.5), "b": torch.tensor(0.5)}, {"a": True, "b": True})
+    total.backward()
+    grad = weighting.log_vars.grad
+    assert grad[0].item() == pytest.approx(1 - 0.5 * math.exp(-6.0))  # d/ds exp(-s)L + s
+    assert grad[1].item() == pytest.approx(1 - 0.5 * math.exp(6.0))
+    weighting.project()
+    assert weighting.log_vars.tolist() == [5.0, -5.0]
+
+
+def test_training_keeps_log_vars_within_the_bound(tiny_cfg):
+    from mtl.train import train
+
+    cfg = tiny_cfg("weighting.log_var_clamp=0.01", "optim.lr_log_vars=1.0", "trainer.max_epochs=1")
+    train(cfg)
+    ckpt = torch.load(
+        Path(cfg.run.output_dir) / cfg.run.name / "fold_0" / "last.ckpt", weights_only=True
+    )
+    log_vars = ckpt["state_dict"]["weighting.log_vars"]
+    assert log_vars.abs().max() <= 0.01 + 1e-7
+
+
+# --- 8. the optimiser does what the config says -----------------------------------------------------
+
+
+def test_onecycle_leaves_adamw_beta1_alone():
+    from mtl.optim import build_scheduler
+
+    param = torch.nn.Parameter(torch.zeros(2))
+    optimizer = torch.optim.AdamW([param], lr=1e-3, betas=(0.9, 0.999))
+    scheduler = build_scheduler(optimizer, Box(scheduler="onecycle", warmup_ratio=0.1), 100)
+    for _ in range(30):
+        optimizer.step()
+        scheduler.step()
+        assert optimizer.param_groups[0]["betas"][0] == 0.9
+
+
+def test_layer_decay_gives_the_top_encoder_layer_the_full_learning_rate(tiny_backbone):
+    from transformers import AutoModel
+
+    from mtl.optim import param_groups
+
+    encoder = AutoModel.from_pretrained(tiny_backbone)
+    model = torch.nn.Module()
+    model.encoder, model.heads = encoder, torch.nn.Linear(2, 2)
+    optim = Box(
+        lr_backbone=1.0, lr_heads=1.0, lr_log_vars=1.0, weight_decay=0.0, layer_lr_decay=0.5
+    )
+    lr_of = {}
+    for group in param_groups(model, torch.nn.Module(), optim):
+        for p in group["params"]:
+            lr_of[id(p)] = group["lr"]
+    top = encoder.config.num_hidden_layers - 1
+    by_name = dict(encoder.named_parameters())
+    assert lr_of[id(by_name[f"encoder.layer.{top}.output.dense.weight"])] == 1.0
+    assert lr_of[id(by_name[f"encoder.layer.{top - 1}.output.dense.weight"])] == 0.5
+    assert (
+        lr_of[id(by_name["embeddings.word_embeddings.weight"])]
+        == 0.5**encoder.config.num_hidden_layers
+    )
+
+
+# --- 9. per-task loss normalisation by expected rows --------------------------------------------------
+
+
+def test_expected_rows_per_batch_follow_the_sampling():
+    from mtl.sampling import expected_rows_per_batch
+
+    got = expected_rows_per_batch(np.array([300, 100]), "proportional", 2.0, 32)
+    assert got.tolist() == pytest.approx([24.0, 8.0])
+    got = expected_rows_per_batch(np.array([300, 100]), "uniform", 2.0, 32)
+    assert got.tolist() == pytest.approx([16.0, 16.0], abs=0.1)
+
+
+def test_expected_normalisation_weighs_every_row_alike_whatever_the_batch_mix(tiny_cfg):
+    from mtl.module import MultiTaskModule
+    from mtl.tasks import TaskMeta
+
+    cfg = tiny_cfg("weighting.task_loss_norm=expected", "loss_weighting=equal")
+    metas = {n: TaskMeta(name=n, type="binary", classes=[0, 1]).to_dict() for n in cfg.tasks}
+    module = MultiTaskModule(cfg.to_dict(), metas)
+    module.expected_rows = {"toxicity": 8.0, "emotion": 8.0, "sentiment": 16.0}
+    losses = {n: torch.tensor(1.0) for n in cfg.tasks}
+    index = {"toxicity": torch.arange(2), "emotion": torch.arange(32), "sentiment": torch.arange(0)}
+    scaled = module.normalise(losses, {"index": index})
+    # a task's batch-mean × rows / expected rows = its summed loss / expected rows
+    assert scaled["toxicity"].item() == pytest.approx(2 / 8)
+    assert scaled["emotion"].item() == pytest.approx(32 / 8)
+    assert scaled["sentiment"].item() == 0.0
+
+
+def test_a_run_normalising_by_expected_rows_trains(tiny_cfg):
+    from mtl.train import train
+
+    results = train(tiny_cfg("weighting.task_loss_norm=expected", "trainer.max_epochs=1"))
+    assert results["score"] is not None and 0.0 <= results["score"] <= 1.0
+
+
+# --- 10. compiled checkpoints load for prediction ------------------------------------------------------
+
+
+def test_a_checkpoint_with_compiled_encoder_keys_loads(tiny_cfg, tmp_path):
+    from mtl.predict import Predictor
+    from mtl.train import train
+
+    cfg = tiny_cfg("trainer.max_epochs=1")
+    train(cfg)
+    best = Path(cfg.run.output_dir) / cfg.run.name / "fold_0" / "best.ckpt"
+    ckpt = torch.load(best, weights_only=True)
+    plain = Predictor.from_checkpoint(best, device="cpu").predict_proba(["calm words here"])
+    ckpt["state_dict"] = {
+        k.replace("model.encoder.", "model.encoder._orig_mod."): v
+        for k, v in ckpt["state_dict"].items()
+    }  # what trainer.compile=true saves: the encoder is a torch.compile wrapper
+    compiled = best.parent / "compiled.ckpt"
+    torch.save(ckpt, compiled)
+    again = Predictor.from_checkpoint(compiled, device="cpu").predict_proba(["calm words here"])
+    for task in plain:
+        np.testing.assert_allclose(again[task], plain[task], atol=1e-6)
