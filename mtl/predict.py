@@ -23,7 +23,7 @@ from __future__ import annotations
 import json
 import logging
 from collections.abc import Callable, Iterable, Iterator
-from contextlib import nullcontext
+from contextlib import ExitStack, nullcontext
 from pathlib import Path
 
 import numpy as np
@@ -163,8 +163,7 @@ class Predictor:
                     f"{list(meta.classes)}), got {cut}."
                 )
             self.thresholds[name] = np.asarray(cut, dtype=np.float64)
-        self.device = resolve_device(device)
-        self.models = [model.to(self.device).eval() for model in models]
+        self.models = self._place_models(models, device)
 
     # --- construction ---------------------------------------------------------------------------
 
@@ -314,23 +313,46 @@ class Predictor:
         ]
         order = np.argsort([-len(x) for x in ids], kind="stable")  # longest first: OOM shows early
         collate = Collator(self.pad_id, {})
+        with self._inference_context():
+            for start in range(0, n, size):
+                index = order[start : start + size]
+                batch = collate([(0, ids[i], None, int(i)) for i in index])
+                inputs = self._inputs(batch["input_ids"], batch["attention_mask"])
+                for model, probs in zip(self.models, out, strict=True):
+                    for name, values in self._model_probabilities(model, inputs).items():
+                        probs[name][index] = values
+                if progress is not None:
+                    progress(len(index))
+        return out
+
+    # --- the backend: PyTorch here; mtl.onnx_predict.OnnxPredictor overrides these four --------
+
+    def _place_models(self, models: list, device) -> list:
+        """The models on `device` in eval mode; sets `self.device`."""
+        self.device = resolve_device(device)
+        return [model.to(self.device).eval() for model in models]
+
+    def _inference_context(self):
         dtype = PRECISIONS[self.precision]
         autocast = (
             torch.autocast(self.device.type, dtype=dtype) if dtype is not None else nullcontext()
         )
-        with torch.inference_mode(), autocast:
-            for start in range(0, n, size):
-                index = order[start : start + size]
-                batch = collate([(0, ids[i], None, int(i)) for i in index])
-                input_ids = batch["input_ids"].to(self.device)
-                mask = batch["attention_mask"].to(self.device)
-                for model, probs in zip(self.models, out, strict=True):
-                    logits = model(input_ids, mask)
-                    for name, meta in self.metas.items():
-                        probs[name][index] = meta.probabilities(logits[name]).cpu().numpy()
-                if progress is not None:
-                    progress(len(index))
-        return out
+        stack = ExitStack()
+        stack.enter_context(torch.inference_mode())
+        stack.enter_context(autocast)
+        return stack
+
+    def _inputs(self, input_ids: torch.Tensor, attention_mask: torch.Tensor):
+        """One padded batch (B, T) as the models take it."""
+        return input_ids.to(self.device), attention_mask.to(self.device)
+
+    def _model_probabilities(self, model, inputs) -> dict[str, np.ndarray]:
+        """{task: (B, C) float32 probabilities} of one model on one batch."""
+        logits = model(*inputs)
+        return {
+            name: meta.probabilities(logits[name]).cpu().numpy()
+            for name, meta in self.metas.items()
+        }
 
     def blend(self, fold_probs: list[dict[str, np.ndarray]]) -> dict[str, np.ndarray]:
         """Per-model probabilities → {task: (N, C) float64}, with the run's blend method."""

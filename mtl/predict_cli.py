@@ -35,7 +35,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
             "examples:\n"
             '  predict.py checkpoints/default --text "I love this" --text "you idiot"\n'
             "  predict.py checkpoints/default --input texts.csv --output preds.csv\n"
-            "  predict.py --checkpoint checkpoints/default/fold_0/best.ckpt --text hi --format json"
+            "  predict.py --checkpoint checkpoints/default/fold_0/best.ckpt --text hi --format json\n"
+            '  predict.py checkpoints/default --backend onnx --text "you idiot"   # after export.py'
         ),
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
@@ -62,11 +63,25 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         "--precision", choices=tuple(PRECISIONS), default="32-true", help="autocast for speed"
     )
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
+    parser.add_argument(
+        "--backend",
+        choices=("torch", "onnx"),
+        default="torch",
+        help="onnx: the run's export (scripts/export.py) with ONNX Runtime",
+    )
+    parser.add_argument(
+        "--onnx-model",
+        choices=("auto", "fp32", "int8"),
+        default="auto",
+        help="with --backend onnx: which exported models (auto: int8 when exported)",
+    )
     args = parser.parse_args(argv)
     if args.run_dir is None and args.checkpoint is None:
         parser.error("give a run folder (checkpoints/<run>) or --checkpoint PATH")
     if args.input is not None and args.output is None:
         parser.error("--input needs --output (the file to write)")
+    if args.backend == "onnx" and (args.checkpoint is not None or args.run_dir is None):
+        parser.error("--backend onnx needs a run folder with export/ (or an export folder)")
     return args
 
 
@@ -97,7 +112,11 @@ def render_table(texts: list[str], predictor: Predictor, probs: dict[str, np.nda
     return "\n".join(lines).rstrip() + "\n"
 
 
-def render_json(texts: list[str], predictor: Predictor, probs: dict[str, np.ndarray]) -> str:
+def prediction_records(
+    texts: list[str], predictor: Predictor, probs: dict[str, np.ndarray]
+) -> list[dict]:
+    """Per text: the text, and per task every class's probability by name and the label(s);
+    plain Python values, ready for JSON (also the HTTP API's answer, mtl/serve.py)."""
     labels = predictor.labels(probs)
     records = []
     for i, text in enumerate(texts):
@@ -108,16 +127,23 @@ def render_json(texts: list[str], predictor: Predictor, probs: dict[str, np.ndar
                     str(c): float(p) for c, p in zip(meta.classes, probs[name][i], strict=True)
                 }
             }
-            entry["labels" if meta.multilabel else "label"] = labels[name][i]
+            value = labels[name][i]
+            entry["labels" if meta.multilabel else "label"] = (
+                [_plain(v) for v in value] if meta.multilabel else _plain(value)
+            )
             record[name] = entry
         records.append(record)
-    return json.dumps(records, indent=2, ensure_ascii=False, default=_json_scalar) + "\n"
+    return records
 
 
-def _json_scalar(value):
-    if hasattr(value, "item"):
-        return value.item()
-    raise TypeError(f"cannot write {type(value).__name__} to JSON")
+def render_json(texts: list[str], predictor: Predictor, probs: dict[str, np.ndarray]) -> str:
+    records = prediction_records(texts, predictor, probs)
+    return json.dumps(records, indent=2, ensure_ascii=False) + "\n"
+
+
+def _plain(value):
+    """A numpy scalar (a class name read from a file) as the Python value JSON takes."""
+    return value.item() if hasattr(value, "item") else value
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -127,7 +153,13 @@ def main(argv: list[str] | None = None) -> int:
     try:
         if args.input is not None:  # before the models load: a quick, clear refusal
             refuse_overwriting_input(args.input, args.output)
-        if args.checkpoint is not None:
+        if args.backend == "onnx":
+            from mtl.onnx_predict import OnnxPredictor
+
+            predictor = OnnxPredictor.from_export(
+                args.run_dir, model=args.onnx_model, device=args.device, batch_size=args.batch_size
+            )
+        elif args.checkpoint is not None:
             predictor = Predictor.from_checkpoint(
                 args.checkpoint,
                 run_dir=args.run_dir,

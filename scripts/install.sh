@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Install mtl (editable) into the current Python environment.
 #   bash scripts/install.sh        # the package
-#   bash scripts/install.sh dev    # plus pytest and ruff
+#   bash scripts/install.sh dev    # plus pytest, ruff and the serving extra (onnx, onnxruntime, litserve)
 # PyTorch first: where no NVIDIA GPU is present the CPU build (torch==2.13.0) is pinned so pip
 # does not pull several GB of CUDA packages; with a GPU, pip's default (CUDA) build.
 set -euo pipefail

@@ -92,8 +92,21 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         default=None,
         help="the accelerator's peak TFLOP/s for MFU (default: table of bf16 dense peaks)",
     )
+    parser.add_argument(
+        "--serve",
+        default=None,
+        metavar="RUN",
+        help="instead: a trained run's ONNX export (fp32, int8) vs its PyTorch Predictor, "
+        "speed and parity (mtl/bench/serve_paths.py)",
+    )
+    parser.add_argument(
+        "--data-dir", type=Path, default=None, help="--serve: where to look for the val files"
+    )
+    parser.add_argument("--val-rows", type=int, default=2000, help="--serve: rows per val file")
+    parser.add_argument("--repeats", type=int, default=3, help="--serve: timed passes per backend")
     parser.add_argument("overrides", nargs="*", help="key.sub=value")
     args = parser.parse_args(argv)
+    args.argv = sys.argv[1:] if argv is None else list(argv)
     defaults = (
         {"steps": 4, "warmup": 2, "predict_texts": 32, "rows_per_task": 48}
         if args.smoke
@@ -245,6 +258,15 @@ def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     quiet_libraries()
+    if args.serve:
+        from mtl.bench.serve_paths import serve_benchmark
+
+        try:
+            serve_benchmark(args)
+        except MTLError as err:
+            print(f"error: {err}", file=sys.stderr)
+            return 2
+        return 0
     try:
         result = benchmark(args)
     except MTLError as err:
