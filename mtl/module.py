@@ -72,14 +72,21 @@ class MultiTaskModule(L.LightningModule):
     def setup(self, stage: str) -> None:
         if self.cfg.trainer.compile and stage == "fit":
             self.model.encoder = torch.compile(self.model.encoder)
-        if stage == "fit" and self.cfg.weighting.task_loss_norm == "expected":
-            parts = self.trainer.datamodule.train_parts
-            sizes = [len(parts[n]) if parts.get(n) is not None else 0 for n in self.task_names]
-            s = self.cfg.sampling
-            expected = expected_rows_per_batch(
-                sizes, s.mode, s.temperature, self.cfg.data.batch_size
-            )
-            self.expected_rows = dict(zip(self.task_names, expected.tolist(), strict=True))
+
+    def on_train_start(self) -> None:
+        # from the training loader itself, however it reached the Trainer (DataModule or not)
+        dataset = getattr(self.trainer.train_dataloader, "dataset", None)
+        if self.cfg.weighting.task_loss_norm != "expected" or not hasattr(dataset, "task_sizes"):
+            return
+        sizes = dict(zip(dataset.task_names, dataset.task_sizes().tolist(), strict=True))
+        s = self.cfg.sampling
+        expected = expected_rows_per_batch(
+            [sizes.get(n, 0) for n in self.task_names],
+            s.mode,
+            s.temperature,
+            self.cfg.data.batch_size,
+        )
+        self.expected_rows = dict(zip(self.task_names, expected.tolist(), strict=True))
 
     def normalise(self, losses: dict[str, torch.Tensor], batch: dict) -> dict[str, torch.Tensor]:
         """`weighting.task_loss_norm: expected`: a task's batch-mean loss × its rows in the batch /
