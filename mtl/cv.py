@@ -104,21 +104,20 @@ def collect(cfg: Box, run_dir: Path) -> dict:
         entry["val_source"] = "file" if cfg.tasks[name].val else "held out of the training file"
         entry["overlap_with_training"] = overlap.get(name, {})
         oof = read_fold_frames(run_dir, folds, f"val_{name}.csv")
+        probs, truth = (None, None) if oof is None else (_probs(oof, meta), _truth(oof, meta))
         tuned = oof is not None and meta.multilabel and cfg.tasks[name].threshold == "tuned"
-        thresholds = tune_thresholds(_probs(oof, meta), _truth(oof, meta)) if tuned else None
+        thresholds = tune_thresholds(probs, truth) if tuned else None
         thresholds = thresholds or meta.threshold or None
         if thresholds is not None:
             results["thresholds"][name] = thresholds
         if oof is not None and cfg.cv.n_splits > 1:
             # cross-fitted: fold k's rows are scored with thresholds tuned on the other folds
             cut = (
-                cross_fit_thresholds(_probs(oof, meta), _truth(oof, meta), oof["fold"].to_numpy())
-                if tuned
-                else thresholds
+                cross_fit_thresholds(probs, truth, oof["fold"].to_numpy()) if tuned else thresholds
             )
-            entry["oof"] = score_arrays(meta, _probs(oof, meta), _truth(oof, meta), cut)
+            entry["oof"] = score_arrays(meta, probs, truth, cut)
             entry["oof_rows"] = len(oof)
-            entry["oof_baseline"] = majority_baseline(meta, _truth(oof, meta))
+            entry["oof_baseline"] = majority_baseline(meta, truth)
             oof_scores.append(entry["oof"][meta.primary_metric])
             write_csv(run_dir / f"oof_{name}.csv", oof)
         for kind in ("test", "valfile"):

@@ -22,7 +22,6 @@ through Predictor's own code.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import logging
 import shutil
@@ -34,6 +33,7 @@ import numpy as np
 import torch
 
 from mtl.errors import PredictError, first_line
+from mtl.io import file_sha256
 
 log = logging.getLogger(__name__)
 
@@ -66,14 +66,6 @@ class Probabilities(torch.nn.Module):
     def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> tuple:
         logits = self.model(input_ids, attention_mask)
         return tuple(meta.probabilities(logits[name]) for name, meta in self.metas.items())
-
-
-def sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        for block in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 def export_onnx(model: torch.nn.Module, metas: dict, path: Path, exporter: str) -> None:
@@ -158,7 +150,7 @@ def export_run(
         files["fp32"].append(fp32.name)
         if quantize:
             files[quantize].append(f"{fold}.{quantize}.onnx")
-        sources.append({"fold": fold, "checkpoint": str(path), "sha256": sha256(path)})
+        sources.append({"fold": fold, "checkpoint": str(path), "sha256": file_sha256(path)})
         log.info("exported %s", fold)
     reference.tokenizer.save_pretrained(str(tmp / "tokenizer"))
     spec = {
@@ -184,7 +176,7 @@ def export_run(
         "export_seconds": round(time.perf_counter() - began, 1),
         "versions": versions(),
         "files": {
-            str(p.relative_to(tmp)): {"bytes": p.stat().st_size, "sha256": sha256(p)}
+            str(p.relative_to(tmp)): {"bytes": p.stat().st_size, "sha256": file_sha256(p)}
             for p in sorted(tmp.rglob("*"))
             if p.is_file()
         },

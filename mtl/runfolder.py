@@ -13,7 +13,6 @@ trains; a second process that wants the same fold stops with a message naming th
 
 from __future__ import annotations
 
-import hashlib
 import json
 import logging
 import os
@@ -29,7 +28,7 @@ from box import Box
 
 from mtl.config import DEFAULTS, TASK_DEFAULTS, load_config, to_dict
 from mtl.errors import ConfigError, MTLError
-from mtl.io import read_json_object, write_json
+from mtl.io import file_sha256, read_json_object, write_json
 
 log = logging.getLogger(__name__)
 
@@ -76,14 +75,6 @@ def _fingerprinted(key: str) -> bool:
     return not any(key == k or key.startswith(k + ".") for k in NOT_FINGERPRINTED)
 
 
-def file_digest(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        for block in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
-
-
 def run_identity(cfg: Box, files: bool = True) -> dict:
     """Settings that define the run's folds and training, and the SHA-256 of every task file."""
     from mtl.data import resolve_path
@@ -98,7 +89,7 @@ def run_identity(cfg: Box, files: bool = True) -> dict:
                     path = resolve_path(cfg, spec[split])
                     contents[f"tasks.{name}.{split}"] = {
                         "path": str(path),
-                        "sha256": file_digest(path),
+                        "sha256": file_sha256(path),
                     }
     identity = {"settings": settings, "files": contents} if files else {"settings": settings}
     # through JSON, so values compare equal to the stored ones (tuples, numpy scalars, ...)

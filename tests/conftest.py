@@ -61,6 +61,30 @@ def make_binary(n: int, pos: str, neg: str, seed: int, pos_rate: float = 0.4) ->
     return pd.DataFrame(rows)
 
 
+TOPICS = ["calm", "positive", "toxic"]  # string classes, each with its own key words
+
+
+def make_topics(n: int, seed: int) -> pd.DataFrame:
+    rng = random.Random(seed)
+    rows = []
+    for _ in range(n):
+        topic = rng.choice(TOPICS)
+        key = rng.choices(WORDS[topic], k=rng.randint(1, 2))
+        rows.append({"body": sentence(rng, key, rng.randint(1, 8)), "topic": topic})
+    return pd.DataFrame(rows)
+
+
+def topic_task(train: Path, val: Path | None = None) -> list[str]:
+    """Overrides adding a multiclass `topic` task (string classes) read from make_topics files."""
+    return [
+        "tasks.topic.type=multiclass",
+        f"tasks.topic.train={train}",
+        *([f"tasks.topic.val={val}"] if val is not None else []),
+        "tasks.topic.text_column=body",
+        "tasks.topic.label_columns=[topic]",
+    ]
+
+
 def make_emotion(n: int, seed: int) -> pd.DataFrame:
     rng = random.Random(seed)
     rows = []

@@ -10,14 +10,14 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pytest
-from conftest import tiny_overrides
-from test_train_script import TOPICS, make_topics
+from conftest import TOPICS, make_topics, tiny_overrides, topic_task
 
 from mtl.bench.serve_paths import agreement
 from mtl.config import load_config
 from mtl.errors import PredictError
-from mtl.export import export_run, sha256
+from mtl.export import export_run
 from mtl.export import main as export_main
+from mtl.io import file_sha256
 from mtl.onnx_predict import OnnxPredictor
 from mtl.predict import Predictor
 from mtl.predict_cli import main as predict_main
@@ -88,13 +88,13 @@ def test_manifest_names_sources_and_files_with_checksums(run, exported):
     manifest = json.loads((exported / "manifest.json").read_text())
     assert [s["fold"] for s in manifest["sources"]] == ["fold_0", "fold_1"]
     for source in manifest["sources"]:
-        assert sha256(Path(source["checkpoint"])) == source["sha256"]
+        assert file_sha256(Path(source["checkpoint"])) == source["sha256"]
         assert Path(source["checkpoint"]).parent.parent == run.resolve()
     names = set(manifest["files"])
     assert {"fold_0.onnx", "fold_1.onnx", "fold_0.int8.onnx", "predictor.json"} <= names
     assert any(n.startswith("tokenizer/") for n in names)
     for name, entry in manifest["files"].items():
-        assert sha256(exported / name) == entry["sha256"], name
+        assert file_sha256(exported / name) == entry["sha256"], name
     assert manifest["parity_on_probe_texts"]["fp32"]["max_abs_prob_diff"] <= 1e-4
     assert manifest["opset"] >= 17 and manifest["quantize"] == "int8"
     assert not (run / "export.tmp").exists()
@@ -123,11 +123,7 @@ def test_one_task_multiclass_run_exports_with_parity(tiny_backbone, data_dir, tm
             "tasks.toxicity=null",
             "tasks.emotion=null",
             "tasks.sentiment=null",
-            "tasks.topic.type=multiclass",
-            f"tasks.topic.train={folder / 'train.csv'}",
-            f"tasks.topic.val={folder / 'val.csv'}",
-            "tasks.topic.text_column=body",
-            "tasks.topic.label_columns=[topic]",
+            *topic_task(folder / "train.csv", folder / "val.csv"),
             "trainer.max_epochs=1",
         ],
     )

@@ -9,8 +9,7 @@ import urllib.request
 from pathlib import Path
 
 import pytest
-from conftest import tiny_overrides
-from test_train_script import make_topics
+from conftest import make_topics, tiny_overrides, topic_task
 
 from mtl.config import load_config
 from mtl.export import export_run
@@ -36,10 +35,7 @@ def run(tiny_backbone, data_dir, tmp_path_factory) -> Path:
         + [
             "tasks.toxicity=null",
             "tasks.sentiment=null",
-            "tasks.topic.type=multiclass",
-            f"tasks.topic.train={out / 'topics.csv'}",
-            "tasks.topic.text_column=body",
-            "tasks.topic.label_columns=[topic]",
+            *topic_task(out / "topics.csv"),
             "trainer.max_epochs=1",
         ],
     )

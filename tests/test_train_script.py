@@ -3,28 +3,14 @@
 from __future__ import annotations
 
 import json
-import random
 from pathlib import Path
 
-import pandas as pd
 import pytest
 import torch
 import yaml
-from conftest import EMOTIONS, WORDS, run_train_script, sentence, tiny_overrides
+from conftest import EMOTIONS, TOPICS, make_topics, run_train_script, tiny_overrides, topic_task
 
 from mtl.train import main
-
-TOPICS = ["calm", "positive", "toxic"]  # string classes, each with its own key words
-
-
-def make_topics(n: int, seed: int) -> pd.DataFrame:
-    rng = random.Random(seed)
-    rows = []
-    for _ in range(n):
-        topic = rng.choice(TOPICS)
-        key = rng.choices(WORDS[topic], k=rng.randint(1, 2))
-        rows.append({"body": sentence(rng, key, rng.randint(1, 8)), "topic": topic})
-    return pd.DataFrame(rows)
 
 
 def scalar_tags(folder: Path) -> set[str]:
@@ -116,11 +102,7 @@ def test_multiclass_task_with_string_classes_trains(tiny_backbone, data_dir, tmp
     argv = tiny_overrides(tiny_backbone, data_dir, tmp_path) + [
         "tasks.emotion=null",
         "tasks.sentiment=null",
-        "tasks.topic.type=multiclass",
-        f"tasks.topic.train={folder / 'train.csv'}",
-        f"tasks.topic.val={folder / 'val.csv'}",
-        "tasks.topic.text_column=body",
-        "tasks.topic.label_columns=[topic]",
+        *topic_task(folder / "train.csv", folder / "val.csv"),
         "trainer.max_epochs=1",
     ]
     assert main(argv) == 0, capsys.readouterr().err[-3000:]
