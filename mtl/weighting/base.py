@@ -20,11 +20,11 @@ class LossWeighting(nn.Module):
     def forward(self, losses: dict[str, torch.Tensor], present: dict[str, bool]) -> torch.Tensor:
         raise NotImplementedError
 
-    def task_weights(self) -> dict[str, float]:
-        """The effective weight of each task now, for logging."""
+    def task_weights(self) -> dict[str, float | torch.Tensor]:
+        """The effective weight of each task now, for logging (device tensors: no host sync)."""
         return {name: 1.0 for name in self.task_names}
 
-    def extra_logs(self) -> dict[str, float]:
+    def extra_logs(self) -> dict[str, float | torch.Tensor]:
         """Anything else worth a TensorBoard curve (σ for uncertainty weighting)."""
         return {}
 

@@ -35,5 +35,5 @@ class DWAWeighting(LossWeighting):
         ratios = self.history[1] / self.history[0].clamp(min=1e-12)
         self.weights.copy_(len(self.task_names) * torch.softmax(ratios / self.temperature, dim=0))
 
-    def task_weights(self) -> dict[str, float]:
-        return {name: float(self.weights[k]) for k, name in enumerate(self.task_names)}
+    def task_weights(self) -> dict[str, torch.Tensor]:
+        return {name: self.weights[k].clone() for k, name in enumerate(self.task_names)}

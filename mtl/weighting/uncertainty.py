@@ -38,10 +38,10 @@ class UncertaintyWeighting(LossWeighting):
                 total = total + torch.exp(-log_vars[k]) * losses[name] + log_vars[k]
         return total
 
-    def task_weights(self) -> dict[str, float]:
-        precision = torch.exp(-self.clamped().detach())
-        return {name: float(precision[k]) for k, name in enumerate(self.task_names)}
+    def task_weights(self) -> dict[str, torch.Tensor]:
+        precision = torch.exp(-self.clamped().detach())  # on-device tensors: no host sync per step
+        return {name: precision[k] for k, name in enumerate(self.task_names)}
 
-    def extra_logs(self) -> dict[str, float]:
+    def extra_logs(self) -> dict[str, torch.Tensor]:
         sigma = torch.exp(0.5 * self.clamped().detach())
-        return {f"sigma/{name}": float(sigma[k]) for k, name in enumerate(self.task_names)}
+        return {f"sigma/{name}": sigma[k] for k, name in enumerate(self.task_names)}
