@@ -17,7 +17,7 @@ from box import Box
 from mtl.blend import blend, cross_fit_thresholds, rank_blend, tune_thresholds
 from mtl.errors import MTLError, first_line
 from mtl.io import write_csv, write_json
-from mtl.metrics import majority_baseline, score_arrays
+from mtl.metrics import majority_baseline, monitor_key, score_arrays
 from mtl.tasks import TaskMeta
 
 log = logging.getLogger(__name__)
@@ -161,12 +161,7 @@ def headline(results: dict) -> str:
 
 
 def _monitored(cfg: Box, fold_metrics: dict) -> float:
-    metric = cfg.monitor.metric
-    return float(
-        fold_metrics["metrics"].get(
-            "val/score" if metric == "score" else f"val/{metric}", float("nan")
-        )
-    )
+    return float(fold_metrics["metrics"].get(monitor_key(cfg), float("nan")))
 
 
 def fold_table(name: str, folds: dict[int, dict]) -> dict:

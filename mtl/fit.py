@@ -4,8 +4,9 @@ A fold folder is finished when `metrics.json` exists (written last, atomically);
 it. An interrupted fold resumes from its `last.ckpt`, written atomically at every epoch end, or
 from a newer `hpc_ckpt_<n>.ckpt` that Lightning's SLURM auto-requeue saved before a time limit.
 
-Under DDP / FSDP every rank runs this; validation and prediction rows are sharded across ranks, so
-the fold's predictions are gathered from all ranks before global rank 0 writes the fold's files.
+The fold itself is plain Lightning: `trainer.fit(module, datamodule=dm)`, then `trainer.validate`
+and `trainer.predict` with the chosen checkpoint; the FoldPredictionWriter callback (mtl/writer.py)
+gathers the predictions from every rank and writes fold_<k>/<kind>_<task>.csv.
 """
 
 from __future__ import annotations
@@ -15,9 +16,6 @@ import re
 from pathlib import Path
 
 import lightning as L
-import numpy as np
-import pandas as pd
-import torch
 from box import Box
 from lightning.pytorch.callbacks import EarlyStopping, LearningRateMonitor, ModelCheckpoint
 from lightning.pytorch.loggers import CSVLogger, TensorBoardLogger
@@ -26,12 +24,13 @@ from lightning.pytorch.strategies import DDPStrategy, FSDPStrategy
 
 from mtl.checkpoint import load_checkpoint
 from mtl.config import to_dict
-from mtl.data import TaskData
-from mtl.datamodule import MultiTaskDataModule, make_loader
+from mtl.datamodule import MultiTaskDataModule
 from mtl.errors import CheckpointError, MTLError
-from mtl.io import atomic_write, read_json_object, write_csv, write_json
+from mtl.io import atomic_write, read_json_object, write_json
+from mtl.metrics import monitor_key
+from mtl.model import backbone_path
 from mtl.module import MultiTaskModule
-from mtl.tasks import TaskMeta
+from mtl.writer import FoldPredictionWriter
 
 log = logging.getLogger(__name__)
 
@@ -62,19 +61,13 @@ class AtomicCheckpointIO(TorchCheckpointIO):
         return checkpoint if checkpoint is not None else load_checkpoint(path)
 
 
-def monitor_key(cfg: Box) -> tuple[str, str]:
-    metric = cfg.monitor.metric
-    return ("val/score" if metric == "score" else f"val/{metric}"), cfg.monitor.mode
-
-
 def _csv_version(run_dir: Path, fold: int) -> str:
     earlier = len(list((run_dir / "csv").glob(f"fold_{fold}*/metrics.csv")))
     return f"fold_{fold}" if earlier == 0 else f"fold_{fold}-resumed{earlier}"
 
 
 class EncoderFSDP(FSDPStrategy):
-    """FSDP with one sharded unit per transformer block of the encoder (the classes its Hugging Face
-    model lists in `_no_split_modules`), so only one block's full weights exist at a time."""
+    """FSDP whose full checkpoints are vetted by mtl's safe loader before Lightning opens them."""
 
     def load_checkpoint(self, checkpoint_path, weights_only=None):
         # Lightning's FSDP opens a full checkpoint with its own (unrestricted) unpickler, not the
@@ -84,35 +77,53 @@ class EncoderFSDP(FSDPStrategy):
             load_checkpoint(checkpoint_path)
         return super().load_checkpoint(checkpoint_path, weights_only=True)
 
-    def _setup_model(self, model):
-        from torch.distributed.fsdp import FullyShardedDataParallel
-        from torch.distributed.fsdp.wrap import ModuleWrapPolicy
 
-        wrapped = any(isinstance(m, FullyShardedDataParallel) for m in model.modules())
-        if not wrapped and "auto_wrap_policy" not in self.kwargs:
-            names = set(getattr(model.model.encoder, "_no_split_modules", None) or ())
-            blocks = {type(m) for m in model.model.encoder.modules() if type(m).__name__ in names}
-            if blocks:
-                self.kwargs["auto_wrap_policy"] = ModuleWrapPolicy(blocks)
-        return super()._setup_model(model)
+def encoder_blocks(backbone: str) -> set[type]:
+    """The classes the backbone's Hugging Face model lists in `_no_split_modules` (its transformer
+    blocks): FSDP shards one unit per block, so only one block's full weights exist at a time."""
+    import sys
+
+    from transformers import MODEL_MAPPING, AutoConfig
+
+    try:
+        model_class = MODEL_MAPPING[type(AutoConfig.from_pretrained(backbone_path(backbone)))]
+    except (OSError, ValueError, KeyError):
+        return set()
+    source = sys.modules[model_class.__module__]
+    names = getattr(model_class, "_no_split_modules", None) or ()
+    return {getattr(source, n) for n in names if isinstance(getattr(source, n, None), type)}
 
 
-def make_strategy(strategy):
+def make_strategy(cfg: Box):
     """`ddp` with unused-parameter detection: the encoder's pooler is unused under `cls` / `mean`
     pooling, and a task's head gets no gradient on a rank whose batch has none of its rows.
     `fsdp`: sharded per encoder block (Lightning's default keeps parameters unflattened,
     `use_orig_params=True`, so our parameter groups work)."""
+    strategy = cfg.trainer.strategy
     if strategy == "ddp":
         return DDPStrategy(find_unused_parameters=True)
     if strategy == "fsdp":
-        return EncoderFSDP()
+        blocks = encoder_blocks(cfg.backbone.name)
+        return EncoderFSDP(auto_wrap_policy=blocks) if blocks else EncoderFSDP()
     return strategy
 
 
 def make_trainer(
     cfg: Box, fold_dir: Path, run_dir: Path, fold: int, callbacks: list | None = None
 ) -> L.Trainer:
-    monitor, mode = monitor_key(cfg)
+    """The fold's Trainer; its FoldPredictionWriter writes what `trainer.predict` returns."""
+    trainer = _trainer(cfg, fold_dir, run_dir, fold, callbacks, make_strategy(cfg))
+    if cfg.trainer.strategy == "auto" and type(trainer.strategy) is DDPStrategy:
+        # "auto" chose DDP (several devices): the same, with unused-parameter detection
+        launcher = trainer.strategy.launcher
+        ddp = "ddp_notebook" if launcher and launcher.is_interactive_compatible else "ddp"
+        strategy = f"{ddp}_find_unused_parameters_true"
+        trainer = _trainer(cfg, fold_dir, run_dir, fold, callbacks, strategy)
+    return trainer
+
+
+def _trainer(cfg, fold_dir, run_dir, fold, callbacks, strategy) -> L.Trainer:
+    monitor, mode = monitor_key(cfg), cfg.monitor.mode
     chooses = cfg.cv.selection == "best"  # "last": no monitor, best.ckpt is the latest epoch
     t = cfg.trainer
     checkpoint = ModelCheckpoint(
@@ -123,7 +134,12 @@ def make_trainer(
         save_last=True,
         enable_version_counter=False,
     )
-    callbacks = [checkpoint, LearningRateMonitor(logging_interval="step")] + list(callbacks or [])
+    callbacks = [
+        checkpoint,
+        LearningRateMonitor(logging_interval="step"),
+        FoldPredictionWriter(fold_dir),
+        *(callbacks or []),
+    ]
     if cfg.early_stopping.enabled and chooses:
         callbacks.append(
             EarlyStopping(
@@ -141,12 +157,12 @@ def make_trainer(
         CSVLogger(run_dir, name="csv", version=_csv_version(run_dir, fold)),
     ]
     optional = {k: t[k] for k in ("limit_train_batches", "limit_val_batches") if t[k] is not None}
-    trainer = L.Trainer(
+    return L.Trainer(
         default_root_dir=fold_dir,
         max_epochs=t.max_epochs,
         accelerator=t.accelerator,
         devices=t.devices,
-        strategy=make_strategy(t.strategy),
+        strategy=strategy,
         num_nodes=t.num_nodes,
         precision=t.precision,
         accumulate_grad_batches=t.accumulate_grad_batches,
@@ -162,37 +178,25 @@ def make_trainer(
         num_sanity_val_steps=0,
         **optional,
     )
-    if t.strategy == "auto" and type(trainer.strategy) is DDPStrategy:  # "auto" on several devices
-        trainer.strategy._ddp_kwargs.setdefault("find_unused_parameters", True)
-    return trainer
 
 
 def fit_fold(
-    cfg: Box,
-    fold: int,
-    run_dir: Path,
-    metas: dict[str, TaskMeta],
-    pad_id: int,
-    train_parts: dict[str, TaskData],
-    val_parts: dict[str, TaskData | None],
-    predict_parts: dict[str, dict[str, TaskData]] | None = None,
-    extra_callbacks: list | None = None,
+    cfg: Box, fold: int, run_dir: Path, dm: MultiTaskDataModule, callbacks: list | None = None
 ) -> dict:
-    """Train (or resume, or skip) fold `fold`; returns its metrics.json content.
-
-    `predict_parts` ({"test": {task: TaskData}, ...}) are predicted with the best weights and
-    written as fold_<k>/<kind>_<task>.csv for blending.
-    """
+    """Train (or resume, or skip) fold `fold` of `dm`; returns its metrics.json content."""
     fold_dir = run_dir / f"fold_{fold}"
     done = fold_dir / "metrics.json"
     if done.is_file():
         log.info("fold %d already finished: %s", fold, done)
         return finished_metrics(done, fold)
     L.seed_everything(cfg.seed + fold, workers=True, verbose=False)
-    module = MultiTaskModule(to_dict(cfg), {name: meta.to_dict() for name, meta in metas.items()})
-    datamodule = MultiTaskDataModule(cfg, metas, pad_id, train_parts, val_parts)
-    trainer = make_trainer(cfg, fold_dir, run_dir, fold, extra_callbacks)
-    last = fold_dir / "last.ckpt"
+    dm.set_fold(fold)
+    train_parts, _ = dm.fold_parts()
+    log.info("fold %d: training on %s rows", fold, {n: len(p) for n, p in train_parts.items()})
+    module = MultiTaskModule(
+        to_dict(cfg), {name: meta.to_dict() for name, meta in dm.metas.items()}
+    )
+    trainer = make_trainer(cfg, fold_dir, run_dir, fold, callbacks)
     resume = resume_checkpoint(fold_dir)
     if resume is not None:
         log.info("fold %d: resuming from %s", fold, resume)
@@ -203,54 +207,25 @@ def fit_fold(
             FSDPStrategy,  # loads full checkpoints itself, after a safe check
         ):
             checkpoint_io.preload(resume, checkpoint)
-    trainer.fit(module, datamodule=datamodule, ckpt_path=str(resume) if resume else None)
-
-    best = trainer.checkpoint_callback.best_model_path or str(last)
-    # with cv.selection=last the weights in memory are the checkpoint's, and the last epoch's
-    # validation (run in this process) already holds their metrics and predictions
-    if cfg.cv.selection != "last" or not module.last_val_metrics:
-        trainer.validate(module, datamodule=datamodule, ckpt_path=best, verbose=False)
-    val_predictions = gather_predictions(trainer, module.val_predictions)
-    outputs = {"val": (val_parts, val_predictions)}
-    shard = {"rank": trainer.global_rank, "world_size": trainer.world_size}
-    for kind, parts in (predict_parts or {}).items():
-        # a val set that also validated (one split, nothing chosen) is not predicted twice
-        todo = {n: p for n, p in parts.items() if not same_rows(p, val_parts.get(n))}
-        ready = {n: val_predictions[n] for n in parts if n not in todo and n in val_predictions}
-        if todo:
-            loader = make_loader(cfg, todo, datamodule.collator, train=False, **shard)
-            # an explicit path: with none, Lightning under SLURM would load a leftover hpc_ckpt_<n>
-            predicted = merge_predictions(
-                trainer.predict(module, dataloaders=loader, ckpt_path=best)
-            )
-            ready.update(gather_predictions(trainer, predicted))
-        if ready:
-            outputs[kind] = (parts, ready)
-    metrics = {
+    trainer.fit(module, datamodule=dm, ckpt_path=str(resume) if resume else None)
+    # an explicit path: with none, Lightning under SLURM would load a leftover hpc_ckpt_<n>
+    best = trainer.checkpoint_callback.best_model_path or str(fold_dir / "last.ckpt")
+    trainer.validate(module, datamodule=dm, ckpt_path=best, verbose=False)
+    metrics = {k: float(v) for k, v in trainer.callback_metrics.items() if k.startswith("val/")}
+    if dm.predict_kinds():  # the FoldPredictionWriter writes fold_<k>/<kind>_<task>.csv
+        trainer.predict(module, datamodule=dm, ckpt_path=best, return_predictions=False)
+    result = {
         "fold": fold,
         "best_checkpoint": Path(best).name,
         "best_epoch": int(load_checkpoint(best)["epoch"]),
         "epochs_trained": trainer.current_epoch,
-        "metrics": {k: float(v) for k, v in module.last_val_metrics.items()},
+        "metrics": metrics,
     }
     if trainer.is_global_zero:
-        for kind, (parts, predictions) in outputs.items():
-            for name, pieces in predictions.items():
-                frame = prediction_frame(metas[name], parts[name], pieces)
-                write_csv(fold_dir / f"{kind}_{name}.csv", frame)
-        write_json(done, metrics)  # last: its presence marks the fold finished
+        write_json(done, result)  # last: its presence marks the fold finished
         for stale in hpc_checkpoints(fold_dir):  # a finished fold is never resumed
             stale.unlink(missing_ok=True)
-    return metrics
-
-
-def same_rows(a: TaskData | None, b: TaskData | None) -> bool:
-    return a is b or (
-        a is not None
-        and b is not None
-        and (a.path, a.split) == (b.path, b.split)
-        and np.array_equal(a.rows, b.rows)
-    )
+    return result
 
 
 def hpc_checkpoints(fold_dir: Path) -> list[Path]:
@@ -308,42 +283,3 @@ def open_resume_checkpoint(path: Path, fold: int) -> dict:
             f"Cannot resume fold {fold}: {err} To restart fold {fold} from its first epoch, "
             f"delete {path} (and any other *.ckpt in {path.parent}) and run the same command again."
         ) from None
-
-
-def gather_predictions(trainer: L.Trainer, predictions: dict[str, list]) -> dict[str, list]:
-    """Every rank's (rows, probs) pieces on every rank; the evaluation sampler gives each rank a
-    disjoint shard, so together they hold each row exactly once. A no-op on one device."""
-    if trainer.world_size == 1 or not torch.distributed.is_initialized():
-        return predictions
-    shards: list = [None] * trainer.world_size
-    torch.distributed.all_gather_object(shards, predictions)
-    merged: dict[str, list] = {}
-    for shard in shards:
-        for name, pieces in shard.items():
-            merged.setdefault(name, []).extend(pieces)
-    return merged
-
-
-def merge_predictions(batches: list[dict]) -> dict[str, list]:
-    merged: dict[str, list] = {}
-    for batch in batches or []:
-        for name, piece in batch.items():
-            merged.setdefault(name, []).append(piece)
-    return merged
-
-
-def prediction_frame(
-    meta: TaskMeta, part: TaskData, pieces: list[tuple[np.ndarray, np.ndarray]]
-) -> pd.DataFrame:
-    """(rows, probs) chunks → row, text, true label column(s) if known, <task>_<class> probabilities."""
-    rows = np.concatenate([r for r, _ in pieces])
-    probs = np.concatenate([p for _, p in pieces])
-    order = np.argsort(rows, kind="stable")
-    rows, probs = rows[order], probs[order]
-    position = pd.Index(part.rows).get_indexer(rows)
-    frame = pd.DataFrame({"row": rows, "text": [part.texts[i] for i in position]})
-    if part.labels is not None:
-        truth = part.labels[position]
-        frame[meta.truth_columns()] = truth.reshape(len(rows), -1).astype(np.int64)
-    frame[meta.prob_columns()] = probs
-    return frame

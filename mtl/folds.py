@@ -178,6 +178,34 @@ def fold_split(
     return train_parts, val_parts
 
 
+def warn_small_classes(cfg: Box, data: dict, metas: dict) -> None:
+    """A class with fewer training rows than folds is missing from some folds' validation rows,
+    so its per-fold scores there are undefined (counted as 0 by macro-F1)."""
+    n = cfg.cv.n_splits
+    if n < 2:
+        return
+    for name, meta in metas.items():
+        labels = data[name]["train"].labels
+        counts = (
+            labels.sum(axis=0)
+            if meta.multilabel
+            else np.bincount(labels, minlength=meta.num_outputs)
+        )
+        small = {str(c): int(k) for c, k in zip(meta.classes, counts, strict=True) if k < n}
+        if small:
+            log.warning(
+                "task '%s': %s %s have fewer training rows than cv.n_splits=%d (%s of %d rows): some "
+                "folds validate without them, so those folds' per-class and macro scores are "
+                "unreliable. Use fewer folds, add rows, or merge rare classes.",
+                name,
+                "labels" if meta.multilabel else "classes",
+                list(small),
+                n,
+                ", ".join(f"{c}: {k}" for c, k in small.items()),
+                len(labels),
+            )
+
+
 def overlap_counts(
     data: dict[str, dict[str, TaskData]], folds: dict[str, np.ndarray]
 ) -> dict[str, dict[str, int]]:

@@ -14,11 +14,19 @@ from __future__ import annotations
 
 import numpy as np
 import torch
+from box import Box
 from sklearn.metrics import accuracy_score, f1_score, roc_auc_score
 from torch import nn
 from torchmetrics.aggregation import CatMetric
 
 from mtl.tasks import TaskMeta
+
+
+def monitor_key(cfg: Box) -> str:
+    """The logged key `monitor.metric` names: it chooses each fold's epoch (ModelCheckpoint,
+    EarlyStopping) and is the fold score results.json reports."""
+    metric = cfg.monitor.metric
+    return "val/score" if metric == "score" else f"val/{metric}"
 
 
 class TaskMetrics(nn.Module):

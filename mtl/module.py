@@ -13,6 +13,7 @@ import numpy as np
 import torch
 from box import Box
 from lightning.pytorch.strategies import FSDPStrategy
+from torchmetrics import MeanMetric
 
 from mtl.losses import TaskLoss
 from mtl.metrics import TaskMetrics
@@ -57,11 +58,9 @@ class MultiTaskModule(L.LightningModule):
             {name: TaskMetrics(meta) for name, meta in self.metas.items()}
         )
         self.task_names = list(self.metas)
-        self._loss_sums = {
-            stage: torch.zeros(len(self.task_names), 2) for stage in ("train", "val")
-        }
-        self.val_predictions: dict[str, list] = {}
-        self.last_val_metrics: dict = {}
+        # each task's mean loss over an epoch's rows, synced across ranks by torchmetrics
+        self.train_losses = torch.nn.ModuleDict({n: MeanMetric() for n in self.task_names})
+        self.val_losses = torch.nn.ModuleDict({n: MeanMetric() for n in self.task_names})
         self.expected_rows: dict[str, float] = {}  # set in setup("fit") when normalising by it
         for param in self.parameters():  # FSDP later reshapes them into flat shards (mtl/optim.py)
             param.mtl_ndim = param.dim()
@@ -108,14 +107,12 @@ class MultiTaskModule(L.LightningModule):
             for name in self.task_names
         }
         present = {name: batch["index"][name].numel() > 0 for name in self.task_names}
-        if self._loss_sums[stage].device != self.device:  # on-device sums: no host sync per step
-            self._loss_sums[stage] = self._loss_sums[stage].to(self.device)
-        sums = self._loss_sums[stage]
-        for k, name in enumerate(self.task_names):
-            if present[name]:
-                n = batch["index"][name].numel()
-                sums[k, 0] += losses[name].detach().float() * n
-                sums[k, 1] += n
+        epoch_losses = self.train_losses if stage == "train" else self.val_losses
+        for name in self.task_names:
+            if present[name]:  # weighted by the task's rows in the batch: a mean over rows
+                epoch_losses[name].update(
+                    losses[name].detach().float(), batch["index"][name].numel()
+                )
         if stage == "train":
             losses = self.normalise(losses, batch)
         return self.weighting(losses, present), logits
@@ -137,13 +134,11 @@ class MultiTaskModule(L.LightningModule):
         for name, meta in self.metas.items():
             if batch["index"][name].numel() == 0:
                 continue
-            probs = meta.probabilities(logits[name])
-            self.val_metrics[name].update(probs, batch["targets"][name])
-            self.val_predictions.setdefault(name, []).append(
-                (batch["rows"][name].cpu().numpy(), probs.detach().cpu().numpy())
-            )
+            self.val_metrics[name].update(meta.probabilities(logits[name]), batch["targets"][name])
 
-    def predict_step(self, batch: dict, batch_idx: int) -> dict[str, tuple[np.ndarray, np.ndarray]]:
+    def predict_step(
+        self, batch: dict, batch_idx: int, dataloader_idx: int = 0
+    ) -> dict[str, tuple[np.ndarray, np.ndarray]]:
         """Each task's probabilities for its own rows: {task: (rows, (n, C) probs)}."""
         logits = self(batch["input_ids"], batch["attention_mask"], batch["index"])
         return {
@@ -171,31 +166,28 @@ class MultiTaskModule(L.LightningModule):
 
     # --- epoch ends -----------------------------------------------------------------------------
 
-    def _epoch_task_losses(self, stage: str) -> dict[str, float]:
-        # clone: on CPU .to()/.cpu() return the same tensor, and the zero_() below would clear it
-        local = self._loss_sums[stage].to(self.device).clone()
-        sums = self.trainer.strategy.reduce(local, reduce_op="sum").cpu()
-        self._loss_sums[stage].zero_()
-        return {
-            name: float(sums[k, 0] / sums[k, 1])
-            for k, name in enumerate(self.task_names)
-            if sums[k, 1] > 0
-        }
+    @staticmethod
+    def _epoch_task_losses(epoch_losses: torch.nn.ModuleDict) -> dict[str, torch.Tensor]:
+        """Each task's mean loss over the epoch's rows on all ranks; tasks without rows left out.
+        compute() is a collective and runs on every rank, so every rank agrees which tasks had
+        rows (metric compute() below is one too: all ranks must make it, or none)."""
+        means = {}
+        for name, metric in epoch_losses.items():
+            value = metric.compute()
+            metric.reset()
+            if not torch.isnan(value):  # NaN: no rows of this task on any rank this epoch
+                means[name] = value
+        return means
 
     def on_train_epoch_end(self) -> None:
-        means = self._epoch_task_losses("train")
+        means = self._epoch_task_losses(self.train_losses)
         self.log_dict({f"train/{name}/loss": v for name, v in means.items()})
         if len(means) == len(self.task_names):
-            self.weighting.on_epoch_end(means)
-
-    def on_validation_epoch_start(self) -> None:
-        self.val_predictions = {}
+            self.weighting.on_epoch_end({name: float(v) for name, v in means.items()})
 
     def on_validation_epoch_end(self) -> None:
-        # task losses are reduced over ranks first, so every rank agrees on which tasks had rows
-        # (metric compute() is a collective call: all ranks must make it, or none)
-        losses = self._epoch_task_losses("val")
-        metrics: dict[str, float] = {}
+        losses = self._epoch_task_losses(self.val_losses)
+        metrics: dict = {}
         primaries = []
         for name, meta in self.metas.items():
             if name in losses:
@@ -205,11 +197,11 @@ class MultiTaskModule(L.LightningModule):
                 primaries.append(values[meta.primary_metric])
             self.val_metrics[name].reset()
         metrics["val/score"] = float(np.mean(primaries)) if primaries else 0.0
-        metrics["val/loss"] = float(sum(losses.values()))
-        # the final validate() of the best checkpoint is not a new epoch: keep it out of the curves
-        if self.trainer.state.fn == "fit":
-            self.log_dict(metrics)  # already synced across ranks: identical everywhere
-        self.last_val_metrics = metrics
+        metrics["val/loss"] = sum(losses.values(), torch.zeros((), device=self.device))
+        # already synced across ranks: identical everywhere. The final validate() of the chosen
+        # checkpoint is not a new epoch: its metrics reach trainer.callback_metrics (read by
+        # mtl/fit.py) but stay out of the curves.
+        self.log_dict(metrics, logger=self.trainer.state.fn == "fit")
 
     # --- optimisation ---------------------------------------------------------------------------
 

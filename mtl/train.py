@@ -18,19 +18,16 @@ import sys
 import warnings
 from pathlib import Path
 
-import numpy as np
-import pandas as pd
 from box import Box
 from lightning.fabric.utilities.rank_zero import rank_zero_only
 
 from mtl.config import DEFAULT_CONFIG, load_config, save_config
 from mtl.cv import collect, headline
-from mtl.data import load_tasks, token_cache_dir
+from mtl.data import token_cache_dir
+from mtl.datamodule import MultiTaskDataModule
 from mtl.errors import ConfigError, MTLError
 from mtl.fit import fit_fold
-from mtl.folds import drop_overlap, fold_assignments, fold_split, overlap_counts, val_sets
 from mtl.io import make_tmp_dir, remove_orphaned_tmp, write_csv, write_json
-from mtl.model import load_tokenizer, position_limit
 from mtl.report import write_report
 from mtl.runfolder import check_and_record, fold_lock, run_identity, run_lock
 
@@ -65,31 +62,18 @@ def global_rank() -> int:
     return int(getattr(rank_zero_only, "rank", 0) or 0)
 
 
-def prepare(cfg: Box):
-    """Everything before the first fold: tokenizer, data, fold assignment, then the run folder.
+def prepare(cfg: Box) -> tuple[Path, MultiTaskDataModule]:
+    """Everything before the first fold: the DataModule reads, checks and tokenizes the data and
+    assigns the folds, then the run folder is written.
 
     The data and folds are checked before the folder is touched, so a failed start leaves nothing
     that blocks the corrected rerun. Under DDP every rank runs this; only rank 0 writes (every
     rank computes the same)."""
     run_dir = run_dir_of(cfg)
-    check_max_length(cfg)
-    tokenizer = load_tokenizer(cfg.backbone.name)
-    data, metas = load_tasks(cfg, tokenizer)
-    if cfg.data.drop_overlap:
-        data = drop_overlap(data)
-    folds = fold_assignments(cfg, data)
-    warn_small_classes(cfg, data, metas)
-    overlap = overlap_counts(data, folds)
-    for name, counts in overlap.items():
-        for split, n in counts.items():
-            if n:
-                log.warning(
-                    "%s: %d %s rows also occur (same normalised text) among its training rows; "
-                    "data.drop_overlap=true drops them",
-                    name, n, split,
-                )  # fmt: skip
+    dm = MultiTaskDataModule(cfg)
+    dm.setup("fit")
     identity = run_identity(cfg)
-    assignment = folds_frame(data, folds)
+    assignment = dm.folds_frame()
     writer = global_rank() == 0
     run_dir.mkdir(parents=True, exist_ok=True)
     with run_lock(run_dir):  # fold jobs of one run (a SLURM array) start at once
@@ -99,13 +83,13 @@ def prepare(cfg: Box):
             remove_orphaned_tmp(token_cache_dir(cfg))  # shared by runs: only dead writers' files
             save_config(cfg, run_dir / "config.yaml")
             if not (run_dir / "tokenizer").is_dir():
-                save_tokenizer(tokenizer, run_dir / "tokenizer")
+                save_tokenizer(dm.tokenizer, run_dir / "tokenizer")
             write_json(
-                run_dir / "tasks.json", {name: meta.to_dict() for name, meta in metas.items()}
+                run_dir / "tasks.json", {name: meta.to_dict() for name, meta in dm.metas.items()}
             )
             write_csv(run_dir / "folds.csv", assignment)
-            write_json(run_dir / "overlap.json", overlap)
-    return run_dir, tokenizer, data, metas, folds
+            write_json(run_dir / "overlap.json", dm.overlap)
+    return run_dir, dm
 
 
 def save_tokenizer(tokenizer, folder: Path) -> None:
@@ -121,80 +105,17 @@ def save_tokenizer(tokenizer, folder: Path) -> None:
         shutil.rmtree(tmp, ignore_errors=True)
 
 
-def check_max_length(cfg: Box) -> None:
-    """data.max_length above the backbone's position limit crashes mid-validation on long texts."""
-    limit = position_limit(cfg.backbone.name)
-    if limit is not None and cfg.data.max_length > limit:
-        raise ConfigError(
-            f"Config key 'data.max_length' is {cfg.data.max_length}, but backbone "
-            f"'{cfg.backbone.name}' has positions for at most {limit} tokens. Set "
-            f"data.max_length={limit} or less."
-        )
-
-
-def warn_small_classes(cfg: Box, data: dict, metas: dict) -> None:
-    """A class with fewer training rows than folds is missing from some folds' validation rows,
-    so its per-fold scores there are undefined (counted as 0 by macro-F1)."""
-    n = cfg.cv.n_splits
-    if n < 2:
-        return
-    for name, meta in metas.items():
-        labels = data[name]["train"].labels
-        counts = (
-            labels.sum(axis=0)
-            if meta.multilabel
-            else np.bincount(labels, minlength=meta.num_outputs)
-        )
-        small = {str(c): int(k) for c, k in zip(meta.classes, counts, strict=True) if k < n}
-        if small:
-            log.warning(
-                "task '%s': %s %s have fewer training rows than cv.n_splits=%d (%s of %d rows): some "
-                "folds validate without them, so those folds' per-class and macro scores are "
-                "unreliable. Use fewer folds, add rows, or merge rare classes.",
-                name,
-                "labels" if meta.multilabel else "classes",
-                list(small),
-                n,
-                ", ".join(f"{c}: {k}" for c, k in small.items()),
-                len(labels),
-            )
-
-
-def folds_frame(data, folds: dict[str, np.ndarray]) -> pd.DataFrame:
-    frames = [
-        pd.DataFrame({"task": name, "row": data[name]["train"].rows, "fold": assignment})
-        for name, assignment in folds.items()
-    ]
-    return pd.concat(frames, ignore_index=True)
-
-
 def train(cfg: Box) -> dict:
     """Train every fold of `cfg` (skipping finished ones), then blend and write results.json.
 
     Under DDP every rank calls this; rank 0 returns the results, the other ranks `{}`."""
-    run_dir, tokenizer, data, metas, folds = prepare(cfg)
-    predict_parts = {
-        "test": {n: s["test"] for n, s in data.items() if s.get("test") is not None},
-        # the clean headline: each task's val set, never trained on and never chosen on
-        "valfile": val_sets(data, folds),
-    }
+    run_dir, dm = prepare(cfg)
     for k in folds_to_run(cfg):
-        train_parts, val_parts = fold_split(data, folds, k)
         # one process trains a fold at a time (rank 0 holds the lock for its DDP group)
         with fold_lock(run_dir, k) if global_rank() == 0 else contextlib.nullcontext():
             if global_rank() == 0:
                 remove_orphaned_tmp(run_dir / f"fold_{k}")
-            log.info("fold %d: training on %s rows", k, {n: len(p) for n, p in train_parts.items()})
-            fit_fold(
-                cfg,
-                k,
-                run_dir,
-                metas,
-                tokenizer.pad_token_id,
-                train_parts,
-                val_parts,
-                predict_parts,
-            )
+            fit_fold(cfg, k, run_dir, dm)
     if global_rank() != 0:
         return {}  # under DDP rank 0 alone blends and writes the run's results
     results = collect(cfg, run_dir)
