@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import math
 import re
 
 import torch
@@ -55,8 +54,10 @@ def build_optimizer(model: nn.Module, weighting: nn.Module, optim: Box) -> torch
 
 
 def build_scheduler(optimizer: torch.optim.Optimizer, optim: Box, total_steps: int):
+    """OneCycle (torch), or linear / cosine / constant with linear warmup (transformers)."""
+    from transformers import get_scheduler
+
     total_steps = max(1, int(total_steps))
-    warmup = int(round(optim.warmup_ratio * total_steps))
     if optim.scheduler == "onecycle" and total_steps > 2:  # shorter runs: constant LR below
         return torch.optim.lr_scheduler.OneCycleLR(
             optimizer,
@@ -67,15 +68,10 @@ def build_scheduler(optimizer: torch.optim.Optimizer, optim: Box, total_steps: i
             anneal_strategy="cos",
             cycle_momentum=False,  # it would cycle AdamW's β₁ between 0.85 and 0.95
         )
-
-    def factor(step: int) -> float:
-        if step < warmup:
-            return (step + 1) / (warmup + 1)
-        progress = (step - warmup) / max(1, total_steps - warmup)
-        if optim.scheduler == "linear":
-            return max(0.0, 1.0 - progress)
-        if optim.scheduler == "cosine":
-            return 0.5 * (1.0 + math.cos(math.pi * min(1.0, progress)))
-        return 1.0  # constant after warmup (and onecycle runs of ≤ 2 steps)
-
-    return torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
+    name = optim.scheduler if optim.scheduler in ("linear", "cosine") else "constant_with_warmup"
+    return get_scheduler(
+        name,
+        optimizer,
+        num_warmup_steps=int(round(optim.warmup_ratio * total_steps)),
+        num_training_steps=total_steps,
+    )
