@@ -115,9 +115,7 @@ def make_trainer(
     trainer = _trainer(cfg, fold_dir, run_dir, fold, callbacks, make_strategy(cfg))
     if cfg.trainer.strategy == "auto" and type(trainer.strategy) is DDPStrategy:
         # "auto" chose DDP (several devices): the same, with unused-parameter detection
-        launcher = trainer.strategy.launcher
-        ddp = "ddp_notebook" if launcher and launcher.is_interactive_compatible else "ddp"
-        strategy = f"{ddp}_find_unused_parameters_true"
+        strategy = "ddp_find_unused_parameters_true"
         trainer = _trainer(cfg, fold_dir, run_dir, fold, callbacks, strategy)
     return trainer
 
