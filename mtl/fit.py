@@ -195,17 +195,7 @@ def fit_fold(
         to_dict(cfg), {name: meta.to_dict() for name, meta in dm.metas.items()}
     )
     trainer = make_trainer(cfg, fold_dir, run_dir, fold, callbacks)
-    resume = resume_checkpoint(fold_dir)
-    if resume is not None:
-        log.info("fold %d: resuming from %s", fold, resume)
-        checkpoint = open_resume_checkpoint(resume, fold)
-        checkpoint_io = trainer.strategy.checkpoint_io
-        if isinstance(checkpoint_io, AtomicCheckpointIO) and not isinstance(
-            trainer.strategy,
-            FSDPStrategy,  # loads full checkpoints itself, after a safe check
-        ):
-            checkpoint_io.preload(resume, checkpoint)
-    trainer.fit(module, datamodule=dm, ckpt_path=str(resume) if resume else None)
+    trainer.fit(module, datamodule=dm, ckpt_path=resume_from(trainer, fold_dir, fold))
     # an explicit path: with none, Lightning under SLURM would load a leftover hpc_ckpt_<n>
     best = trainer.checkpoint_callback.best_model_path or str(fold_dir / "last.ckpt")
     trainer.validate(module, datamodule=dm, ckpt_path=best, verbose=False)
@@ -224,6 +214,23 @@ def fit_fold(
         for stale in hpc_checkpoints(fold_dir):  # a finished fold is never resumed
             stale.unlink(missing_ok=True)
     return result
+
+
+def resume_from(trainer: L.Trainer, fold_dir: Path, fold: int) -> str | None:
+    """The checkpoint an interrupted fold continues from, opened (and checked) once by the safe
+    loader and handed to the Trainer's CheckpointIO; None for a fresh fold."""
+    resume = resume_checkpoint(fold_dir)
+    if resume is None:
+        return None
+    log.info("fold %d: resuming from %s", fold, resume)
+    checkpoint = open_resume_checkpoint(resume, fold)
+    checkpoint_io = trainer.strategy.checkpoint_io
+    # FSDP loads full checkpoints itself, after a safe check (EncoderFSDP)
+    if isinstance(checkpoint_io, AtomicCheckpointIO) and not isinstance(
+        trainer.strategy, FSDPStrategy
+    ):
+        checkpoint_io.preload(resume, checkpoint)
+    return str(resume)
 
 
 def hpc_checkpoints(fold_dir: Path) -> list[Path]:
