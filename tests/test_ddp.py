@@ -225,3 +225,17 @@ def test_slurm_requeue_checkpoint_resumes_the_same_fold(tiny_cfg, tmp_path, monk
         test[read_metas(fold_dir.parent)["toxicity"].prob_columns()].to_numpy(),
         atol=1e-5,
     )
+
+
+def test_fsdp_gets_one_unit_per_encoder_block_through_its_public_argument(tiny_backbone):
+    """The block classes come from the backbone's config, so FSDPStrategy(auto_wrap_policy=...)
+    is built before the model exists (no override of Lightning's private setup)."""
+    from box import Box
+    from transformers.models.bert.modeling_bert import BertEmbeddings, BertLayer
+
+    from mtl.fit import EncoderFSDP, encoder_blocks, make_strategy
+
+    assert encoder_blocks(str(tiny_backbone)) == {BertEmbeddings, BertLayer}
+    assert encoder_blocks(str(tiny_backbone / "missing")) == set()  # unknown: FSDP's default
+    cfg = Box({"trainer": {"strategy": "fsdp"}, "backbone": {"name": str(tiny_backbone)}})
+    assert isinstance(make_strategy(cfg), EncoderFSDP)
