@@ -8,6 +8,8 @@ files (tokens from that cache), checks them and assigns the folds, once. Fold k 
 task's rows outside fold k and validates on fold k (mtl/folds.py); `predict_dataloader` serves
 the rows a fold predicts for the run folder: its validation rows (out-of-fold), each task's val
 set (the clean headline) and the test files. Loaders shard by rank under DDP themselves.
+This is the fold-enabled DataModule Lightning issue #20544 ("Cross validation built into the
+framework") asks for: a fold index in, that fold's train / val sets out.
 """
 
 from __future__ import annotations
@@ -36,9 +38,6 @@ from mtl.sampling import Collator, MultiTaskBatchSampler, MultiTaskDataset
 from mtl.tasks import TaskMeta
 
 log = logging.getLogger("mtl")
-
-# what a fold predicts, in predict-dataloader order: fold_<k>/<kind>_<task>.csv
-PREDICT_KINDS = ("val", "valfile", "test")
 
 
 def make_collator(cfg: Box, metas: dict[str, TaskMeta], pad_id: int) -> Collator:
@@ -163,7 +162,8 @@ class MultiTaskDataModule(L.LightningDataModule):
         return fold_split(self.data, self.folds, self.fold)
 
     def predict_parts(self) -> dict[str, dict[str, TaskData]]:
-        """Per kind (PREDICT_KINDS), the rows the fold predicts, by task."""
+        """Per kind, by task, the rows the fold predicts into fold_<k>/<kind>_<task>.csv: `val`
+        (its validation rows: out-of-fold), `valfile` (each task's val set) and `test`."""
         _, val_parts = self.fold_parts()
         return {
             "val": {n: p for n, p in val_parts.items() if p is not None},
@@ -198,15 +198,16 @@ class MultiTaskDataModule(L.LightningDataModule):
         return self._eval_loader(self.predict_parts()["test"])
 
     def predict_dataloader(self) -> list[DataLoader]:
-        """One loader per kind in `predict_kinds()`; a val set that is also the fold's validation
-        rows (one split, nothing chosen) is served once, as `val`."""
-        parts = self.predict_parts()
-        return [self._eval_loader(todo) for todo in self.unique_predict_parts(parts).values()]
+        """One loader per kind of `predict_kinds()`, in that order."""
+        return [self._eval_loader(parts) for parts in self._served_parts().values()]
 
     def predict_kinds(self) -> list[str]:
-        return list(self.unique_predict_parts(self.predict_parts()))
+        return list(self._served_parts())
 
-    def unique_predict_parts(self, parts: dict) -> dict[str, dict[str, TaskData]]:
+    def _served_parts(self) -> dict[str, dict[str, TaskData]]:
+        """`predict_parts()` less empty kinds, and less a val set that is also the fold's
+        validation rows (one split, nothing chosen): that one is served once, as `val`."""
+        parts = self.predict_parts()
         out = {}
         for kind, by_task in parts.items():
             if kind != "val":
