@@ -44,15 +44,14 @@ class FoldPredictionWriter(BasePredictionWriter):
             return
         dm = trainer.datamodule
         parts = dm.predict_parts()
-        written: dict[str, dict[str, list]] = {}
-        for index, kind in enumerate(dm.predict_kinds()):
-            written[kind] = pieces.get(index, {})
+        # predict loader i served kind predict_kinds()[i]
+        predicted = {kind: pieces.get(i, {}) for i, kind in enumerate(dm.predict_kinds())}
         for kind, by_task in parts.items():
             for name, part in by_task.items():
-                found = written.get(kind, {}).get(name)
+                found = predicted.get(kind, {}).get(name)
                 # a val set that is the fold's validation rows was predicted once, as `val`
                 if not found and kind != "val" and same_rows(part, parts["val"].get(name)):
-                    found = written.get("val", {}).get(name)
+                    found = predicted.get("val", {}).get(name)
                 if found:
                     frame = prediction_frame(dm.metas[name], part, found)
                     write_csv(self.fold_dir / f"{kind}_{name}.csv", frame)
