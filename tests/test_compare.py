@@ -186,7 +186,7 @@ def test_compare_writes_the_table_and_skips_finished_runs(
     values = [runs["mtl_uncertainty", s]["metrics"]["toxicity"]["f1_macro"] for s in (1, 2)]
     assert stats["n"] == 2 and stats["mean"] == pytest.approx(np.mean(values))
     assert stats["std"] == pytest.approx(np.std(values, ddof=1))
-    assert first["hardware"]["cores"] >= 1 and first["hardware"]["torch"]
+    assert first["hardware"]["usable_cores"] >= 1 and first["hardware"]["torch"]
 
     text = table.read_text()
     lines = [line for line in text.splitlines() if line.startswith("| ")]

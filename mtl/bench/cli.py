@@ -4,17 +4,13 @@ from __future__ import annotations
 
 import argparse
 import gc
-import json
 import logging
-import math
 import os
 import sys
 import tempfile
 import time
-import warnings
 from pathlib import Path
 
-import numpy as np
 import torch
 
 from mtl.bench.meter import MemoryProbe
@@ -40,6 +36,8 @@ from mtl.bench.setup import (
 )
 from mtl.config import DEFAULT_CONFIG, to_dict
 from mtl.errors import MTLError
+from mtl.io import write_json
+from mtl.runtime import setup_logging
 
 log = logging.getLogger("mtl.bench")
 
@@ -122,22 +120,6 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     if args.steps < 1 or args.warmup < 1:
         parser.error("--steps and --warmup must be at least 1")
     return args
-
-
-def quiet_libraries() -> None:
-    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
-    for name in (
-        "lightning.pytorch.utilities.rank_zero",
-        "lightning.fabric.utilities.rank_zero",
-        "lightning.pytorch.accelerators.cuda",
-        "lightning",
-        "lightning.pytorch",
-    ):
-        logging.getLogger(name).setLevel(logging.ERROR)
-    warnings.filterwarnings("ignore", message=".*does not have many workers.*")
-    warnings.filterwarnings("ignore", message=".*smaller than the logging interval.*")
-    warnings.filterwarnings("ignore", message=".*litlogger.*")
-    warnings.filterwarnings("ignore", category=UserWarning, module="lightning")
 
 
 def benchmark(args: argparse.Namespace) -> dict:
@@ -247,17 +229,12 @@ def finish(result: dict, began: float, complete: bool) -> None:
         list(os.getloadavg()) if hasattr(os, "getloadavg") else None
     )
     result["wall_seconds"] = round(time.perf_counter() - began, 1)
-    out = Path(result["out"])
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out.with_name(out.name + ".tmp")
-    tmp.write_text(json.dumps(result, indent=2, default=_jsonable) + "\n")
-    tmp.replace(out)
+    write_json(result["out"], result)
 
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
-    quiet_libraries()
+    setup_logging(strict=True)
     if args.serve:
         from mtl.bench.serve_paths import serve_benchmark
 
@@ -279,11 +256,3 @@ def main(argv: list[str] | None = None) -> int:
     print(table(result))
     print(f"\nwrote {out} ({result['wall_seconds']} s)")
     return 0
-
-
-def _jsonable(value):
-    if isinstance(value, np.generic):
-        return value.item()
-    if isinstance(value, float) and not math.isfinite(value):
-        return None
-    return str(value)

@@ -3,9 +3,10 @@
 from __future__ import annotations
 
 import os
-import platform
 
 import torch
+
+from mtl.runtime import hardware as runtime_hardware
 
 TRAIN_PATHS = ("mtl", "bare_pytorch", "seed_style", "bound")
 ALL_PATHS = TRAIN_PATHS + ("predict",)
@@ -37,38 +38,14 @@ def load_average() -> float | None:
     return round(os.getloadavg()[0], 2) if hasattr(os, "getloadavg") else None
 
 
-def cpu_model() -> str:
-    try:
-        with open("/proc/cpuinfo") as handle:
-            for line in handle:
-                if line.startswith("model name"):
-                    return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
-
-
 def hardware(device: torch.device, peak: float | None, peak_source: str | None) -> dict:
-    import lightning
-    import transformers
-
-    info = {
-        "cpu_model": cpu_model(),
-        "logical_cores": os.cpu_count(),
-        "usable_cores": len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else None,
-        "torch_threads": torch.get_num_threads(),
-        "torch": torch.__version__,
-        "lightning": lightning.__version__,
-        "transformers": transformers.__version__,
-        "python": platform.python_version(),
-        "device": str(device),
-        "gpu": torch.cuda.get_device_name(device) if device.type == "cuda" else None,
-        "cuda": torch.version.cuda if device.type == "cuda" else None,
+    """`mtl.runtime.hardware`, with the MFU peak and the load when the benchmark began."""
+    return {
+        **runtime_hardware(device),
         "peak_flops": peak,
         "peak_flops_source": peak_source,
         "load_average_start": list(os.getloadavg()) if hasattr(os, "getloadavg") else None,
     }
-    return info
 
 
 def peak_flops(device: torch.device, precision: str, override_tflops: float | None):
