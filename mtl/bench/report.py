@@ -13,6 +13,9 @@ ALL_PATHS = TRAIN_PATHS + ("predict",)
 
 # Dense bf16 tensor-core peaks (no sparsity), by the substring of torch.cuda.get_device_name.
 # First match wins, so the specific names come first.
+# Not Lightning's `get_available_flops` (2.6.6): it has no plain "NVIDIA H200" (None, issue
+# Lightning-AI/pytorch-lightning#20660), gives sparse peaks for H100 NVL (#21677, fixed for 2.7 by
+# #21743), reads "L40S" as an L4 (121 TFLOP/s) and has no A10: our MFU numbers would change.
 PEAK_BF16_FLOPS = (
     ("H100 PCIe", 756e12),
     ("H100 NVL", 835e12),
