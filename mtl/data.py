@@ -23,20 +23,19 @@ import pandas as pd
 from box import Box
 
 from mtl.errors import ConfigError, DataError, first_rows
-from mtl.io import atomic_write, undecodable_at
-from mtl.tasks import TaskMeta
+from mtl.io import FILE_FORMATS, atomic_write, undecodable_at
+from mtl.tasks import TASK_TYPES, TaskMeta
 
 log = logging.getLogger(__name__)
 
-# path, text encoding (None: UTF-8; Parquet stores its own) → frame
+# format (mtl.io.FILE_FORMATS) → (path, text encoding (None: UTF-8; Parquet stores its own) → frame)
 READERS: dict[str, Callable[[Path, str | None], pd.DataFrame]] = {
-    ".csv": lambda p, enc: pd.read_csv(p, keep_default_na=False, na_values=[""], encoding=enc),
-    ".tsv": lambda p, enc: pd.read_csv(
+    "csv": lambda p, enc: pd.read_csv(p, keep_default_na=False, na_values=[""], encoding=enc),
+    "tsv": lambda p, enc: pd.read_csv(
         p, sep="\t", keep_default_na=False, na_values=[""], encoding=enc
     ),
-    ".parquet": lambda p, enc: pd.read_parquet(p),
-    ".jsonl": lambda p, enc: pd.read_json(p, lines=True, encoding=enc),
-    ".json": lambda p, enc: pd.read_json(p, lines=True, encoding=enc),
+    "parquet": lambda p, enc: pd.read_parquet(p),
+    "jsonl": lambda p, enc: pd.read_json(p, lines=True, encoding=enc),
 }
 SPLITS = ("train", "val", "test")
 
@@ -84,11 +83,11 @@ def read_table(path: Path, key: str, encoding: str | None = None) -> pd.DataFram
         raise DataError(
             f"File not found: {path} (from config key '{key}'). Fix the path or data_dir."
         )
-    reader = READERS.get(path.suffix.lower())
+    reader = READERS.get(FILE_FORMATS.get(path.suffix.lower()))
     if reader is None:
         raise DataError(
             f"Cannot read {path} (config key '{key}'): unknown extension '{path.suffix}'. "
-            f"Use one of {', '.join(READERS)}."
+            f"Use one of {', '.join(FILE_FORMATS)}."
         )
     try:
         frame = reader(path, encoding)
@@ -182,13 +181,15 @@ def cap_rows(part: TaskData, cap: int, seed: int) -> TaskData:
 
 
 def declared_classes(spec: Box, frame: pd.DataFrame, path: Path) -> list:
-    """The task's classes: label columns (multilabel), the config's list, or the training labels."""
-    if spec.type == "multilabel":
+    """The task's classes: label columns (multilabel), the config's list, the task type's fixed
+    classes (binary: 0, 1), or the training labels."""
+    task_type = TASK_TYPES[spec.type]
+    if task_type.multilabel:
         return list(spec.label_columns)
     if spec.classes:
         return list(spec.classes)
-    if spec.type == "binary":
-        return [0, 1]
+    if task_type.classes is not None:
+        return list(task_type.classes)
     column = spec.label_columns[0]
     if column not in frame.columns:
         return []  # reported with the other column checks

@@ -77,7 +77,7 @@ def score_arrays(
         ),
         "accuracy": accuracy_score(labels, preds),
     }
-    if meta.type == "binary":
+    if "auroc" in meta.task_type.metrics:
         scores = (probs if rank_scores is None else rank_scores)[:, 1]
         out["auroc"] = (
             roc_auc_score(labels, scores) if len(np.unique(labels)) == 2 else float("nan")

@@ -124,6 +124,10 @@ def _unloadable(name: str, path: str, err: Exception) -> str:
     )
 
 
+POOLINGS = ("cls", "pooler", "mean")  # backbone.pooling
+HEADS = ("linear", "mlp")  # backbone.head
+
+
 class Pooler(nn.Module):
     """(B, T, H) hidden states → (B, H): first token, the model's pooler, or masked mean."""
 

@@ -9,6 +9,7 @@ import torch
 from box import Box
 from torch import nn
 
+SCHEDULERS = ("onecycle", "linear", "cosine", "constant")  # optim.scheduler
 _LAYER = re.compile(r"\.(?:layer|layers|block|blocks)\.(\d+)\.")
 
 

@@ -63,19 +63,11 @@ def random_bert_config(tokenizer, sizes: dict) -> dict:
     return json.loads(config.to_json_string(use_diff=False))
 
 
-def write_like(frame, path: Path) -> None:
-    suffix = path.suffix.lower()
-    if suffix == ".parquet":
-        frame.to_parquet(path, index=False)
-    elif suffix in (".jsonl", ".json"):
-        frame.to_json(path, orient="records", lines=True)
-    else:
-        frame.to_csv(path, index=False, sep="\t" if suffix == ".tsv" else ",")
-
-
 def prepare_config(args: argparse.Namespace, workdir: Path) -> Box:
     """The run's config: only training files (a row sample of each), caches in `workdir`."""
     from mtl.data import read_table, resolve_path
+    from mtl.io import FILE_FORMATS, atomic_write
+    from mtl.tables import write_frames
 
     cfg = load_config(args.config or DEFAULT_CONFIG, list(args.overrides))
     if args.bert_base:
@@ -102,8 +94,8 @@ def prepare_config(args: argparse.Namespace, workdir: Path) -> Box:
                 keep = np.sort(rng.choice(len(frame), size=args.rows_per_task, replace=False))
                 frame = frame.iloc[keep].reset_index(drop=True)
             target = workdir / "rows" / f"{name}{source.suffix}"
-            target.parent.mkdir(parents=True, exist_ok=True)
-            write_like(frame, target)
+            fmt = FILE_FORMATS[source.suffix.lower()]  # read_table read it: a known format
+            atomic_write(target, lambda tmp, f=frame, fmt=fmt: write_frames(tmp, fmt, [f]))
             spec.train = str(target)
     return cfg
 
