@@ -294,13 +294,10 @@ def check_drop(
         )
     if labels is None:
         return
-    if meta.multilabel:
-        had = labels.sum(axis=0) > 0
-        kept = labels[~drop].sum(axis=0) > 0
-        lost = [c for c, h, k in zip(meta.classes, had, kept, strict=True) if h and not k]
-    else:
-        kept = np.bincount(labels[~drop], minlength=meta.num_outputs)
-        lost = [c for c, n in zip(meta.classes, kept, strict=True) if n == 0]
+    kept = meta.class_counts(labels[~drop])
+    # a label no row has is no loss; a declared class without rows is (the classes are wrong)
+    had = meta.class_counts(labels) if meta.multilabel else np.ones_like(kept)
+    lost = [c for c, h, k in zip(meta.classes, had, kept, strict=True) if h > 0 and k == 0]
     if lost:
         column = spec.label_columns[0]
         seen = ""
@@ -358,10 +355,10 @@ def class_weights(spec: Box, meta: TaskMeta, labels: np.ndarray) -> list[float] 
     if weights is None:
         return None
     if weights == "auto":
-        if meta.multilabel:
-            positives = labels.sum(axis=0)
-            return ((len(labels) - positives) / np.maximum(positives, 1.0)).round(6).tolist()
-        counts = np.bincount(labels, minlength=meta.num_outputs).astype(np.float64)
+        counts = meta.class_counts(labels)
+        if meta.multilabel:  # BCE's pos_weight: negatives / positives
+            return ((len(labels) - counts) / np.maximum(counts, 1.0)).round(6).tolist()
+        counts = counts.astype(np.float64)
         return (len(labels) / (meta.num_outputs * np.maximum(counts, 1.0))).round(6).tolist()
     if len(weights) != meta.num_outputs or not all(isinstance(w, int | float) for w in weights):
         raise ConfigError(

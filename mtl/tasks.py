@@ -69,6 +69,12 @@ class TaskMeta:
     def primary_metric(self) -> str:
         return self.task_type.primary_metric
 
+    def class_counts(self, labels: np.ndarray) -> np.ndarray:
+        """Rows per class: positives per label of (N, C) multi-hot, or a count of (N,) indices."""
+        if self.multilabel:
+            return labels.sum(axis=0)
+        return np.bincount(labels, minlength=self.num_outputs)
+
     def probabilities(self, logits: torch.Tensor) -> torch.Tensor:
         logits = logits.float()
         return torch.sigmoid(logits) if self.multilabel else torch.softmax(logits, dim=-1)
