@@ -68,6 +68,11 @@ def cpu_model() -> str:
     return platform.processor() or platform.machine()
 
 
+def load_averages() -> list[float] | None:
+    """The 1-, 5- and 15-minute load averages (other processes competing for the cores)."""
+    return list(os.getloadavg()) if hasattr(os, "getloadavg") else None
+
+
 def hardware(device: torch.device | None = None) -> dict:
     """The machine and library versions a measurement ran on. `device`: the one it ran on
     (default: the first GPU when there is one)."""

@@ -5,7 +5,6 @@ from __future__ import annotations
 import argparse
 import gc
 import logging
-import os
 import sys
 import tempfile
 import time
@@ -37,7 +36,7 @@ from mtl.bench.setup import (
 from mtl.config import DEFAULT_CONFIG, to_dict
 from mtl.errors import MTLError
 from mtl.io import write_json
-from mtl.runtime import setup_logging
+from mtl.runtime import load_averages, setup_logging
 
 log = logging.getLogger("mtl.bench")
 
@@ -225,9 +224,7 @@ def finish(result: dict, began: float, complete: bool) -> None:
         if k != "predict_vs_naive"
     }
     result["targets"] = check_targets(result)
-    result["hardware"]["load_average_end"] = (
-        list(os.getloadavg()) if hasattr(os, "getloadavg") else None
-    )
+    result["hardware"]["load_average_end"] = load_averages()
     result["wall_seconds"] = round(time.perf_counter() - began, 1)
     write_json(result["out"], result)
 

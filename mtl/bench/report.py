@@ -2,11 +2,10 @@
 
 from __future__ import annotations
 
-import os
-
 import torch
 
 from mtl.runtime import hardware as runtime_hardware
+from mtl.runtime import load_averages
 
 TRAIN_PATHS = ("mtl", "bare_pytorch", "seed_style", "bound")
 ALL_PATHS = TRAIN_PATHS + ("predict",)
@@ -38,7 +37,8 @@ TARGETS = {
 
 def load_average() -> float | None:
     """The 1-minute load average: other processes on the machine compete for its cores."""
-    return round(os.getloadavg()[0], 2) if hasattr(os, "getloadavg") else None
+    averages = load_averages()
+    return None if averages is None else round(averages[0], 2)
 
 
 def hardware(device: torch.device, peak: float | None, peak_source: str | None) -> dict:
@@ -47,7 +47,7 @@ def hardware(device: torch.device, peak: float | None, peak_source: str | None) 
         **runtime_hardware(device),
         "peak_flops": peak,
         "peak_flops_source": peak_source,
-        "load_average_start": list(os.getloadavg()) if hasattr(os, "getloadavg") else None,
+        "load_average_start": load_averages(),
     }
 
 
