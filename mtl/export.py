@@ -33,7 +33,7 @@ import numpy as np
 import torch
 
 from mtl.errors import PredictError, first_line
-from mtl.io import file_sha256
+from mtl.io import file_sha256, write_json
 from mtl.runtime import setup_logging
 
 log = logging.getLogger(__name__)
@@ -164,7 +164,7 @@ def export_run(
         "files": files,
         "config": to_dict(reference.cfg),
     }
-    (tmp / SPEC_FILE).write_text(json.dumps(spec, indent=2) + "\n", encoding="utf-8")
+    write_json(tmp / SPEC_FILE, spec)
     parity = check_parity(reference, tmp, files, tolerance)
     manifest = {
         "run": str(run_dir.resolve()),
@@ -182,7 +182,7 @@ def export_run(
             if p.is_file()
         },
     }
-    (tmp / MANIFEST_FILE).write_text(json.dumps(manifest, indent=2) + "\n", encoding="utf-8")
+    write_json(tmp / MANIFEST_FILE, manifest)
     if out.exists():
         shutil.rmtree(out)
     tmp.rename(out)
