@@ -21,6 +21,7 @@ def pytest_configure(config: pytest.Config) -> None:
     for message in IGNORED_WARNINGS:
         config.addinivalue_line("filterwarnings", f"ignore:{message}")
 
+
 EMOTIONS = ["anger", "disgust", "fear", "joy", "sadness", "surprise", "neutral"]
 WORDS = {
     "toxic": ["idiot", "stupid", "hate", "shut", "loser", "trash"],
