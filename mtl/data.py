@@ -295,9 +295,9 @@ def check_drop(
     if labels is None:
         return
     kept = meta.class_counts(labels[~drop])
-    # a label no row has is no loss; a declared class without rows is (the classes are wrong)
-    had = meta.class_counts(labels) if meta.multilabel else np.ones_like(kept)
-    lost = [c for c, h, k in zip(meta.classes, had, kept, strict=True) if h > 0 and k == 0]
+    if meta.multilabel:  # a label that no row of the file has is not lost by dropping
+        kept = np.where(meta.class_counts(labels) > 0, kept, 1)
+    lost = [c for c, k in zip(meta.classes, kept, strict=True) if k == 0]
     if lost:
         column = spec.label_columns[0]
         seen = ""
