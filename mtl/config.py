@@ -34,6 +34,7 @@ DEFAULTS: dict[str, Any] = {
         "head_hidden": 256,
         "gradient_checkpointing": False,
         "attn_implementation": "sdpa",
+        "freeze_embeddings": False,  # the word-embedding matrix: out of the optimizer and clipping
     },
     "tasks": {},
     "loss_weighting": "uncertainty",
@@ -69,6 +70,7 @@ DEFAULTS: dict[str, Any] = {
         "warmup_ratio": 0.1,
         "betas": [0.9, 0.999],
         "eps": 1.0e-8,
+        "adamw_impl": "auto",  # fused where torch has it for the device, else foreach (mtl/optim.py)
     },
     "trainer": {
         "max_epochs": 4,
@@ -116,6 +118,7 @@ CHOICES: dict[str, tuple] = {
     "sampling.mode": ("proportional", "temperature", "uniform"),
     "data.on_bad_rows": ("error", "drop"),
     "optim.scheduler": ("onecycle", "linear", "cosine", "constant"),
+    "optim.adamw_impl": ("auto", "fused", "foreach", "for_loop"),
     "monitor.mode": ("min", "max"),
     "cv.blend": ("mean", "rank", "weighted"),
     "cv.selection": ("best", "last"),
