@@ -401,7 +401,13 @@ def parse_args(argv: list[str]) -> tuple[argparse.Namespace, list[str]]:
         "--output-dir", type=Path, default=Path("checkpoints/compare"), help="run folders go here"
     )
     parser.add_argument("--out", type=Path, default=Path("docs/results/table.md"))
-    parser.add_argument("--json", type=Path, default=Path("docs/results/compare.json"))
+    parser.add_argument(
+        "--json",
+        nargs="+",
+        type=Path,
+        default=[Path("docs/results/compare.json")],
+        help="where the runs are written (one file); with --paired, one or more files to read",
+    )
     parser.add_argument(
         "--paired",
         nargs=2,
@@ -412,7 +418,29 @@ def parse_args(argv: list[str]) -> tuple[argparse.Namespace, list[str]]:
     args = parser.parse_args(rest)
     if not args.configs and not args.paired:
         parser.error("give --configs (train and tabulate) or --paired A B (read --json)")
+    if args.configs and not args.paired:
+        if len(args.json) > 1:
+            parser.error("--json takes one file when training (several only with --paired)")
+        args.json = args.json[0]
     return args, overrides
+
+
+def read_reports(paths: list[Path]) -> dict:
+    """The runs of several comparison JSONs as one report (e.g. a config tabulated apart from
+    the configs it is paired with); a run that two files both hold is an error, not a choice."""
+    import json
+
+    runs: dict[tuple, dict] = {}
+    for path in paths:
+        for run in json.loads(Path(path).read_text(encoding="utf-8"))["runs"]:
+            key = (run["config"], run["seed"])
+            if key in runs:
+                raise ConfigError(
+                    f"{path}: run {run['config']} seed {run['seed']} is also in an earlier --json "
+                    "file; give each run once."
+                )
+            runs[key] = run
+    return {"runs": list(runs.values())}
 
 
 def compare(args: argparse.Namespace, overrides: list[str], command: str) -> dict:
@@ -467,10 +495,8 @@ def main(argv: list[str] | None = None) -> int:
     quiet_libraries()
     command = "python scripts/compare.py " + " ".join(shlex.quote(a) for a in argv)
     if args.paired:
-        import json
-
         try:
-            print(paired(json.loads(Path(args.json).read_text()), args.paired), end="")
+            print(paired(read_reports(args.json), args.paired), end="")
         except (OSError, ConfigError) as err:
             print(f"error: {err}", file=sys.stderr)
             return 2

@@ -227,6 +227,19 @@ def test_compare_writes_the_table_and_skips_finished_runs(
     ]
     assert f"{diffs[0]:+.4f}, {diffs[1]:+.4f}" in lines[0]
 
+    # the two configs tabulated apart (two JSONs) pair the same; a run given twice is refused
+    parts = []
+    for config in ("mtl_uncertainty", "single_sentiment"):
+        part = tmp_path / f"{config}.json"
+        part.write_text(json.dumps({"runs": [r for r in first["runs"] if r["config"] == config]}))
+        parts.append(str(part))
+    pair = ["--paired", "mtl_uncertainty", "single_sentiment", "--json"]
+    assert compare_main(pair + parts) == 0
+    split = [x for x in capsys.readouterr().out.splitlines() if "mtl_uncertainty − " in x]
+    assert split == lines
+    assert compare_main(pair + [parts[0], str(report)]) == 2
+    assert "also in an earlier --json" in capsys.readouterr().err
+
     # the same folders with another budget would mix settings in one table: refused up front
     changed = [a if a != "data.max_train_rows=100" else "data.max_train_rows=90" for a in argv]
     assert compare_main(changed) == 2

@@ -155,7 +155,7 @@ def benchmark(args: argparse.Namespace) -> dict:
     began = time.perf_counter()
     if args.threads or args.smoke:
         # a tiny model gains nothing from threads; on a CPU that other jobs also load, torch's
-        # spinning OpenMP threads can slow every step several-fold (see README, Performance)
+        # spinning OpenMP threads can slow every step several-fold (see docs/performance.md)
         torch.set_num_threads(args.threads or 1)
     with tempfile.TemporaryDirectory(prefix="mtl-bench-") as tmp:
         workdir = Path(tmp)
