@@ -51,6 +51,8 @@ def param_groups(model: nn.Module, weighting: nn.Module, optim: Box) -> list[dic
 
 
 def _fused_devices() -> set[str]:
+    # torch has no public query for where fused AdamW exists (AdamW(fused=True) accepts meta
+    # tensors and fails only at step time); its own helper is read defensively, CUDA if it moves
     from torch.optim import optimizer as torch_optimizer
 
     supported = getattr(torch_optimizer, "_get_fused_kernels_supported_devices", lambda: ["cuda"])
