@@ -23,7 +23,7 @@ from mtl.blend import BLEND_METHODS
 from mtl.errors import ConfigError
 from mtl.io import write_text
 from mtl.model import HEADS, POOLINGS
-from mtl.optim import SCHEDULERS
+from mtl.optim import ADAMW_IMPLS, SCHEDULERS
 from mtl.sampling import SAMPLING_MODES
 from mtl.tasks import TASK_TYPES
 from mtl.weighting import WEIGHTINGS
@@ -40,6 +40,7 @@ DEFAULTS: dict[str, Any] = {
         "head_hidden": 256,
         "gradient_checkpointing": False,
         "attn_implementation": "sdpa",
+        "freeze_embeddings": False,  # the word-embedding matrix: out of the optimizer and clipping
     },
     "tasks": {},
     "loss_weighting": "uncertainty",
@@ -75,6 +76,7 @@ DEFAULTS: dict[str, Any] = {
         "warmup_ratio": 0.1,
         "betas": [0.9, 0.999],
         "eps": 1.0e-8,
+        "adamw_impl": "auto",  # fused where torch has it for the device, else foreach (mtl/optim.py)
     },
     "trainer": {
         "max_epochs": 4,
@@ -123,6 +125,7 @@ CHOICES: dict[str, tuple] = {
     "sampling.mode": SAMPLING_MODES,
     "data.on_bad_rows": ("error", "drop"),
     "optim.scheduler": SCHEDULERS,
+    "optim.adamw_impl": ADAMW_IMPLS,
     "monitor.mode": ("min", "max"),
     "cv.blend": BLEND_METHODS,
     "cv.selection": ("best", "last"),

@@ -117,12 +117,12 @@ class Setup:
         self.device = torch.device("cuda" if cfg.trainer.accelerator == "gpu" else "cpu")
         self.L = L
 
-    def module(self):
-        """A fresh MultiTaskModule, seeded the same way every time."""
+    def module(self, cls=None):
+        """A fresh MultiTaskModule (or subclass `cls`), seeded the same way every time."""
         from mtl.module import MultiTaskModule
 
         self.L.seed_everything(self.cfg.seed, verbose=False)
-        module = MultiTaskModule(
+        module = (cls or MultiTaskModule)(
             to_dict(self.cfg),
             {name: meta.to_dict() for name, meta in self.metas.items()},
             backbone_config=self.backbone_config,
@@ -154,6 +154,7 @@ class PlainStep:
         self.device = setup.device
         self.module = module.to(self.device).train()
         module.setup("fit")  # torch.compile when trainer.compile, like the Lightning path
+        module.set_expected_rows(setup.loader().dataset)  # what on_train_start does under Lightning
         self.optimizer = build_optimizer(module.model, module.weighting, self.cfg.optim)
         self.scheduler = build_scheduler(self.optimizer, self.cfg.optim, total_steps)
         precision = str(self.cfg.trainer.precision)
@@ -178,4 +179,5 @@ class PlainStep:
             if clip:
                 torch.nn.utils.clip_grad_norm_(self.params, clip)
             self.optimizer.step()
+        self.module.weighting.project()  # as MultiTaskModule.optimizer_step does
         self.scheduler.step()
