@@ -17,7 +17,6 @@ from __future__ import annotations
 import argparse
 import logging
 import os
-import platform
 import shlex
 import sys
 import time
@@ -25,7 +24,6 @@ from datetime import datetime, timezone
 from pathlib import Path
 
 import numpy as np
-import torch
 from box import Box
 
 from mtl.config import load_config, to_dict
@@ -33,6 +31,7 @@ from mtl.cv import finished_folds, read_metas
 from mtl.errors import ConfigError, MTLError
 from mtl.io import write_json, write_text
 from mtl.runfolder import flatten as _flat
+from mtl.runtime import hardware, setup_logging
 
 log = logging.getLogger("mtl.compare")
 
@@ -186,29 +185,6 @@ def _train_rows(run_dir: Path) -> dict:
     }
 
 
-def hardware() -> dict:
-    cpu = platform.processor() or platform.machine()
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
-    try:
-        cores = len(os.sched_getaffinity(0))
-    except AttributeError:
-        cores = os.cpu_count()
-    return {
-        "cpu": cpu,
-        "cores": cores,
-        "torch_threads": torch.get_num_threads(),
-        "torch": torch.__version__,
-        "gpu": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None,
-        "python": platform.python_version(),
-    }
-
-
 def summarise(rows: list[dict]) -> dict:
     """Per config (in first-seen order): per task and metric mean / std (ddof=1) / n over seeds."""
     table: dict[str, dict] = {}
@@ -334,7 +310,7 @@ def markdown(summary: dict, rows: list[dict], hw: dict, command: str) -> str:
         [
             "# Multi-task vs single-task: val-set scores",
             "",
-            f"Hardware: {hw['cpu']}, {hw['cores']} cores available ({hw['torch_threads']} torch "
+            f"Hardware: {hw['cpu_model']}, {hw['usable_cores']} cores available ({hw['torch_threads']} torch "
             f"threads){gpu}; torch {hw['torch']}, Python {hw['python']}.",
             "",
             f"Command: `{command}`",
@@ -487,12 +463,9 @@ def write_outputs(args, report: dict, rows: list[dict], hw: dict, command: str) 
 
 
 def main(argv: list[str] | None = None) -> int:
-    from mtl.train import quiet_libraries
-
     argv = list(sys.argv[1:] if argv is None else argv)
     args, overrides = parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
-    quiet_libraries()
+    setup_logging()
     command = "python scripts/compare.py " + " ".join(shlex.quote(a) for a in argv)
     if args.paired:
         try:

@@ -19,8 +19,14 @@ from typing import Any
 import yaml
 from box import Box
 
+from mtl.blend import BLEND_METHODS
 from mtl.errors import ConfigError
 from mtl.io import write_text
+from mtl.model import HEADS, POOLINGS
+from mtl.optim import ADAMW_IMPLS, SCHEDULERS
+from mtl.sampling import SAMPLING_MODES
+from mtl.tasks import TASK_TYPES
+from mtl.weighting import WEIGHTINGS
 
 DEFAULTS: dict[str, Any] = {
     "seed": 42,
@@ -34,6 +40,7 @@ DEFAULTS: dict[str, Any] = {
         "head_hidden": 256,
         "gradient_checkpointing": False,
         "attn_implementation": "sdpa",
+        "freeze_embeddings": False,  # the word-embedding matrix: out of the optimizer and clipping
     },
     "tasks": {},
     "loss_weighting": "uncertainty",
@@ -69,6 +76,7 @@ DEFAULTS: dict[str, Any] = {
         "warmup_ratio": 0.1,
         "betas": [0.9, 0.999],
         "eps": 1.0e-8,
+        "adamw_impl": "auto",  # fused where torch has it for the device, else foreach (mtl/optim.py)
     },
     "trainer": {
         "max_epochs": 4,
@@ -99,7 +107,7 @@ TASK_DEFAULTS: dict[str, Any] = {
     "label_columns": ["label"],
     "classes": None,
     "group_column": None,
-    "loss": None,  # ce for binary/multiclass, bce for multilabel
+    "loss": None,  # the task type's default (mtl.tasks): ce, or bce for multilabel
     "gamma": 2.0,
     "class_weights": None,
     "label_smoothing": 0.0,
@@ -109,19 +117,21 @@ TASK_DEFAULTS: dict[str, Any] = {
     "encoding": None,  # text encoding of the task's CSV / TSV / JSON Lines files; null = UTF-8
 }
 
+# Named choices; where a module implements them, the names come from it.
 CHOICES: dict[str, tuple] = {
-    "backbone.pooling": ("cls", "pooler", "mean"),
-    "backbone.head": ("linear", "mlp"),
-    "loss_weighting": ("uncertainty", "equal", "fixed", "dwa", "random"),
-    "sampling.mode": ("proportional", "temperature", "uniform"),
+    "backbone.pooling": POOLINGS,
+    "backbone.head": HEADS,
+    "loss_weighting": tuple(WEIGHTINGS),
+    "sampling.mode": SAMPLING_MODES,
     "data.on_bad_rows": ("error", "drop"),
-    "optim.scheduler": ("onecycle", "linear", "cosine", "constant"),
+    "optim.scheduler": SCHEDULERS,
+    "optim.adamw_impl": ADAMW_IMPLS,
     "monitor.mode": ("min", "max"),
-    "cv.blend": ("mean", "rank", "weighted"),
+    "cv.blend": BLEND_METHODS,
     "cv.selection": ("best", "last"),
     "weighting.task_loss_norm": ("batch", "expected"),
-    "task.type": ("binary", "multiclass", "multilabel"),
-    "task.loss": (None, "ce", "focal", "bce"),
+    "task.type": tuple(TASK_TYPES),
+    "task.loss": (None, *dict.fromkeys(loss for t in TASK_TYPES.values() for loss in t.losses)),
 }
 
 _NONE = type(None)
@@ -424,13 +434,13 @@ def _check_tasks(cfg: dict) -> None:
             raise ConfigError(
                 f"Config key '{where}.label_columns' must be a non-empty list of column names."
             )
-        if kind != "multilabel" and len(cols) != 1:
+        losses = TASK_TYPES[kind].losses
+        if not TASK_TYPES[kind].multilabel and len(cols) != 1:
             raise ConfigError(
                 f"Config key '{where}.label_columns' must name exactly one column for a {kind} task, got {cols}."
             )
         if spec["loss"] is None:
-            spec["loss"] = "bce" if kind == "multilabel" else "ce"
-        losses = ("bce", "focal") if kind == "multilabel" else ("ce", "focal")
+            spec["loss"] = losses[0]
         if spec["loss"] not in losses:
             allowed = " or ".join(losses)
             raise ConfigError(

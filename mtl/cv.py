@@ -247,11 +247,12 @@ def main(argv: list[str] | None = None) -> int:
     from mtl.config import load_config
     from mtl.errors import MTLError
     from mtl.report import write_report
+    from mtl.runtime import setup_logging
 
     parser = argparse.ArgumentParser(description="Blend the finished folds of a run folder.")
     parser.add_argument("run_dir", type=Path)
     args = parser.parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    setup_logging()
     try:
         if (
             not (args.run_dir / "config.yaml").is_file()

@@ -23,20 +23,19 @@ import pandas as pd
 from box import Box
 
 from mtl.errors import ConfigError, DataError, first_rows
-from mtl.io import atomic_write, undecodable_at
-from mtl.tasks import TaskMeta
+from mtl.io import FILE_FORMATS, atomic_write, undecodable_at
+from mtl.tasks import TASK_TYPES, TaskMeta
 
 log = logging.getLogger(__name__)
 
-# path, text encoding (None: UTF-8; Parquet stores its own) → frame
+# format (mtl.io.FILE_FORMATS) → (path, text encoding (None: UTF-8; Parquet stores its own) → frame)
 READERS: dict[str, Callable[[Path, str | None], pd.DataFrame]] = {
-    ".csv": lambda p, enc: pd.read_csv(p, keep_default_na=False, na_values=[""], encoding=enc),
-    ".tsv": lambda p, enc: pd.read_csv(
+    "csv": lambda p, enc: pd.read_csv(p, keep_default_na=False, na_values=[""], encoding=enc),
+    "tsv": lambda p, enc: pd.read_csv(
         p, sep="\t", keep_default_na=False, na_values=[""], encoding=enc
     ),
-    ".parquet": lambda p, enc: pd.read_parquet(p),
-    ".jsonl": lambda p, enc: pd.read_json(p, lines=True, encoding=enc),
-    ".json": lambda p, enc: pd.read_json(p, lines=True, encoding=enc),
+    "parquet": lambda p, enc: pd.read_parquet(p),
+    "jsonl": lambda p, enc: pd.read_json(p, lines=True, encoding=enc),
 }
 SPLITS = ("train", "val", "test")
 
@@ -84,11 +83,11 @@ def read_table(path: Path, key: str, encoding: str | None = None) -> pd.DataFram
         raise DataError(
             f"File not found: {path} (from config key '{key}'). Fix the path or data_dir."
         )
-    reader = READERS.get(path.suffix.lower())
+    reader = READERS.get(FILE_FORMATS.get(path.suffix.lower()))
     if reader is None:
         raise DataError(
             f"Cannot read {path} (config key '{key}'): unknown extension '{path.suffix}'. "
-            f"Use one of {', '.join(READERS)}."
+            f"Use one of {', '.join(FILE_FORMATS)}."
         )
     try:
         frame = reader(path, encoding)
@@ -182,13 +181,15 @@ def cap_rows(part: TaskData, cap: int, seed: int) -> TaskData:
 
 
 def declared_classes(spec: Box, frame: pd.DataFrame, path: Path) -> list:
-    """The task's classes: label columns (multilabel), the config's list, or the training labels."""
-    if spec.type == "multilabel":
+    """The task's classes: label columns (multilabel), the config's list, the task type's fixed
+    classes (binary: 0, 1), or the training labels."""
+    task_type = TASK_TYPES[spec.type]
+    if task_type.multilabel:
         return list(spec.label_columns)
     if spec.classes:
         return list(spec.classes)
-    if spec.type == "binary":
-        return [0, 1]
+    if task_type.classes is not None:
+        return list(task_type.classes)
     column = spec.label_columns[0]
     if column not in frame.columns:
         return []  # reported with the other column checks
@@ -293,13 +294,10 @@ def check_drop(
         )
     if labels is None:
         return
-    if meta.multilabel:
-        had = labels.sum(axis=0) > 0
-        kept = labels[~drop].sum(axis=0) > 0
-        lost = [c for c, h, k in zip(meta.classes, had, kept, strict=True) if h and not k]
-    else:
-        kept = np.bincount(labels[~drop], minlength=meta.num_outputs)
-        lost = [c for c, n in zip(meta.classes, kept, strict=True) if n == 0]
+    kept = meta.class_counts(labels[~drop])
+    if meta.multilabel:  # a label that no row of the file has is not lost by dropping
+        kept = np.where(meta.class_counts(labels) > 0, kept, 1)
+    lost = [c for c, k in zip(meta.classes, kept, strict=True) if k == 0]
     if lost:
         column = spec.label_columns[0]
         seen = ""
@@ -357,10 +355,10 @@ def class_weights(spec: Box, meta: TaskMeta, labels: np.ndarray) -> list[float] 
     if weights is None:
         return None
     if weights == "auto":
-        if meta.multilabel:
-            positives = labels.sum(axis=0)
-            return ((len(labels) - positives) / np.maximum(positives, 1.0)).round(6).tolist()
-        counts = np.bincount(labels, minlength=meta.num_outputs).astype(np.float64)
+        counts = meta.class_counts(labels)
+        if meta.multilabel:  # BCE's pos_weight: negatives / positives
+            return ((len(labels) - counts) / np.maximum(counts, 1.0)).round(6).tolist()
+        counts = counts.astype(np.float64)
         return (len(labels) / (meta.num_outputs * np.maximum(counts, 1.0))).round(6).tolist()
     if len(weights) != meta.num_outputs or not all(isinstance(w, int | float) for w in weights):
         raise ConfigError(

@@ -33,7 +33,8 @@ import numpy as np
 import torch
 
 from mtl.errors import PredictError, first_line
-from mtl.io import file_sha256
+from mtl.io import file_sha256, write_json
+from mtl.runtime import setup_logging
 
 log = logging.getLogger(__name__)
 
@@ -163,7 +164,7 @@ def export_run(
         "files": files,
         "config": to_dict(reference.cfg),
     }
-    (tmp / SPEC_FILE).write_text(json.dumps(spec, indent=2) + "\n", encoding="utf-8")
+    write_json(tmp / SPEC_FILE, spec)
     parity = check_parity(reference, tmp, files, tolerance)
     manifest = {
         "run": str(run_dir.resolve()),
@@ -181,7 +182,7 @@ def export_run(
             if p.is_file()
         },
     }
-    (tmp / MANIFEST_FILE).write_text(json.dumps(manifest, indent=2) + "\n", encoding="utf-8")
+    write_json(tmp / MANIFEST_FILE, manifest)
     if out.exists():
         shutil.rmtree(out)
     tmp.rename(out)
@@ -230,7 +231,6 @@ def versions() -> dict:
 def main(argv: list[str] | None = None) -> int:
     """`scripts/export.py RUN --format onnx [--quantize int8] [--out DIR]`."""
     import argparse
-    import os
     import sys
 
     from mtl.errors import MTLError
@@ -246,8 +246,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--out", type=Path, default=None, help="default: RUN/export")
     parser.add_argument("--exporter", choices=EXPORTERS, default="torchscript")
     args = parser.parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
-    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    setup_logging()
     try:
         out = export_run(args.run_dir, args.out, quantize=args.quantize, exporter=args.exporter)
     except MTLError as err:

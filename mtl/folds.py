@@ -186,11 +186,7 @@ def warn_small_classes(cfg: Box, data: dict, metas: dict) -> None:
         return
     for name, meta in metas.items():
         labels = data[name]["train"].labels
-        counts = (
-            labels.sum(axis=0)
-            if meta.multilabel
-            else np.bincount(labels, minlength=meta.num_outputs)
-        )
+        counts = meta.class_counts(labels)
         small = {str(c): int(k) for c, k in zip(meta.classes, counts, strict=True) if k < n}
         if small:
             log.warning(

@@ -30,6 +30,15 @@ _HOST = re.sub(r"[^A-Za-z0-9_-]", "_", socket.gethostname().split(".")[0]) or "h
 _TMP_NAME = re.compile(r"^\..*~(\d+)@([A-Za-z0-9_-]+)~[^~]*(\.tmp)?$")
 STALE_AFTER_S = 3600  # a temp file of another host (or of an older mtl) this old is an orphan
 
+# The table files tasks are read from and predictions are written to: extension → format.
+FILE_FORMATS = {
+    ".csv": "csv",
+    ".tsv": "tsv",
+    ".parquet": "parquet",
+    ".jsonl": "jsonl",
+    ".json": "jsonl",
+}
+
 
 def tmp_prefix(name: str) -> str:
     return f".{name}~{os.getpid()}@{_HOST}~"

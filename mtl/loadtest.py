@@ -224,6 +224,7 @@ def main(argv: list[str] | None = None) -> int:
     text = json.dumps(result, indent=2)
     print(text)
     if args.out:
-        args.out.parent.mkdir(parents=True, exist_ok=True)
-        args.out.write_text(text + "\n")
+        from mtl.io import write_json  # atomic; imported here to keep the client light
+
+        write_json(args.out, result)
     return 1 if result["errors"] else 0

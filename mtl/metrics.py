@@ -8,6 +8,9 @@ multilabel  f1_macro, f1_micro, f1_<label> per label, exact_match
 Validation during training gathers probabilities and targets with torchmetrics' `CatMetric`
 (synced across DDP ranks at compute time) and scores them with `score_arrays`, the same function
 that scores out-of-fold and blended predictions, so a fold's logged metric and its OOF score agree.
+Not torchmetrics' own F1: since Lightning-AI/torchmetrics#295 / #300 its multiclass macro average
+leaves out a class absent from both predictions and targets (1.9: perfect predictions of 2 of 3
+classes score 1.0; scikit-learn over the declared classes: 0.667), so the two would disagree.
 """
 
 from __future__ import annotations
@@ -85,7 +88,7 @@ def score_arrays(
         ),
         "accuracy": accuracy_score(labels, preds),
     }
-    if meta.type == "binary":
+    if "auroc" in meta.task_type.metrics:
         scores = (probs if rank_scores is None else rank_scores)[:, 1]
         out["auroc"] = (
             roc_auc_score(labels, scores) if len(np.unique(labels)) == 2 else float("nan")

@@ -112,6 +112,10 @@ def load_encoder(backbone: Box, config: dict | None = None) -> nn.Module:
                 f"backbone.gradient_checkpointing: {backbone.name} does not support it; set it to false."
             )
         encoder.gradient_checkpointing_enable()
+    if backbone.get("freeze_embeddings", False):
+        # no gradient, so no AdamW state, no clipping and no update (mtl/optim.py skips it):
+        # the word-embedding matrix is half of MiniLM's parameters
+        encoder.get_input_embeddings().weight.requires_grad_(False)
     return encoder.train()  # from_pretrained returns eval mode: dropout would stay off in training
 
 
@@ -122,6 +126,10 @@ def _unloadable(name: str, path: str, err: Exception) -> str:
         f"backbone.name '{name}' could not be loaded as a {where}{offline}: {str(err).splitlines()[0]} "
         f"Use 'minilm' (packaged, offline), a local model folder, or an id already in your HF cache."
     )
+
+
+POOLINGS = ("cls", "pooler", "mean")  # backbone.pooling
+HEADS = ("linear", "mlp")  # backbone.head
 
 
 class Pooler(nn.Module):

@@ -74,7 +74,10 @@ class MultiTaskModule(L.LightningModule):
 
     def on_train_start(self) -> None:
         # from the training loader itself, however it reached the Trainer (DataModule or not)
-        dataset = getattr(self.trainer.train_dataloader, "dataset", None)
+        self.set_expected_rows(getattr(self.trainer.train_dataloader, "dataset", None))
+
+    def set_expected_rows(self, dataset) -> None:
+        """Each task's expected rows per batch of `dataset` (a MultiTaskDataset), for normalise()."""
         if self.cfg.weighting.task_loss_norm != "expected" or not hasattr(dataset, "task_sizes"):
             return
         sizes = dict(zip(dataset.task_names, dataset.task_sizes().tolist(), strict=True))

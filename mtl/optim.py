@@ -8,6 +8,10 @@ import torch
 from box import Box
 from torch import nn
 
+from mtl.errors import ConfigError
+
+SCHEDULERS = ("onecycle", "linear", "cosine", "constant")  # optim.scheduler
+ADAMW_IMPLS = ("auto", "fused", "foreach", "for_loop")  # optim.adamw_impl: see adamw_kwargs
 _LAYER = re.compile(r"\.(?:layer|layers|block|blocks)\.(\d+)\.")
 
 
@@ -47,10 +51,39 @@ def param_groups(model: nn.Module, weighting: nn.Module, optim: Box) -> list[dic
     return list(groups.values())
 
 
+def _fused_devices() -> set[str]:
+    # torch has no public query for where fused AdamW exists (AdamW(fused=True) accepts meta
+    # tensors and fails only at step time); its own helper is read defensively, CUDA if it moves
+    from torch.optim import optimizer as torch_optimizer
+
+    supported = getattr(torch_optimizer, "_get_fused_kernels_supported_devices", lambda: ["cuda"])
+    return set(supported())
+
+
+def adamw_kwargs(params: list[torch.Tensor], impl: str) -> dict:
+    """`optim.adamw_impl` → AdamW's `fused` / `foreach` flags. `auto`: one fused kernel per step
+    where torch has one for every parameter's device (CUDA, and CPU since torch 2.4), else the
+    foreach (multi-tensor) path. torch's own default on CPU is the per-parameter Python loop, slow
+    over MiniLM's ~100 tensors; fused agrees with it to float rounding (tests/test_optim.py).
+    Clipping needs no flag: Lightning's gradient_clip_val calls torch.nn.utils.clip_grad_norm_
+    with foreach=None, which torch 2.13 runs as foreach kernels on CPU and CUDA tensors alike."""
+    fusable = all(p.device.type in _fused_devices() and p.is_floating_point() for p in params)
+    if impl == "auto":
+        impl = "fused" if fusable else "foreach"
+    if impl == "fused" and not fusable:
+        devices = sorted({p.device.type for p in params})
+        raise ConfigError(
+            f"optim.adamw_impl=fused: torch {torch.__version__} has no fused AdamW for "
+            f"parameters on {', '.join(devices)}; use auto, foreach or for_loop."
+        )
+    return {"fused": impl == "fused", "foreach": impl == "foreach"}
+
+
 def build_optimizer(model: nn.Module, weighting: nn.Module, optim: Box) -> torch.optim.Optimizer:
     groups = param_groups(model, weighting, optim)
-    fused = all(p.is_cuda for g in groups for p in g["params"])
-    return torch.optim.AdamW(groups, betas=tuple(optim.betas), eps=optim.eps, fused=fused or None)
+    params = [p for g in groups for p in g["params"]]
+    impl = adamw_kwargs(params, optim.get("adamw_impl", "auto"))
+    return torch.optim.AdamW(groups, betas=tuple(optim.betas), eps=optim.eps, **impl)
 
 
 def build_scheduler(optimizer: torch.optim.Optimizer, optim: Box, total_steps: int):

@@ -9,7 +9,6 @@ from __future__ import annotations
 import argparse
 import json
 import logging
-import os
 import sys
 from pathlib import Path
 
@@ -17,6 +16,7 @@ import numpy as np
 
 from mtl.errors import MTLError
 from mtl.predict import PRECISIONS, Predictor
+from mtl.runtime import setup_logging
 from mtl.tables import (
     DEFAULT_CHUNK_SIZE,
     as_texts,
@@ -148,8 +148,7 @@ def _plain(value):
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
-    logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
-    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    setup_logging(logging.WARNING)
     try:
         if args.input is not None:  # before the models load: a quick, clear refusal
             refuse_overwriting_input(args.input, args.output)

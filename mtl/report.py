@@ -26,13 +26,19 @@ def epoch_history(run_dir: Path, fold: int) -> pd.DataFrame | None:
 
 
 def write_report(run_dir: Path, results: dict) -> None:
+    from mtl.cv import read_metas
+
     histories = {k: h for k in results["folds"] if (h := epoch_history(run_dir, k)) is not None}
     if histories:
-        plot_history(run_dir / "report.png", histories, results)
+        primaries = {name: meta.primary_metric for name, meta in read_metas(run_dir).items()}
+        plot_history(run_dir / "report.png", histories, results, primaries)
     write_text(run_dir / "report.md", markdown_table(results))
 
 
-def plot_history(path: Path, histories: dict[int, pd.DataFrame], results: dict) -> None:
+def plot_history(
+    path: Path, histories: dict[int, pd.DataFrame], results: dict, primaries: dict[str, str]
+) -> None:
+    """`primaries`: per task, the metric of the middle row (its task type's primary metric)."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -47,8 +53,7 @@ def plot_history(path: Path, histories: dict[int, pd.DataFrame], results: dict) 
     ]
     fig, axes = plt.subplots(len(rows), len(tasks), figsize=(4.2 * len(tasks), 9), squeeze=False)
     for col, task in enumerate(tasks):
-        primary = next(iter(results["tasks"][task]["mean"]), "f1_macro")
-        primary = "f1_macro" if "f1_macro" in results["tasks"][task]["mean"] else primary
+        primary = primaries[task]
         for row, (_, pattern, label) in enumerate(rows):
             ax = axes[row][col]
             column = f"val/{task}/{primary}" if pattern is None else pattern.format(t=task)

@@ -49,6 +49,9 @@ class MultiTaskDataset(Dataset):
         return np.diff(self.offsets)
 
 
+SAMPLING_MODES = ("proportional", "temperature", "uniform")  # sampling.mode
+
+
 def task_sample_counts(sizes: np.ndarray, mode: str, temperature: float) -> np.ndarray:
     """Rows per task in one epoch; the epoch keeps the total number of rows."""
     if mode == "proportional":

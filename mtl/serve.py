@@ -229,10 +229,10 @@ def serve(
 def main(argv: list[str] | None = None) -> int:
     """`scripts/serve.py RUN --backend {torch,onnx} --port N`."""
     import argparse
-    import os
     import sys
 
     from mtl.errors import MTLError
+    from mtl.runtime import setup_logging
 
     parser = argparse.ArgumentParser(
         description='Serve a trained run over HTTP (LitServe): POST /predict {"texts": [...]}.',
@@ -259,8 +259,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     if min(args.max_batch_size, args.max_texts, args.max_chars, args.max_body_bytes) < 1:
         parser.error("--max-batch-size and the limits must be positive")
-    logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
-    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    setup_logging(logging.WARNING)
     try:
         serve(
             args.run_dir,

@@ -11,18 +11,11 @@ from pathlib import Path
 import pandas as pd
 
 from mtl.errors import PredictError, first_line, first_rows
-from mtl.io import undecodable_at
+from mtl.io import FILE_FORMATS, undecodable_at
 
 log = logging.getLogger(__name__)
 
 
-FILE_FORMATS = {
-    ".csv": "csv",
-    ".tsv": "tsv",
-    ".parquet": "parquet",
-    ".jsonl": "jsonl",
-    ".json": "jsonl",
-}
 DEFAULT_CHUNK_SIZE = 10_000  # rows read, predicted and written at a time by predict_file
 
 

@@ -10,14 +10,33 @@ import torch
 
 @dataclass(frozen=True)
 class TaskType:
-    multilabel: bool  # independent sigmoid per class vs one softmax over classes
+    multilabel: bool  # independent sigmoid per class (one label column each) vs one softmax
+    metrics: tuple[str, ...]  # what mtl.metrics.score_arrays reports; f1_<label>: one per label
     primary_metric: str  # what `monitor.metric: score` averages across tasks
+    losses: tuple[str, ...]  # the `loss` values it takes; the first is the default
+    classes: tuple | None = None  # fixed classes; None: the config's `classes` or the data's
 
 
 TASK_TYPES: dict[str, TaskType] = {
-    "binary": TaskType(multilabel=False, primary_metric="f1_macro"),
-    "multiclass": TaskType(multilabel=False, primary_metric="f1_macro"),
-    "multilabel": TaskType(multilabel=True, primary_metric="f1_macro"),
+    "binary": TaskType(
+        multilabel=False,
+        metrics=("f1_macro", "accuracy", "auroc"),
+        primary_metric="f1_macro",
+        losses=("ce", "focal"),
+        classes=(0, 1),
+    ),
+    "multiclass": TaskType(
+        multilabel=False,
+        metrics=("f1_macro", "accuracy"),
+        primary_metric="f1_macro",
+        losses=("ce", "focal"),
+    ),
+    "multilabel": TaskType(
+        multilabel=True,
+        metrics=("f1_macro", "f1_micro", "f1_<label>", "exact_match"),
+        primary_metric="f1_macro",
+        losses=("bce", "focal"),
+    ),
 }
 
 
@@ -39,12 +58,22 @@ class TaskMeta:
         return len(self.classes)
 
     @property
+    def task_type(self) -> TaskType:
+        return TASK_TYPES[self.type]
+
+    @property
     def multilabel(self) -> bool:
-        return TASK_TYPES[self.type].multilabel
+        return self.task_type.multilabel
 
     @property
     def primary_metric(self) -> str:
-        return TASK_TYPES[self.type].primary_metric
+        return self.task_type.primary_metric
+
+    def class_counts(self, labels: np.ndarray) -> np.ndarray:
+        """Rows per class: positives per label of (N, C) multi-hot, or a count of (N,) indices."""
+        if self.multilabel:
+            return labels.sum(axis=0)
+        return np.bincount(labels, minlength=self.num_outputs)
 
     def probabilities(self, logits: torch.Tensor) -> torch.Tensor:
         logits = logits.float()

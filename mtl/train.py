@@ -15,7 +15,6 @@ import logging
 import os
 import shutil
 import sys
-import warnings
 from pathlib import Path
 
 from box import Box
@@ -30,6 +29,7 @@ from mtl.fit import fit_fold
 from mtl.io import make_tmp_dir, remove_orphaned_tmp, write_csv, write_json
 from mtl.report import write_report
 from mtl.runfolder import check_and_record, fold_lock, run_identity, run_lock
+from mtl.runtime import setup_logging
 
 log = logging.getLogger("mtl")
 
@@ -136,30 +136,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     return parser.parse_args(argv)
 
 
-def quiet_libraries() -> None:
-    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
-    for name in ("lightning.pytorch.utilities.rank_zero", "lightning.fabric.utilities.rank_zero"):
-        logging.getLogger(name).setLevel(logging.WARNING)
-    warnings.filterwarnings("ignore", message=".*does not have many workers.*")
-    warnings.filterwarnings(
-        "ignore", message=".*Precision.*is not supported by the model summary.*"
-    )
-    warnings.filterwarnings("ignore", message=".*compute.*before.*update.*")
-    # epoch-level logs are synced by us (torchmetrics, strategy.reduce): identical on every rank
-    warnings.filterwarnings("ignore", message=".*when logging on epoch level in distributed.*")
-    warnings.filterwarnings(
-        "ignore", message=".*custom batch sampler.*for prediction.*"
-    )  # ours returns all rows
-    warnings.filterwarnings("ignore", message=".*LeafSpec.*is deprecated.*")
-    warnings.filterwarnings(
-        "ignore", message=".*number of training batches.*smaller than the logging interval.*"
-    )
-
-
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
-    quiet_libraries()
+    setup_logging()
     try:
         overrides = list(args.overrides) + ([f"cv.folds={args.folds}"] if args.folds else [])
         cfg = load_config(args.config or DEFAULT_CONFIG, overrides)

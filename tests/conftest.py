@@ -13,6 +13,14 @@ import pandas as pd
 import pytest
 
 from mtl.config import load_config
+from mtl.runtime import IGNORED_WARNINGS
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    # the warnings the command lines ignore (mtl.runtime); tests call train() etc. without main()
+    for message in IGNORED_WARNINGS:
+        config.addinivalue_line("filterwarnings", f"ignore:{message}")
+
 
 EMOTIONS = ["anger", "disgust", "fear", "joy", "sadness", "surprise", "neutral"]
 WORDS = {

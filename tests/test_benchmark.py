@@ -4,13 +4,15 @@ from __future__ import annotations
 
 import json
 import math
+import statistics
 import subprocess
 import sys
 from pathlib import Path
 
 import torch
 
-from mtl.bench.report import TARGETS, check_targets, peak_flops, ratios
+from mtl.bench.interleave import block_orders
+from mtl.bench.report import TARGETS, block_ratios, check_targets, peak_flops, ratios
 
 ROOT = Path(__file__).resolve().parent.parent
 RATIO_KEYS = ("mtl_vs_seed_style", "mtl_vs_bound", "lightning_overhead", "predict_vs_naive")
@@ -37,10 +39,21 @@ def test_smoke_benchmark_runs_end_to_end_and_writes_the_json(tmp_path):
     assert hardware["torch"] == torch.__version__
 
     paths = result["paths"]
-    assert set(paths) == {"mtl", "bare_pytorch", "seed_style", "bound", "predict"}
-    for name in ("mtl", "bare_pytorch", "seed_style", "bound"):
+    setup = result["setup"]
+    train_paths = ("mtl", "bare_pytorch", "seed_style", "bound")
+    assert set(paths) == {*train_paths, "predict"}
+    assert setup["timed_steps_per_path"] == setup["blocks"] * setup["block_steps"]
+    # blocks rotate the order: with 4 blocks of 4 paths, each path runs once in every position
+    assert [b["order"] for b in result["schedule"]][:2] == [
+        list(train_paths),
+        [*train_paths[1:], "mtl"],
+    ]
+    for name in train_paths:
         r = paths[name]
-        assert r["steps"] == result["setup"]["steps"]  # the same number of timed steps
+        assert r["steps"] == setup["timed_steps_per_path"]  # the same number of timed steps
+        assert len(r["blocks"]) == setup["blocks"] == 4
+        assert sorted(b["position"] for b in r["blocks"]) == [0, 1, 2, 3]
+        assert all(b["steps"] == setup["block_steps"] for b in r["blocks"])
         assert r["samples_per_s"] > 0 and r["real_tokens_per_s"] > 0
         assert 0.0 <= r["padded_token_share"] < 1.0
         assert r["peak_rss_mb"] > 0
@@ -50,6 +63,22 @@ def test_smoke_benchmark_runs_end_to_end_and_writes_the_json(tmp_path):
     assert paths["mtl"]["real_tokens"] == paths["bare_pytorch"]["real_tokens"]
     assert paths["mtl"]["real_tokens"] == paths["bound"]["real_tokens"]
     assert paths["mtl"]["samples"] == paths["bound"]["samples"]
+    # ... block by block, so the per-block ratios compare the same work
+    per_block = {n: [b["samples"] for b in paths[n]["blocks"]] for n in train_paths}
+    assert per_block["mtl"] == per_block["bare_pytorch"] == per_block["bound"]
+    # every training ratio is the median of per-block ratios, with its spread
+    for key in ("mtl_vs_seed_style", "mtl_vs_bound", "bare_vs_bound", "lightning_overhead"):
+        spread = result["ratio_spread"][key]
+        assert len(spread["per_block"]) == setup["blocks"]
+        assert spread["min"] <= spread["q1"] <= spread["median"] <= spread["q3"] <= spread["max"]
+        assert math.isclose(spread["median"], result["ratios"][key])
+    mtl_over_bare = [
+        a["samples_per_s"] / b["samples_per_s"]
+        for a, b in zip(paths["mtl"]["blocks"], paths["bare_pytorch"]["blocks"], strict=True)
+    ]
+    assert math.isclose(
+        result["ratios"]["lightning_overhead"], 1 - statistics.median(mtl_over_bare)
+    )
     seed = paths["seed_style"]
     assert (
         seed["padded_tokens"]
@@ -64,15 +93,52 @@ def test_smoke_benchmark_runs_end_to_end_and_writes_the_json(tmp_path):
     assert "mtl_vs_seed_style" in done.stdout  # the printed table
 
 
-def test_ratios_and_targets_tolerate_missing_paths():
+def blocks(*speeds: float) -> dict:
+    return {"blocks": [{"samples_per_s": v} for v in speeds]}
+
+
+def test_ratios_are_medians_of_per_block_ratios_and_tolerate_missing_paths():
     assert all(v is None for v in ratios({}).values())
-    partial = {"mtl": {"samples_per_s": 90.0}, "bare_pytorch": {"samples_per_s": 100.0}}
+    # block 2 is disturbed (mtl 60 there): a ratio of totals would move, the median does not
+    partial = {"mtl": blocks(90, 60, 90), "bare_pytorch": blocks(100, 100, 100)}
     values = ratios(partial)
     assert math.isclose(values["lightning_overhead"], 0.1)
+    spread = block_ratios(partial)["lightning_overhead"]
+    assert math.isclose(spread["max"], 0.4) and math.isclose(spread["min"], 0.1)
     assert values["mtl_vs_seed_style"] is None
     targets = check_targets({"ratios": values, "paths": partial})
     assert targets["lightning_overhead"]["met"] is False
     assert targets["mtl_vs_bound"]["met"] is None
+
+
+def test_block_orders_rotate_so_every_path_runs_in_every_position():
+    orders = block_orders(["a", "b", "c"], 4)
+    assert orders == [["a", "b", "c"], ["b", "c", "a"], ["c", "a", "b"], ["a", "b", "c"]]
+    for name in "abc":
+        assert sorted(order.index(name) for order in orders[:3]) == [0, 1, 2]
+
+
+def test_mtl_and_bare_pytorch_train_alike_block_by_block(tiny_cfg):
+    """Each block of `mtl` is a fresh Trainer.fit: it must continue the same AdamW state, LR
+    schedule and batch stream, so after the same blocks it holds bare_pytorch's weights."""
+    from mtl.bench.meter import Meter
+    from mtl.bench.paths import LightningPath, Plan, bare_path
+    from mtl.bench.setup import Setup
+
+    setup = Setup(tiny_cfg(), None)
+    plan = Plan(warmup=2, blocks=2, block_steps=2)
+    weights, tokens = {}, {}
+    for name, build in (("mtl", LightningPath), ("bare_pytorch", bare_path)):
+        path = build(setup, plan)
+        path.run(plan.warmup, 0)
+        meter = Meter(setup.device)
+        for _ in range(plan.blocks):
+            path.run(plan.lead_in, plan.block_steps, meter)
+        module = path.module if name == "mtl" else path.step.module
+        weights[name] = torch.cat([p.detach().flatten() for p in module.parameters()])
+        tokens[name] = meter.result()["real_tokens"]
+    assert tokens["mtl"] == tokens["bare_pytorch"] > 0
+    assert torch.allclose(weights["mtl"], weights["bare_pytorch"], atol=1e-6)
 
 
 def test_peak_flops_is_only_claimed_for_a_known_gpu():

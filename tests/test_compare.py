@@ -85,6 +85,30 @@ def test_natural_proportion_configs_differ_only_in_each_task_s_row_budget():
     assert caps == {"sentiment": 3370, "toxicity": 600, "emotion": 2170}
 
 
+def test_full_data_configs_differ_only_in_weighting_and_tasks_and_select_off_the_val_files():
+    paths = sorted((BENCH / "full").glob("*.yaml"))
+    assert {p.stem for p in paths} == {
+        "mtl_equal",
+        "mtl_uncertainty",
+        "single_toxicity",
+        "single_emotion",
+        "single_sentiment",
+    }
+    mtl = load_config(BENCH / "full" / "mtl_equal.yaml")
+    assert list(mtl.tasks) == ["sentiment", "toxicity", "emotion"]
+    for path in paths:
+        cfg = load_config(path)
+        # every training row; the epoch and thresholds are chosen on held-out training rows
+        assert cfg.data.max_train_rows is None and cfg.data.val_fraction > 0
+        assert (cfg.cv.n_splits, cfg.cv.selection) == (1, "best")
+        for key in ("data", "optim", "trainer", "backbone", "early_stopping", "sampling", "cv"):
+            assert cfg[key] == mtl[key], (path.stem, key)
+        for name, spec in cfg.tasks.items():
+            assert spec == mtl.tasks[name], (path.stem, name)
+            assert spec.max_train_rows is None
+    assert mtl.tasks.emotion.threshold == "tuned"
+
+
 def test_max_train_rows_and_max_eval_rows(tiny_cfg, caplog):
     from mtl.data import load_tasks
     from mtl.model import load_tokenizer
@@ -186,7 +210,7 @@ def test_compare_writes_the_table_and_skips_finished_runs(
     values = [runs["mtl_uncertainty", s]["metrics"]["toxicity"]["f1_macro"] for s in (1, 2)]
     assert stats["n"] == 2 and stats["mean"] == pytest.approx(np.mean(values))
     assert stats["std"] == pytest.approx(np.std(values, ddof=1))
-    assert first["hardware"]["cores"] >= 1 and first["hardware"]["torch"]
+    assert first["hardware"]["usable_cores"] >= 1 and first["hardware"]["torch"]
 
     text = table.read_text()
     lines = [line for line in text.splitlines() if line.startswith("| ")]

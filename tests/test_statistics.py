@@ -14,7 +14,7 @@ from box import Box
 
 from mtl.blend import blend, cross_fit_thresholds, rank_blend, tune_thresholds
 from mtl.metrics import TaskMetrics, score_arrays
-from mtl.tasks import TaskMeta
+from mtl.tasks import TASK_TYPES, TaskMeta
 
 
 def binary_meta() -> TaskMeta:
@@ -144,6 +144,33 @@ def test_logged_multilabel_metrics_equal_the_offline_ones():
     metric.update(torch.tensor(probs, dtype=torch.float32), torch.tensor(truth))
     logged, offline = metric.compute(), score_arrays(meta, probs, truth, meta.threshold)
     assert logged == pytest.approx(offline)
+
+
+def test_logged_binary_metrics_equal_the_offline_ones_across_batches_and_an_empty_one():
+    meta = TaskMeta(name="tox", type="binary", classes=[0, 1])
+    rng = np.random.default_rng(5)
+    p1 = rng.random(40)
+    probs, truth = np.stack([1 - p1, p1], axis=1), (rng.random(40) < p1).astype(np.int64)
+    metric = TaskMetrics(meta)
+    for rows in (slice(0, 15), slice(15, 15), slice(15, 40)):  # a batch without this task
+        metric.update(torch.tensor(probs[rows], dtype=torch.float32), torch.tensor(truth[rows]))
+    logged, offline = metric.compute(), score_arrays(meta, probs, truth)
+    assert set(logged) == {"f1_macro", "accuracy", "auroc"}
+    assert logged == pytest.approx(offline)
+
+
+@pytest.mark.parametrize("kind", list(TASK_TYPES))
+def test_each_task_type_reports_the_metrics_its_table_row_declares(kind):
+    task_type = TASK_TYPES[kind]
+    classes = ["x", "y", "z"]
+    meta = TaskMeta(name="t", type=kind, classes=classes[:2] if kind == "binary" else classes)
+    n = meta.num_outputs
+    probs = np.eye(n)[[0, 1, 1, 0, n - 1, 0]]
+    labels = probs.astype(int) if task_type.multilabel else probs.argmax(axis=1)
+    got = list(score_arrays(meta, probs, labels))
+    per_label = [f"f1_{c}" for c in meta.classes]
+    declared = [x for m in task_type.metrics for x in (per_label if m == "f1_<label>" else [m])]
+    assert got == declared and task_type.primary_metric in got
 
 
 # --- 5. clean selection ---------------------------------------------------------------------------

@@ -3,25 +3,20 @@
 from __future__ import annotations
 
 import argparse
-import gc
-import json
 import logging
-import math
-import os
 import sys
 import tempfile
 import time
-import warnings
 from pathlib import Path
 
-import numpy as np
 import torch
 
-from mtl.bench.meter import MemoryProbe
-from mtl.bench.paths import run_bare, run_bound, run_mtl
+from mtl.bench.interleave import measure_training
+from mtl.bench.paths import Plan
 from mtl.bench.predict_paths import run_predict
 from mtl.bench.report import (
     ALL_PATHS,
+    block_ratios,
     check_targets,
     hardware,
     load_average,
@@ -29,7 +24,6 @@ from mtl.bench.report import (
     ratios,
     table,
 )
-from mtl.bench.seed_style import run_seed_style
 from mtl.bench.setup import (
     BERT_BASE,
     SMOKE_BERT,
@@ -40,15 +34,10 @@ from mtl.bench.setup import (
 )
 from mtl.config import DEFAULT_CONFIG, to_dict
 from mtl.errors import MTLError
+from mtl.io import write_json
+from mtl.runtime import load_averages, setup_logging
 
 log = logging.getLogger("mtl.bench")
-
-RUNNERS = {
-    "mtl": run_mtl,
-    "bare_pytorch": run_bare,
-    "seed_style": run_seed_style,
-    "bound": run_bound,
-}
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -70,8 +59,22 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         default=None,
         help="a random sample of N training rows per task (default: every row of the config)",
     )
-    parser.add_argument("--steps", type=int, default=None, help="timed steps per path (50)")
-    parser.add_argument("--warmup", type=int, default=None, help="untimed steps first (5)")
+    parser.add_argument(
+        "--blocks",
+        type=int,
+        default=None,
+        help="timed blocks; the paths take turns in each, in an order rotated per block (8)",
+    )
+    parser.add_argument(
+        "--block-steps",
+        type=int,
+        default=None,
+        help="timed steps per path per block, after one untimed lead-in step (6)",
+    )
+    parser.add_argument(
+        "--warmup", type=int, default=None, help="untimed steps per path before the blocks (5)"
+    )
+    parser.add_argument("--steps", type=int, default=None, help=argparse.SUPPRESS)
     parser.add_argument(
         "--predict-texts", type=int, default=None, help="texts for the predict path (512)"
     )
@@ -107,10 +110,15 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("overrides", nargs="*", help="key.sub=value")
     args = parser.parse_args(argv)
     args.argv = sys.argv[1:] if argv is None else list(argv)
+    if args.steps is not None:
+        parser.error(
+            "--steps is gone: the paths are timed in interleaved blocks, "
+            "--blocks × --block-steps timed steps per path (mtl/bench/interleave.py)"
+        )
     defaults = (
-        {"steps": 4, "warmup": 2, "predict_texts": 32, "rows_per_task": 48}
+        {"blocks": 4, "block_steps": 2, "warmup": 2, "predict_texts": 32, "rows_per_task": 48}
         if args.smoke
-        else {"steps": 50, "warmup": 5, "predict_texts": 512}
+        else {"blocks": 8, "block_steps": 6, "warmup": 5, "predict_texts": 512}
     )
     for key, value in defaults.items():
         if getattr(args, key) is None:
@@ -119,25 +127,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     unknown = [p for p in args.paths if p not in ALL_PATHS]
     if unknown:
         parser.error(f"--paths: unknown {unknown}; choose from {', '.join(ALL_PATHS)}")
-    if args.steps < 1 or args.warmup < 1:
-        parser.error("--steps and --warmup must be at least 1")
+    if min(args.blocks, args.block_steps, args.warmup) < 1:
+        parser.error("--blocks, --block-steps and --warmup must be at least 1")
     return args
-
-
-def quiet_libraries() -> None:
-    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
-    for name in (
-        "lightning.pytorch.utilities.rank_zero",
-        "lightning.fabric.utilities.rank_zero",
-        "lightning.pytorch.accelerators.cuda",
-        "lightning",
-        "lightning.pytorch",
-    ):
-        logging.getLogger(name).setLevel(logging.ERROR)
-    warnings.filterwarnings("ignore", message=".*does not have many workers.*")
-    warnings.filterwarnings("ignore", message=".*smaller than the logging interval.*")
-    warnings.filterwarnings("ignore", message=".*litlogger.*")
-    warnings.filterwarnings("ignore", category=UserWarning, module="lightning")
 
 
 def benchmark(args: argparse.Namespace) -> dict:
@@ -169,6 +161,7 @@ def benchmark(args: argparse.Namespace) -> dict:
                 f"tokenizer of {Path(str(cfg.backbone.name)).name}"
             )
         setup = Setup(cfg, backbone_config)
+        plan = Plan(args.warmup, args.blocks, args.block_steps)
         peak, peak_source = peak_flops(setup.device, cfg.trainer.precision, args.peak_tflops)
         result = {
             "command": "python scripts/benchmark.py " + " ".join(sys.argv[1:]),
@@ -182,47 +175,49 @@ def benchmark(args: argparse.Namespace) -> dict:
                 "max_length": cfg.data.max_length,
                 "precision": str(cfg.trainer.precision),
                 "num_workers": cfg.data.num_workers,
+                "adamw_impl": cfg.optim.adamw_impl,
+                "freeze_embeddings": cfg.backbone.freeze_embeddings,
                 "sampling": to_dict(cfg.sampling),
                 "rows_per_task": {name: len(part) for name, part in setup.parts.items()},
                 "data_dir": str(cfg.data_dir),
-                "warmup": args.warmup,
-                "steps": args.steps,
+                "method": "interleaved blocks (mtl/bench/interleave.py): per path a warm-up, "
+                "then in each block every path runs a lead-in step and block_steps timed steps, "
+                "in an order rotated per block; ratios are medians of per-block ratios",
+                "warmup": plan.warmup,
+                "blocks": plan.blocks,
+                "block_steps": plan.block_steps,
+                "lead_in_steps": plan.lead_in,
+                "timed_steps_per_path": plan.blocks * plan.block_steps,
                 "predict_texts": args.predict_texts,
-                "memory": "CUDA max_memory_allocated"
+                "memory": "rise of CUDA max_memory_allocated over the path's build and warm-up"
                 if setup.device.type == "cuda"
-                else "process peak RSS rise over the path's starting RSS",
+                else "process peak RSS rise over the path's build and warm-up",
             },
+            "schedule": [],
             "out": str(args.out),
             "paths": {},
         }
         probe_module = setup.module()
         result["setup"]["layer_params"] = setup.layer_params(probe_module)
         result["setup"]["total_params"] = sum(p.numel() for p in probe_module.parameters())
+        result["setup"]["trainable_params"] = sum(
+            p.numel() for p in probe_module.parameters() if p.requires_grad
+        )
         del probe_module
-        for name in args.paths:
-            if name == "predict":
-                continue
-            log.info("path %s: %d warm-up + %d timed steps", name, args.warmup, args.steps)
-            path_began = time.perf_counter()
-            load_before = load_average()
-            with MemoryProbe(setup.device) as probe:
-                measured = RUNNERS[name](setup, args.warmup, args.steps)
-            measured.update(probe.result)
-            measured["load_average_1min"] = [load_before, load_average()]  # before, after
-            measured["mfu"] = (
-                6 * result["setup"]["layer_params"] * measured["real_tokens_per_s"] / peak
-                if peak
-                else None
-            )
-            result["paths"][name] = measured
+        layer_params = result["setup"]["layer_params"]
+
+        def on_block(paths: dict, schedule: list[dict]) -> None:
+            for measured in paths.values():
+                measured["mfu"] = (
+                    6 * layer_params * measured["real_tokens_per_s"] / peak if peak else None
+                )
+            result["paths"].update(paths)
+            result["schedule"] = schedule
             finish(result, began, complete=False)
-            log.info(
-                "path %s: %.1f samples/s (%.1f s with setup)",
-                name,
-                measured["samples_per_s"],
-                time.perf_counter() - path_began,
-            )
-            gc.collect()
+
+        training = [name for name in args.paths if name != "predict"]
+        if training:
+            measure_training(setup, training, plan, log.info, on_block)
         if "predict" in args.paths:
             log.info("path predict: %d texts", args.predict_texts)
             load_before = load_average()
@@ -237,27 +232,16 @@ def finish(result: dict, began: float, complete: bool) -> None:
     run stopped part-way (time limit, Ctrl-C) still leaves the paths it finished."""
     result["complete"] = complete
     result["ratios"] = ratios(result["paths"])
-    result["ratios_median_step"] = {
-        k: v
-        for k, v in ratios(result["paths"], "samples_per_s_median_step").items()
-        if k != "predict_vs_naive"
-    }
+    result["ratio_spread"] = block_ratios(result["paths"])
     result["targets"] = check_targets(result)
-    result["hardware"]["load_average_end"] = (
-        list(os.getloadavg()) if hasattr(os, "getloadavg") else None
-    )
+    result["hardware"]["load_average_end"] = load_averages()
     result["wall_seconds"] = round(time.perf_counter() - began, 1)
-    out = Path(result["out"])
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out.with_name(out.name + ".tmp")
-    tmp.write_text(json.dumps(result, indent=2, default=_jsonable) + "\n")
-    tmp.replace(out)
+    write_json(result["out"], result)
 
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
-    quiet_libraries()
+    setup_logging(strict=True)
     if args.serve:
         from mtl.bench.serve_paths import serve_benchmark
 
@@ -279,11 +263,3 @@ def main(argv: list[str] | None = None) -> int:
     print(table(result))
     print(f"\nwrote {out} ({result['wall_seconds']} s)")
     return 0
-
-
-def _jsonable(value):
-    if isinstance(value, np.generic):
-        return value.item()
-    if isinstance(value, float) and not math.isfinite(value):
-        return None
-    return str(value)

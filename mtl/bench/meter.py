@@ -1,4 +1,4 @@
-"""Measuring: the step clock and token counts, peak memory, device helpers, the timed loop."""
+"""Measuring: the step clock and token counts per block, peak memory, device helpers."""
 
 from __future__ import annotations
 
@@ -6,29 +6,28 @@ import contextlib
 import gc
 import resource
 import time
-from collections.abc import Iterator
-from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
 
-if TYPE_CHECKING:
-    from mtl.bench.setup import PlainStep
-
 
 class Meter:
-    """Rows and tokens of the timed steps. Token counts stay on the device until the end (no sync)."""
+    """One path's timed steps, block by block: rows, tokens, the clock. Token counts stay on the
+    device until the end (no sync); on a GPU the clock reads only at block ends (after a sync)."""
 
-    def __init__(self):
+    def __init__(self, device: torch.device):
+        self.device = device
         self.real: list[torch.Tensor] = []
         self.padded = 0
         self.samples = 0
         self.steps = 0
-        self.marks: list[float] = []  # CPU only: the clock at the start and after every timed step
+        self.step_seconds: list[float] = []  # CPU only: a per-step clock would sync a GPU
+        self.blocks: list[dict] = []
 
-    def mark(self, device: torch.device) -> None:
-        if device.type == "cpu":  # on a GPU a per-step clock would need a sync every step
-            self.marks.append(time.perf_counter())
+    def start_block(self) -> None:
+        synchronize(self.device)
+        self._block = (time.perf_counter(), self.samples, self.steps)
+        self._last = self._block[0]
 
     def record(self, attention_mask: torch.Tensor) -> None:
         self.real.append(attention_mask.sum())
@@ -36,29 +35,45 @@ class Meter:
         self.samples += attention_mask.shape[0]
         self.steps += 1
 
-    def result(self, seconds: float) -> dict:
+    def step_done(self) -> None:
+        if self.device.type == "cpu":
+            now = time.perf_counter()
+            self.step_seconds.append(now - self._last)
+            self._last = now
+
+    def end_block(self) -> None:
+        synchronize(self.device)
+        began, samples, steps = self._block
+        seconds = time.perf_counter() - began
+        samples = self.samples - samples
+        self.blocks.append(
+            {
+                "steps": self.steps - steps,
+                "samples": samples,
+                "seconds": round(seconds, 4),
+                "samples_per_s": samples / seconds,
+            }
+        )
+
+    def result(self) -> dict:
+        seconds = sum(b["seconds"] for b in self.blocks)
         real = int(torch.stack(self.real).sum().item()) if self.real else 0
+        median_step = float(np.median(self.step_seconds)) if self.step_seconds else None
         return {
             "steps": self.steps,
             "seconds": round(seconds, 4),
             "samples": self.samples,
             "samples_per_s": self.samples / seconds,
+            "samples_per_s_median_block": float(
+                np.median([b["samples_per_s"] for b in self.blocks])
+            ),
             "real_tokens": real,
             "padded_tokens": self.padded,
             "real_tokens_per_s": real / seconds,
             "padded_token_share": 1.0 - real / self.padded if self.padded else 0.0,
             "step_ms": 1000.0 * seconds / max(1, self.steps),
-            **self.median(),
-        }
-
-    def median(self) -> dict:
-        """Median step time: robust to bursts of load from other processes on the machine."""
-        if len(self.marks) != self.steps + 1 or not self.steps:
-            return {"median_step_ms": None, "samples_per_s_median_step": None}
-        step = float(np.median(np.diff(self.marks)))
-        return {
-            "median_step_ms": 1000.0 * step,
-            "samples_per_s_median_step": self.samples / self.steps / step,
+            "median_step_ms": None if median_step is None else 1000.0 * median_step,
+            "blocks": self.blocks,
         }
 
 
@@ -85,6 +100,7 @@ class MemoryProbe:
         if self.device.type == "cuda":
             torch.cuda.empty_cache()
             torch.cuda.reset_peak_memory_stats(self.device)
+            self.base_cuda = torch.cuda.memory_allocated(self.device)
         try:
             with open("/proc/self/clear_refs", "w") as handle:
                 handle.write("5")  # resets VmHWM to the current RSS
@@ -104,9 +120,9 @@ class MemoryProbe:
             "rss_method": self.method,
         }
         if self.device.type == "cuda":
-            self.result["peak_cuda_allocated_mb"] = (
-                torch.cuda.max_memory_allocated(self.device) / 2**20
-            )
+            peak_cuda = torch.cuda.max_memory_allocated(self.device)
+            self.result["peak_cuda_allocated_mb"] = peak_cuda / 2**20
+            self.result["peak_cuda_delta_mb"] = (peak_cuda - self.base_cuda) / 2**20
         return False
 
 
@@ -130,32 +146,3 @@ def autocast(device: torch.device, precision: str):
     if precision.startswith("16"):
         return torch.autocast(device.type, dtype=torch.float16)
     return contextlib.nullcontext()
-
-
-def timed_loop(step: PlainStep, batches: Iterator[dict], warmup: int, steps: int) -> dict:
-    """Warm-up steps, then `steps` timed ones; each step includes fetching its batch."""
-    meter = Meter()
-    device = step.device
-    start = None
-    for i in range(warmup + steps):
-        if i == warmup:
-            synchronize(device)
-            start = time.perf_counter()
-            meter.mark(device)
-        batch = to_device(next(batches), device)
-        if i >= warmup:
-            meter.record(batch["attention_mask"])
-        step(batch)
-        if i >= warmup:
-            meter.mark(device)
-    synchronize(device)
-    return meter.result(time.perf_counter() - start)
-
-
-def epochs_of(loader) -> Iterator[dict]:
-    """Our loader forever, advancing the sampler's epoch like Lightning does."""
-    epoch = 0
-    while True:
-        loader.batch_sampler.set_epoch(epoch)
-        yield from loader
-        epoch += 1

@@ -3,11 +3,12 @@ per-item tokenization padded to max_length, a shuffled ConcatDataset, default co
 
 from __future__ import annotations
 
+import itertools
 from collections.abc import Iterator
 
 import torch
 
-from mtl.bench.meter import timed_loop
+from mtl.bench.paths import PlainPath, Plan
 from mtl.bench.setup import PlainStep, Setup
 
 
@@ -89,6 +90,7 @@ def seed_style_batches(setup: Setup) -> Iterator[dict]:
             yield batch
 
 
-def run_seed_style(setup: Setup, warmup: int, steps: int) -> dict:
-    step = PlainStep(setup, setup.module(), warmup + steps)
-    return timed_loop(step, seed_style_batches(setup), warmup, steps)
+def seed_style_path(setup: Setup, plan: Plan) -> PlainPath:
+    stream = seed_style_batches(setup)
+    step = PlainStep(setup, setup.module(), plan.total)
+    return PlainPath(step, lambda count: itertools.islice(stream, count))

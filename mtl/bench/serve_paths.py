@@ -21,6 +21,7 @@ import numpy as np
 import pandas as pd
 import torch
 
+from mtl.io import write_json
 from mtl.metrics import score_arrays
 
 
@@ -156,9 +157,7 @@ def serve_benchmark(args) -> dict:
         run_serve(Path(args.serve), args.data_dir, args.predict_texts, args.repeats, args.val_rows)
     )
     result["wall_seconds"] = round(time.perf_counter() - began, 1)
-    out = Path(args.out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(result, indent=2, default=str) + "\n")
+    out = write_json(args.out, result)
     for name, entry in result["speed"].items():
         print(f"{name:<11} {entry['texts_per_s']:>8.1f} texts/s  x{entry['vs_torch_fp32']:.2f}")
     for task, entry in result["parity"].items():

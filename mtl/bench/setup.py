@@ -63,19 +63,11 @@ def random_bert_config(tokenizer, sizes: dict) -> dict:
     return json.loads(config.to_json_string(use_diff=False))
 
 
-def write_like(frame, path: Path) -> None:
-    suffix = path.suffix.lower()
-    if suffix == ".parquet":
-        frame.to_parquet(path, index=False)
-    elif suffix in (".jsonl", ".json"):
-        frame.to_json(path, orient="records", lines=True)
-    else:
-        frame.to_csv(path, index=False, sep="\t" if suffix == ".tsv" else ",")
-
-
 def prepare_config(args: argparse.Namespace, workdir: Path) -> Box:
     """The run's config: only training files (a row sample of each), caches in `workdir`."""
     from mtl.data import read_table, resolve_path
+    from mtl.io import FILE_FORMATS, atomic_write
+    from mtl.tables import write_frames
 
     cfg = load_config(args.config or DEFAULT_CONFIG, list(args.overrides))
     if args.bert_base:
@@ -102,8 +94,8 @@ def prepare_config(args: argparse.Namespace, workdir: Path) -> Box:
                 keep = np.sort(rng.choice(len(frame), size=args.rows_per_task, replace=False))
                 frame = frame.iloc[keep].reset_index(drop=True)
             target = workdir / "rows" / f"{name}{source.suffix}"
-            target.parent.mkdir(parents=True, exist_ok=True)
-            write_like(frame, target)
+            fmt = FILE_FORMATS[source.suffix.lower()]  # read_table read it: a known format
+            atomic_write(target, lambda tmp, f=frame, fmt=fmt: write_frames(tmp, fmt, [f]))
             spec.train = str(target)
     return cfg
 
@@ -125,12 +117,12 @@ class Setup:
         self.device = torch.device("cuda" if cfg.trainer.accelerator == "gpu" else "cpu")
         self.L = L
 
-    def module(self):
-        """A fresh MultiTaskModule, seeded the same way every time."""
+    def module(self, cls=None):
+        """A fresh MultiTaskModule (or subclass `cls`), seeded the same way every time."""
         from mtl.module import MultiTaskModule
 
         self.L.seed_everything(self.cfg.seed, verbose=False)
-        module = MultiTaskModule(
+        module = (cls or MultiTaskModule)(
             to_dict(self.cfg),
             {name: meta.to_dict() for name, meta in self.metas.items()},
             backbone_config=self.backbone_config,
@@ -162,6 +154,7 @@ class PlainStep:
         self.device = setup.device
         self.module = module.to(self.device).train()
         module.setup("fit")  # torch.compile when trainer.compile, like the Lightning path
+        module.set_expected_rows(setup.loader().dataset)  # what on_train_start does under Lightning
         self.optimizer = build_optimizer(module.model, module.weighting, self.cfg.optim)
         self.scheduler = build_scheduler(self.optimizer, self.cfg.optim, total_steps)
         precision = str(self.cfg.trainer.precision)
@@ -186,4 +179,5 @@ class PlainStep:
             if clip:
                 torch.nn.utils.clip_grad_norm_(self.params, clip)
             self.optimizer.step()
+        self.module.weighting.project()  # as MultiTaskModule.optimizer_step does
         self.scheduler.step()

@@ -1,6 +1,8 @@
-"""Loss-weighting methods behind one interface. Add one: a file here and a line in `build_weighting`."""
+"""Loss-weighting methods behind one interface. Add one: a file here and a line in `WEIGHTINGS`."""
 
 from __future__ import annotations
+
+from collections.abc import Callable
 
 from box import Box
 
@@ -16,19 +18,23 @@ __all__ = [
     "UncertaintyWeighting",
     "DWAWeighting",
     "RandomWeighting",
+    "WEIGHTINGS",
     "build_weighting",
 ]
 
+# `loss_weighting` name → (config, task names) → the method; the config accepts these names
+WEIGHTINGS: dict[str, Callable[[Box, list[str]], LossWeighting]] = {
+    "uncertainty": lambda cfg, names: UncertaintyWeighting(
+        names, clamp=cfg.weighting.log_var_clamp
+    ),
+    "equal": lambda cfg, names: FixedWeighting(names),
+    "fixed": lambda cfg, names: FixedWeighting(
+        names, {name: spec.weight for name, spec in cfg.tasks.items()}
+    ),
+    "dwa": lambda cfg, names: DWAWeighting(names, temperature=cfg.weighting.dwa_temperature),
+    "random": lambda cfg, names: RandomWeighting(names, seed=cfg.seed),
+}
+
 
 def build_weighting(cfg: Box) -> LossWeighting:
-    names = list(cfg.tasks)
-    method = cfg.loss_weighting
-    if method == "uncertainty":
-        return UncertaintyWeighting(names, clamp=cfg.weighting.log_var_clamp)
-    if method == "dwa":
-        return DWAWeighting(names, temperature=cfg.weighting.dwa_temperature)
-    if method == "random":
-        return RandomWeighting(names, seed=cfg.seed)
-    if method == "fixed":
-        return FixedWeighting(names, {name: spec.weight for name, spec in cfg.tasks.items()})
-    return FixedWeighting(names)  # equal
+    return WEIGHTINGS[cfg.loss_weighting](cfg, list(cfg.tasks))
