@@ -22,7 +22,7 @@ IGNORED_WARNINGS = (
     ".*does not have many workers.*",
     ".*Precision.*is not supported by the model summary.*",
     ".*compute.*before.*update.*",
-    # epoch-level logs are synced by us (torchmetrics, strategy.reduce): identical on every rank
+    # epoch-level logs are synced by torchmetrics before they are logged: identical on every rank
     ".*when logging on epoch level in distributed.*",
     ".*custom batch sampler.*for prediction.*",  # ours returns all rows
     ".*LeafSpec.*is deprecated.*",
