@@ -169,42 +169,43 @@ class MultiTaskModule(L.LightningModule):
 
     # --- epoch ends -----------------------------------------------------------------------------
 
-    @staticmethod
-    def _epoch_task_losses(epoch_losses: torch.nn.ModuleDict) -> dict[str, torch.Tensor]:
-        """Each task's mean loss over the epoch's rows on all ranks; tasks without rows left out.
-        compute() is a collective and runs on every rank, so every rank agrees which tasks had
-        rows (metric compute() below is one too: all ranks must make it, or none)."""
+    def _log_task_losses(self, stage: str, logger: bool | None = None) -> dict[str, torch.Tensor]:
+        """Log each task's epoch loss (its MeanMetric: the mean over the epoch's rows on all ranks)
+        and return them; tasks without rows are left out. compute() is a collective run on every
+        rank, so every rank agrees which tasks had rows (the metric compute() that follows is one
+        too: all ranks must make it, or none)."""
         means = {}
-        for name, metric in epoch_losses.items():
+        for name, metric in (self.train_losses if stage == "train" else self.val_losses).items():
             value = metric.compute()
-            metric.reset()
-            if not torch.isnan(value):  # NaN: no rows of this task on any rank this epoch
-                means[name] = value
+            if torch.isnan(value):  # no rows of this task on any rank this epoch
+                metric.reset()
+                continue
+            means[name] = value
+            # the Metric itself: Lightning logs its (cached) value and resets it after the epoch
+            self.log(f"{stage}/{name}/loss", metric, logger=logger)
         return means
 
     def on_train_epoch_end(self) -> None:
-        means = self._epoch_task_losses(self.train_losses)
-        self.log_dict({f"train/{name}/loss": v for name, v in means.items()})
+        means = self._log_task_losses("train")
         if len(means) == len(self.task_names):
             self.weighting.on_epoch_end({name: float(v) for name, v in means.items()})
 
     def on_validation_epoch_end(self) -> None:
-        losses = self._epoch_task_losses(self.val_losses)
+        # the final validate() of the chosen checkpoint is not a new epoch: its metrics reach
+        # trainer.callback_metrics (read by mtl/fit.py) but stay out of the curves
+        logger = None if self.trainer.state.fn == "fit" else False  # None: the loggers if any
+        losses = self._log_task_losses("val", logger)
         metrics: dict = {}
         primaries = []
         for name, meta in self.metas.items():
             if name in losses:
                 values = self.val_metrics[name].compute()
                 metrics.update({f"val/{name}/{k}": v for k, v in values.items()})
-                metrics[f"val/{name}/loss"] = losses[name]
                 primaries.append(values[meta.primary_metric])
             self.val_metrics[name].reset()
         metrics["val/score"] = float(np.mean(primaries)) if primaries else 0.0
         metrics["val/loss"] = sum(losses.values(), torch.zeros((), device=self.device))
-        # already synced across ranks: identical everywhere. The final validate() of the chosen
-        # checkpoint is not a new epoch: its metrics reach trainer.callback_metrics (read by
-        # mtl/fit.py) but stay out of the curves.
-        self.log_dict(metrics, logger=self.trainer.state.fn == "fit")
+        self.log_dict(metrics, logger=logger)  # already synced across ranks: identical everywhere
 
     # --- optimisation ---------------------------------------------------------------------------
 
