@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import logging
 import re
+import sys
 from pathlib import Path
 
 import lightning as L
@@ -81,8 +82,6 @@ class EncoderFSDP(FSDPStrategy):
 def encoder_blocks(backbone: str) -> set[type]:
     """The classes the backbone's Hugging Face model lists in `_no_split_modules` (its transformer
     blocks): FSDP shards one unit per block, so only one block's full weights exist at a time."""
-    import sys
-
     from transformers import MODEL_MAPPING, AutoConfig
 
     try:
