@@ -14,14 +14,14 @@ from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
     from mtl.config import load_config
-    from mtl.datamodule import MultiTaskDataModule
-    from mtl.module import MultiTaskModule
-    from mtl.predict import Predictor
+    from mtl.data.datamodule import MultiTaskDataModule
+    from mtl.inference.predictor import Predictor
+    from mtl.model.module import MultiTaskModule
 
 _HOMES = {
-    "Predictor": "mtl.predict",
-    "MultiTaskDataModule": "mtl.datamodule",
-    "MultiTaskModule": "mtl.module",
+    "Predictor": "mtl.inference.predictor",
+    "MultiTaskDataModule": "mtl.data.datamodule",
+    "MultiTaskModule": "mtl.model.module",
     "load_config": "mtl.config",
 }
 __all__ = ["MultiTaskDataModule", "MultiTaskModule", "Predictor", "load_config"]

@@ -19,14 +19,14 @@ from typing import Any
 import yaml
 from box import Box
 
-from mtl.blend import BLEND_METHODS
+from mtl.data.sampling import SAMPLING_MODES
+from mtl.data.tasks import TASK_TYPES
 from mtl.errors import ConfigError
 from mtl.io import write_text
-from mtl.model import HEADS, POOLINGS
-from mtl.optim import ADAMW_IMPLS, SCHEDULERS
-from mtl.sampling import SAMPLING_MODES
-from mtl.tasks import TASK_TYPES
-from mtl.weighting import WEIGHTINGS
+from mtl.model.network import HEADS, POOLINGS
+from mtl.model.optim import ADAMW_IMPLS, SCHEDULERS
+from mtl.model.weighting import WEIGHTINGS
+from mtl.run.blend import BLEND_METHODS
 
 DEFAULTS: dict[str, Any] = {
     "seed": 42,
@@ -76,7 +76,7 @@ DEFAULTS: dict[str, Any] = {
         "warmup_ratio": 0.1,
         "betas": [0.9, 0.999],
         "eps": 1.0e-8,
-        "adamw_impl": "auto",  # fused where torch has it for the device, else foreach (mtl/optim.py)
+        "adamw_impl": "auto",  # fused where torch has it for the device, else foreach (mtl/model/optim.py)
     },
     "trainer": {
         "max_epochs": 4,
@@ -107,7 +107,7 @@ TASK_DEFAULTS: dict[str, Any] = {
     "label_columns": ["label"],
     "classes": None,
     "group_column": None,
-    "loss": None,  # the task type's default (mtl.tasks): ce, or bce for multilabel
+    "loss": None,  # the task type's default (mtl.data.tasks): ce, or bce for multilabel
     "gamma": 2.0,
     "class_weights": None,
     "label_smoothing": 0.0,

@@ -11,8 +11,8 @@ from pathlib import Path
 
 import torch
 
-from mtl.bench.interleave import block_orders
-from mtl.bench.report import TARGETS, block_ratios, check_targets, peak_flops, ratios
+from mtl.harness.bench.interleave import block_orders
+from mtl.harness.bench.report import TARGETS, block_ratios, check_targets, peak_flops, ratios
 
 ROOT = Path(__file__).resolve().parent.parent
 RATIO_KEYS = ("mtl_vs_seed_style", "mtl_vs_bound", "lightning_overhead", "predict_vs_naive")
@@ -121,9 +121,9 @@ def test_block_orders_rotate_so_every_path_runs_in_every_position():
 def test_mtl_and_bare_pytorch_train_alike_block_by_block(tiny_cfg):
     """Each block of `mtl` is a fresh Trainer.fit: it must continue the same AdamW state, LR
     schedule and batch stream, so after the same blocks it holds bare_pytorch's weights."""
-    from mtl.bench.meter import Meter
-    from mtl.bench.paths import LightningPath, Plan, bare_path
-    from mtl.bench.setup import Setup
+    from mtl.harness.bench.meter import Meter
+    from mtl.harness.bench.paths import LightningPath, Plan, bare_path
+    from mtl.harness.bench.setup import Setup
 
     setup = Setup(tiny_cfg(), None)
     plan = Plan(warmup=2, blocks=2, block_steps=2)

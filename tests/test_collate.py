@@ -7,8 +7,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from mtl.data import TaskData
-from mtl.sampling import Collator, MultiTaskDataset
+from mtl.data.load import TaskData
+from mtl.data.sampling import Collator, MultiTaskDataset
 
 PAD = 0
 WIDTHS = {"toxicity": None, "emotion": 7, "sentiment": None}

@@ -11,10 +11,10 @@ import pandas as pd
 import pytest
 from conftest import tiny_model_overrides
 
-from mtl.compare import baseline_by_seed, run_threads
-from mtl.compare import main as compare_main
 from mtl.config import load_config
 from mtl.errors import ConfigError
+from mtl.harness.compare import baseline_by_seed, run_threads
+from mtl.harness.compare import main as compare_main
 
 REPO = Path(__file__).resolve().parent.parent
 BENCH = REPO / "configs" / "benchmark"
@@ -110,13 +110,13 @@ def test_full_data_configs_differ_only_in_weighting_and_tasks_and_select_off_the
 
 
 def test_max_train_rows_and_max_eval_rows(tiny_cfg, caplog):
-    from mtl.data import load_tasks
-    from mtl.model import load_tokenizer
+    from mtl.data.load import load_tasks
+    from mtl.model.network import load_tokenizer
 
     full_cfg = tiny_cfg()
     tokenizer = load_tokenizer(full_cfg.backbone.name)
     full, _ = load_tasks(full_cfg, tokenizer)
-    with caplog.at_level(logging.INFO, logger="mtl.data"):
+    with caplog.at_level(logging.INFO, logger="mtl.data.load"):
         capped, _ = load_tasks(
             tiny_cfg("data.max_train_rows=50", "data.max_eval_rows=20"), tokenizer
         )
@@ -143,8 +143,8 @@ def test_max_train_rows_and_max_eval_rows(tiny_cfg, caplog):
 
 
 def test_a_task_s_own_max_train_rows_overrides_the_data_one(tiny_cfg):
-    from mtl.data import load_tasks
-    from mtl.model import load_tokenizer
+    from mtl.data.load import load_tasks
+    from mtl.model.network import load_tokenizer
 
     cfg = tiny_cfg("data.max_train_rows=50", "tasks.toxicity.max_train_rows=20")
     capped, _ = load_tasks(cfg, load_tokenizer(cfg.backbone.name))

@@ -9,8 +9,8 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from mtl.blend import blend, tune_thresholds
-from mtl.train import train
+from mtl.run.blend import blend, tune_thresholds
+from mtl.run.train import train
 
 
 def run_dir(cfg) -> Path:
@@ -49,9 +49,9 @@ def test_folds_are_disjoint_cover_every_row_and_are_stratified(kfold_run):
 
 
 def test_fold_assignment_is_deterministic_from_the_seed(tiny_cfg, kfold_run):
-    from mtl.data import load_tasks
-    from mtl.folds import fold_assignments
-    from mtl.model import load_tokenizer
+    from mtl.data.folds import fold_assignments
+    from mtl.data.load import load_tasks
+    from mtl.model.network import load_tokenizer
 
     cfg, _ = kfold_run
     data, _ = load_tasks(cfg, load_tokenizer(cfg.backbone.name))
@@ -141,7 +141,7 @@ def comparable(results: dict) -> dict:
 
 
 def test_resume_after_a_crash_mid_fold_gives_the_same_results_as_a_clean_run(tiny_cfg, monkeypatch):
-    import mtl.fit
+    import mtl.run.fit
 
     extra = [
         "cv.n_splits=2",
@@ -151,9 +151,9 @@ def test_resume_after_a_crash_mid_fold_gives_the_same_results_as_a_clean_run(tin
     ]
     clean = train(tiny_cfg(*extra, "run.name=clean"))
 
-    original = mtl.fit.make_trainer
+    original = mtl.run.fit.make_trainer
     monkeypatch.setattr(
-        mtl.fit,
+        mtl.run.fit,
         "make_trainer",
         lambda cfg, fold_dir, run_dir, fold, callbacks=None: original(
             cfg, fold_dir, run_dir, fold, [CrashAt(1, 1, 2)]
@@ -166,7 +166,7 @@ def test_resume_after_a_crash_mid_fold_gives_the_same_results_as_a_clean_run(tin
     assert (folder / "fold_0" / "metrics.json").is_file()
     assert not (folder / "fold_1" / "metrics.json").is_file()
     assert (folder / "fold_1" / "last.ckpt").is_file()
-    monkeypatch.setattr(mtl.fit, "make_trainer", original)
+    monkeypatch.setattr(mtl.run.fit, "make_trainer", original)
 
     fold0_mtime = (folder / "fold_0" / "metrics.json").stat().st_mtime_ns
     resumed = train(cfg)

@@ -1,7 +1,7 @@
 """Bad config and bad data through the real entry point: exit code 2, one `error:` paragraph that
 names the file or key and the first data rows, and no traceback.
 
-Most cases call `mtl.train.main([...])` in-process (it returns the exit code and prints the error);
+Most cases call `mtl.run.train.main([...])` in-process (it returns the exit code and prints the error);
 two run `python scripts/train.py` as a subprocess to prove the script path prints no traceback.
 """
 
@@ -14,10 +14,10 @@ import pandas as pd
 import pytest
 from conftest import run_train_script, tiny_overrides
 
-from mtl.data import load_tasks, read_table
+from mtl.data.load import load_tasks, read_table
 from mtl.errors import DataError
-from mtl.model import load_tokenizer
-from mtl.train import main, train
+from mtl.model.network import load_tokenizer
+from mtl.run.train import main, train
 
 EMOTIONS = ["anger", "disgust", "fear", "joy", "sadness", "surprise", "neutral"]
 
@@ -100,7 +100,7 @@ def test_script_empty_text_rows_exit_2_naming_file_and_rows_without_traceback(ar
     assert "data rows 3, 6 " in message  # 1-based data rows, header not counted
 
 
-# --- in-process through mtl.train.main ----------------------------------------------------------
+# --- in-process through mtl.run.train.main ----------------------------------------------------------
 
 
 def test_unknown_config_key_suggests_spelling(capsys, args):
@@ -231,7 +231,7 @@ def test_drop_bad_rows_trains_and_logs_the_drop_count(tiny_cfg, bad_file, caplog
         "trainer.max_epochs=1",
         "data.batch_size=8",
     )
-    with caplog.at_level(logging.WARNING, logger="mtl.data"):
+    with caplog.at_level(logging.WARNING, logger="mtl.data.load"):
         results = train(cfg)
     drops = [r.getMessage() for r in caplog.records if "dropping" in r.getMessage()]
     assert len(drops) == 1

@@ -45,7 +45,7 @@ def test_the_notebook_snippet_serves_a_training_batch_of_fold_2(
 
 def test_fold_k_trains_on_exactly_the_rows_folds_csv_keeps_out_of_fold_k(tiny_cfg):
     from mtl import MultiTaskDataModule
-    from mtl.train import prepare
+    from mtl.run.train import prepare
 
     cfg = tiny_cfg("cv.n_splits=3")
     run_dir, _ = prepare(cfg)  # writes folds.csv into the run folder, trains nothing

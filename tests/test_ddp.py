@@ -19,9 +19,9 @@ import pytest
 import torch
 from conftest import run_train_script, tiny_overrides
 
-from mtl.cv import read_metas
-from mtl.metrics import score_arrays
-from mtl.sampling import MultiTaskBatchSampler
+from mtl.data.sampling import MultiTaskBatchSampler
+from mtl.model.metrics import score_arrays
+from mtl.run.cv import read_metas
 
 TASKS = ("toxicity", "emotion", "sentiment")
 
@@ -85,7 +85,7 @@ def test_ddp_detects_unused_parameters(tiny_cfg, tmp_path, strategy):
     look for unused parameters, also when `auto` picks DDP for several devices."""
     from lightning.pytorch.strategies import DDPStrategy
 
-    from mtl.fit import make_trainer
+    from mtl.run.fit import make_trainer
 
     cfg = tiny_cfg(f"trainer.strategy={strategy}", "trainer.devices=2")
     trainer = make_trainer(cfg, tmp_path / "fold_0", tmp_path, 0)  # builds, launches nothing
@@ -130,7 +130,7 @@ def test_every_rank_gets_a_training_batch_even_with_fewer_batches_than_ranks():
 def test_datamodule_refuses_fewer_validation_rows_than_ranks(tiny_cfg):
     from types import SimpleNamespace
 
-    from mtl.datamodule import MultiTaskDataModule
+    from mtl.data.datamodule import MultiTaskDataModule
     from mtl.errors import ConfigError
 
     module = MultiTaskDataModule(tiny_cfg())  # one split: validates on the 40-row val files
@@ -141,7 +141,7 @@ def test_datamodule_refuses_fewer_validation_rows_than_ranks(tiny_cfg):
 
 
 def test_resume_prefers_a_slurm_checkpoint_only_when_it_got_further(tmp_path):
-    from mtl.fit import resume_checkpoint
+    from mtl.run.fit import resume_checkpoint
 
     assert resume_checkpoint(tmp_path) is None
     torch.save({"global_step": 40}, tmp_path / "last.ckpt")
@@ -159,9 +159,9 @@ def test_slurm_requeue_checkpoint_resumes_the_same_fold(tiny_cfg, tmp_path, monk
     array task; the requeued job resumes that fold from it and predicts with the best weights."""
     import lightning as L
 
-    import mtl.fit
-    from mtl.predict import Predictor
-    from mtl.train import train
+    import mtl.run.fit
+    from mtl.inference.predictor import Predictor
+    from mtl.run.train import train
 
     scontrol = tmp_path / "bin" / "scontrol"  # records the requeue instead of calling SLURM
     scontrol.parent.mkdir()
@@ -192,9 +192,9 @@ def test_slurm_requeue_checkpoint_resumes_the_same_fold(tiny_cfg, tmp_path, monk
 
     extra = ["cv.n_splits=2", "cv.folds=1", "trainer.max_epochs=3", "early_stopping.enabled=false"]
     cfg = tiny_cfg(*extra)
-    original = mtl.fit.make_trainer
+    original = mtl.run.fit.make_trainer
     monkeypatch.setattr(
-        mtl.fit,
+        mtl.run.fit,
         "make_trainer",
         lambda cfg, fold_dir, run_dir, fold, callbacks=None: original(
             cfg, fold_dir, run_dir, fold, [TimeLimit()]
@@ -209,8 +209,8 @@ def test_slurm_requeue_checkpoint_resumes_the_same_fold(tiny_cfg, tmp_path, monk
     last_step = torch.load(fold_dir / "last.ckpt", weights_only=True)["global_step"]
     assert hpc_step > last_step  # saved mid-epoch 1, after the epoch-0 last.ckpt
 
-    monkeypatch.setattr(mtl.fit, "make_trainer", original)
-    with caplog.at_level(logging.INFO, logger="mtl.fit"):
+    monkeypatch.setattr(mtl.run.fit, "make_trainer", original)
+    with caplog.at_level(logging.INFO, logger="mtl.run.fit"):
         train(cfg)
     assert f"fold 1: resuming from {fold_dir / 'hpc_ckpt_1.ckpt'}" in caplog.text
     fold = json.loads((fold_dir / "metrics.json").read_text())
@@ -233,7 +233,7 @@ def test_fsdp_gets_one_unit_per_encoder_block_through_its_public_argument(tiny_b
     from box import Box
     from transformers.models.bert.modeling_bert import BertEmbeddings, BertLayer
 
-    from mtl.fit import EncoderFSDP, encoder_blocks, make_strategy
+    from mtl.run.fit import EncoderFSDP, encoder_blocks, make_strategy
 
     assert encoder_blocks(str(tiny_backbone)) == {BertEmbeddings, BertLayer}
     assert encoder_blocks(str(tiny_backbone / "missing")) == set()  # unknown: FSDP's default

@@ -10,8 +10,8 @@ import pandas as pd
 import pytest
 from conftest import REPO, run_train_script
 
-from mtl.metrics import majority_baseline, score_arrays
-from mtl.tasks import TaskMeta
+from mtl.data.tasks import TaskMeta
+from mtl.model.metrics import majority_baseline, score_arrays
 
 
 @pytest.mark.slow

@@ -9,9 +9,9 @@ import torch
 import torch.nn.functional as F
 
 from mtl.config import DEFAULT_CONFIG, load_config
-from mtl.losses import TaskLoss, focal_bce, focal_loss
-from mtl.tasks import TaskMeta
-from mtl.weighting import (
+from mtl.data.tasks import TaskMeta
+from mtl.model.losses import TaskLoss, focal_bce, focal_loss
+from mtl.model.weighting import (
     DWAWeighting,
     FixedWeighting,
     RandomWeighting,

@@ -8,7 +8,7 @@ from transformers import BertModel
 from transformers.modeling_outputs import BaseModelOutputWithPooling
 
 from mtl.errors import ConfigError
-from mtl.model import MultiTaskModel, Pooler
+from mtl.model.network import MultiTaskModel, Pooler
 
 HIDDEN = torch.arange(2 * 3 * 4, dtype=torch.float32).reshape(2, 3, 4)  # (B, T, H)
 MASK = torch.tensor([[1, 1, 0], [1, 0, 0]])

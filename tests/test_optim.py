@@ -8,12 +8,12 @@ import torch
 from box import Box
 from transformers import BertModel
 
-from mtl.bench.meter import to_device
-from mtl.bench.setup import PlainStep, Setup
 from mtl.errors import ConfigError
-from mtl.model import MultiTaskModel
-from mtl.optim import adamw_kwargs, layer_depth, param_groups
-from mtl.weighting import UncertaintyWeighting
+from mtl.harness.bench.meter import to_device
+from mtl.harness.bench.setup import PlainStep, Setup
+from mtl.model.network import MultiTaskModel
+from mtl.model.optim import adamw_kwargs, layer_depth, param_groups
+from mtl.model.weighting import UncertaintyWeighting
 
 LAYERS = 2  # tests/conftest.py: tiny_backbone
 

@@ -13,12 +13,12 @@ import pytest
 import torch
 from conftest import tiny_overrides
 
-from mtl.blend import blend
 from mtl.config import load_config
 from mtl.errors import CheckpointError, PredictError
-from mtl.predict import Predictor
-from mtl.predict_cli import main
-from mtl.train import train
+from mtl.inference.predict_cli import main
+from mtl.inference.predictor import Predictor
+from mtl.run.blend import blend
+from mtl.run.train import train
 
 TASKS = ("toxicity", "emotion", "sentiment")
 REPO = Path(__file__).resolve().parent.parent

@@ -1,6 +1,6 @@
 """Issue 12, "nothing lost, nothing silently wrong": one test (or table row) per failure a hostile
 new user found. Each case failed before the fix: a silent wrong result, lost work, an unsafe load
-or a traceback. Run-folder cases drive `mtl.train` on the tiny BERT; none trains for long.
+or a traceback. Run-folder cases drive `mtl.run.train` on the tiny BERT; none trains for long.
 """
 
 from __future__ import annotations
@@ -18,10 +18,10 @@ import yaml
 from conftest import run_train_script, tiny_overrides
 
 from mtl.config import DEFAULT_CONFIG, load_config
-from mtl.data import load_tasks
+from mtl.data.load import load_tasks
 from mtl.errors import CheckpointError, ConfigError, DataError
-from mtl.model import load_tokenizer
-from mtl.train import main
+from mtl.model.network import load_tokenizer
+from mtl.run.train import main
 
 
 def config_error(*overrides: str) -> str:
@@ -31,7 +31,7 @@ def config_error(*overrides: str) -> str:
 
 
 def exit_2(capsys, argv: list[str]) -> str:
-    """`mtl.train.main` exits 2 with one `error:` paragraph and no traceback; returns it."""
+    """`mtl.run.train.main` exits 2 with one `error:` paragraph and no traceback; returns it."""
     code = main(argv)
     err = capsys.readouterr().err
     assert code == 2, err
@@ -258,7 +258,7 @@ def fake_fold_work(cfg, fold: int = 0) -> None:
 def test_a_changed_setting_is_refused_once_the_folder_holds_fold_work(
     one_task, first, second, named
 ):
-    from mtl.train import prepare
+    from mtl.run.train import prepare
 
     cfg = one_task("cv.n_splits=2", first)
     prepare(cfg)
@@ -272,7 +272,7 @@ def test_a_changed_setting_is_refused_once_the_folder_holds_fold_work(
 
 
 def test_a_folder_from_before_fingerprints_is_checked_against_its_config_yaml(one_task):
-    from mtl.train import prepare
+    from mtl.run.train import prepare
 
     cfg = one_task("trainer.max_epochs=1")
     prepare(cfg)
@@ -287,7 +287,7 @@ def test_a_folder_from_before_fingerprints_is_checked_against_its_config_yaml(on
 def test_a_config_key_added_by_a_newer_version_counts_as_its_default(one_task):
     import json
 
-    from mtl.train import prepare
+    from mtl.run.train import prepare
 
     cfg = one_task()
     prepare(cfg)
@@ -304,7 +304,7 @@ def test_a_config_key_added_by_a_newer_version_counts_as_its_default(one_task):
 
 
 def test_an_edited_data_file_is_refused_naming_the_file(one_task, own_data):
-    from mtl.train import prepare
+    from mtl.run.train import prepare
 
     cfg = one_task("cv.n_splits=2")
     prepare(cfg)
@@ -319,7 +319,7 @@ def test_an_edited_data_file_is_refused_naming_the_file(one_task, own_data):
 
 
 def test_folds_built_differently_by_another_version_are_refused(one_task):
-    from mtl.train import prepare
+    from mtl.run.train import prepare
 
     cfg = one_task("cv.n_splits=2")
     prepare(cfg)
@@ -333,7 +333,7 @@ def test_folds_built_differently_by_another_version_are_refused(one_task):
 
 def test_fold_jobs_with_different_row_caps_cannot_merge(one_task):
     # the issue's case end to end: before, fold 1 trained on other rows and the OOF file merged
-    from mtl.train import train
+    from mtl.run.train import train
 
     train(one_task("cv.n_splits=2", "cv.folds=0", "data.max_train_rows=64"))
     with pytest.raises(ConfigError, match="data.max_train_rows was 64, now 96"):
@@ -342,7 +342,7 @@ def test_fold_jobs_with_different_row_caps_cannot_merge(one_task):
 
 
 def test_the_same_data_moved_elsewhere_and_other_hardware_keys_resume(one_task, own_data, tmp_path):
-    from mtl.train import prepare
+    from mtl.run.train import prepare
 
     cfg = one_task("cv.n_splits=2")
     prepare(cfg)
@@ -356,7 +356,7 @@ def test_the_same_data_moved_elsewhere_and_other_hardware_keys_resume(one_task, 
 
 
 def test_a_failed_start_leaves_no_run_folder(one_task, own_data):
-    from mtl.train import prepare
+    from mtl.run.train import prepare
 
     cfg = one_task("cv.n_splits=500")  # more folds than rows: refused when folds are built
     with pytest.raises(DataError):
@@ -366,7 +366,7 @@ def test_a_failed_start_leaves_no_run_folder(one_task, own_data):
 
 
 def test_a_folder_without_fold_work_starts_over_with_new_settings(one_task):
-    from mtl.train import prepare
+    from mtl.run.train import prepare
 
     prepare(one_task("cv.n_splits=2", "trainer.max_epochs=1"))
     prepare(one_task("cv.n_splits=3", "trainer.max_epochs=2"))  # nothing trained yet: fine
@@ -378,8 +378,8 @@ def test_a_folder_without_fold_work_starts_over_with_new_settings(one_task):
 
 
 def test_a_fold_being_trained_elsewhere_stops_a_second_run_with_a_message(one_task):
-    from mtl.runfolder import RunFolderBusy, fold_lock
-    from mtl.train import train
+    from mtl.run.runfolder import RunFolderBusy, fold_lock
+    from mtl.run.train import train
 
     cfg = one_task()
     folder_of(cfg).mkdir(parents=True)
@@ -392,7 +392,7 @@ def test_a_fold_being_trained_elsewhere_stops_a_second_run_with_a_message(one_ta
 
 
 def test_a_stale_lock_file_of_a_killed_process_does_not_block(one_task):
-    from mtl.train import train
+    from mtl.run.train import train
 
     cfg = one_task()
     (folder_of(cfg) / "fold_0").mkdir(parents=True)
@@ -406,8 +406,8 @@ def test_a_lock_held_by_another_process_blocks_until_that_process_is_killed(one_
     import subprocess
     import sys
 
-    from mtl.runfolder import RunFolderBusy
-    from mtl.train import train
+    from mtl.run.runfolder import RunFolderBusy
+    from mtl.run.train import train
 
     cfg = one_task()
     folder_of(cfg).mkdir(parents=True)
@@ -415,7 +415,7 @@ def test_a_lock_held_by_another_process_blocks_until_that_process_is_killed(one_
         [
             sys.executable,
             "-c",
-            "import sys, time; from pathlib import Path; from mtl.runfolder import fold_lock\n"
+            "import sys, time; from pathlib import Path; from mtl.run.runfolder import fold_lock\n"
             f"with fold_lock(Path({str(folder_of(cfg))!r}), 0):\n"
             "    print('locked', flush=True); time.sleep(120)",
         ],
@@ -434,8 +434,8 @@ def test_a_lock_held_by_another_process_blocks_until_that_process_is_killed(one_
 
 
 def test_fold_jobs_of_one_run_train_side_by_side(one_task):
-    from mtl.runfolder import fold_lock
-    from mtl.train import train
+    from mtl.run.runfolder import fold_lock
+    from mtl.run.train import train
 
     cfg = one_task("cv.n_splits=2", "cv.folds=0")
     folder_of(cfg).mkdir(parents=True)
@@ -459,7 +459,7 @@ class Hostile:
 @pytest.fixture
 def interrupted(one_task):
     """A one-fold run folder whose fold 0 has a last.ckpt to resume from (set by the test)."""
-    from mtl.train import prepare
+    from mtl.run.train import prepare
 
     cfg = one_task()
     prepare(cfg)
@@ -476,7 +476,7 @@ def test_a_hostile_last_ckpt_is_refused_even_when_torch_is_told_to_unpickle(
     marker = tmp_path / "pwned"
     torch.save({"state_dict": {}, "payload": Hostile(marker)}, last)
     monkeypatch.setenv("TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD", "1")
-    from mtl.train import train
+    from mtl.run.train import train
 
     with pytest.raises(CheckpointError) as info:
         train(cfg)
@@ -500,7 +500,7 @@ def test_a_hostile_last_ckpt_through_the_train_script_exits_2_without_running_co
 
 
 def test_a_truncated_last_ckpt_is_an_error_with_the_restart_option(interrupted, capsys):
-    from mtl.train import main as train_main
+    from mtl.run.train import main as train_main
 
     cfg, last = interrupted
     last.write_bytes(b"PK\x03\x04 truncated")
@@ -517,7 +517,7 @@ def test_fsdp_vets_a_full_checkpoint_with_the_safe_loader_before_lightning_unpic
     # Lightning's FSDP opens full checkpoints with its own unrestricted unpickler
     import torch
 
-    from mtl.fit import EncoderFSDP
+    from mtl.run.fit import EncoderFSDP
 
     marker = tmp_path / "pwned"
     path = tmp_path / "last.ckpt"
@@ -531,8 +531,8 @@ def test_fsdp_vets_a_full_checkpoint_with_the_safe_loader_before_lightning_unpic
 def test_training_and_resuming_load_every_checkpoint_with_weights_only(one_task, monkeypatch):
     import torch
 
-    import mtl.fit
-    from mtl.train import train
+    import mtl.run.fit
+    from mtl.run.train import train
 
     loads = []
     real_load = torch.load
@@ -543,22 +543,24 @@ def test_training_and_resuming_load_every_checkpoint_with_weights_only(one_task,
 
     monkeypatch.setattr(torch, "load", spy)
     cfg = one_task("trainer.max_epochs=2", "early_stopping.enabled=false")
-    original = mtl.fit.make_trainer
+    original = mtl.run.fit.make_trainer
 
     class StopAfterFirstEpoch(Exception):
         pass
 
-    class Stop(mtl.fit.L.Callback):
+    class Stop(mtl.run.fit.L.Callback):
         def on_train_epoch_end(self, trainer, module):
             if trainer.current_epoch == 0:
                 raise StopAfterFirstEpoch
 
     monkeypatch.setattr(
-        mtl.fit, "make_trainer", lambda c, f, r, k, callbacks=None: original(c, f, r, k, [Stop()])
+        mtl.run.fit,
+        "make_trainer",
+        lambda c, f, r, k, callbacks=None: original(c, f, r, k, [Stop()]),
     )
     with pytest.raises(StopAfterFirstEpoch):
         train(cfg)
-    monkeypatch.setattr(mtl.fit, "make_trainer", original)
+    monkeypatch.setattr(mtl.run.fit, "make_trainer", original)
     train(cfg)  # resumes from last.ckpt, validates and predicts with best.ckpt
     assert loads and all(w is True for w in loads), loads
 
@@ -579,7 +581,7 @@ def test_written_files_respect_the_umask(tmp_path, mask, mode):
 
 
 def test_run_folder_files_and_tokenizer_are_readable_by_the_group(one_task):
-    from mtl.train import prepare
+    from mtl.run.train import prepare
 
     old = os.umask(0o002)
     try:
@@ -599,7 +601,7 @@ def test_orphaned_temp_files_of_killed_writers_are_removed(one_task):
     import sys
 
     from mtl.io import STALE_AFTER_S, tmp_prefix
-    from mtl.train import prepare
+    from mtl.run.train import prepare
 
     cfg = one_task()
     folder = folder_of(cfg)
@@ -621,7 +623,7 @@ def test_orphaned_temp_files_of_killed_writers_are_removed(one_task):
     prepare(cfg)
     assert not orphan.exists() and not old_style.exists() and not cache_orphan.exists()
     assert live.exists()
-    from mtl.train import train
+    from mtl.run.train import train
 
     train(cfg)
     assert not fold_orphan.exists()
@@ -633,8 +635,8 @@ def test_orphaned_temp_files_of_killed_writers_are_removed(one_task):
 
 @pytest.mark.parametrize("content", ["", "{not json", "[1, 2]"])
 def test_a_damaged_metrics_json_on_rerun_is_an_error_naming_the_fix(one_task, capsys, content):
-    from mtl.train import main as train_main
-    from mtl.train import prepare
+    from mtl.run.train import main as train_main
+    from mtl.run.train import prepare
 
     cfg = one_task()
     prepare(cfg)
@@ -654,7 +656,7 @@ def test_max_length_beyond_the_backbones_positions_is_a_config_error(capsys, arg
 def test_position_limit_of_roberta_family_discounts_the_padding_offset(tmp_path):
     from transformers import RobertaConfig
 
-    from mtl.model import position_limit
+    from mtl.model.network import position_limit
 
     RobertaConfig(max_position_embeddings=514, pad_token_id=1).save_pretrained(tmp_path)
     assert position_limit(str(tmp_path)) == 512
@@ -664,7 +666,7 @@ def test_position_limit_of_roberta_family_discounts_the_padding_offset(tmp_path)
 
 
 def test_a_class_rarer_than_the_folds_is_warned_with_the_numbers(one_task, own_data, caplog):
-    from mtl.train import prepare
+    from mtl.run.train import prepare
 
     path = own_data / "toxicity_train.csv"
     frame = pd.read_csv(path)
@@ -681,7 +683,7 @@ def test_a_class_rarer_than_the_folds_is_warned_with_the_numbers(one_task, own_d
 
 @pytest.fixture(scope="module")
 def finished_run(tiny_backbone, data_dir, tmp_path_factory) -> Path:
-    from mtl.train import train
+    from mtl.run.train import train
 
     out = tmp_path_factory.mktemp("reliability_run")
     cfg = load_config(DEFAULT_CONFIG, tiny_overrides(tiny_backbone, data_dir, out) + list(ONE_TASK))
@@ -693,7 +695,7 @@ def finished_run(tiny_backbone, data_dir, tmp_path_factory) -> Path:
 def test_predict_output_equal_to_input_is_refused_and_the_input_kept(
     finished_run, tmp_path, monkeypatch, capsys, same
 ):
-    from mtl.predict_cli import main as predict_main
+    from mtl.inference.predict_cli import main as predict_main
 
     source = tmp_path / "texts.csv"
     source.write_text("text\nyou idiot\nthanks friend\n")
@@ -711,7 +713,7 @@ def test_predict_output_equal_to_input_is_refused_and_the_input_kept(
 def test_a_non_utf8_input_file_at_predict_time_names_the_row_and_the_fix(
     finished_run, tmp_path, capsys
 ):
-    from mtl.predict_cli import main as predict_main
+    from mtl.inference.predict_cli import main as predict_main
 
     source = tmp_path / "latin1.csv"
     source.write_bytes("text\nyou idiot\ncafé\n".encode("latin-1"))
@@ -725,7 +727,7 @@ def test_a_non_utf8_input_file_at_predict_time_names_the_row_and_the_fix(
 
 def test_predictor_api_refuses_to_overwrite_its_input(finished_run, tmp_path):
     from mtl.errors import PredictError
-    from mtl.predict import Predictor
+    from mtl.inference.predictor import Predictor
 
     source = tmp_path / "texts.csv"
     source.write_text("text\nhello\n")
@@ -734,7 +736,7 @@ def test_predictor_api_refuses_to_overwrite_its_input(finished_run, tmp_path):
 
 
 def test_empty_texts_at_predict_time_are_warned_with_their_rows(finished_run, tmp_path, caplog):
-    from mtl.predict import Predictor
+    from mtl.inference.predictor import Predictor
 
     predictor = Predictor.from_run(finished_run, device="cpu")
     source = tmp_path / "texts.csv"

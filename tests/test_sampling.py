@@ -1,4 +1,4 @@
-"""The multi-task batch sampler and the padding collator (mtl/sampling.py), on synthetic rows."""
+"""The multi-task batch sampler and the padding collator (mtl/data/sampling.py), on synthetic rows."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 import torch
 
-from mtl.sampling import Collator, MultiTaskBatchSampler, task_sample_counts
+from mtl.data.sampling import Collator, MultiTaskBatchSampler, task_sample_counts
 
 
 def synthetic(sizes=(1600, 1000, 600), seed=0, max_len=120):

@@ -1,6 +1,6 @@
 import json
 
-from mtl.train import train
+from mtl.run.train import train
 
 
 def test_tiny_training_run_writes_the_run_folder_contract(tiny_cfg):

@@ -12,9 +12,9 @@ import pytest
 import torch
 from box import Box
 
-from mtl.blend import blend, cross_fit_thresholds, rank_blend, tune_thresholds
-from mtl.metrics import TaskMetrics, score_arrays
-from mtl.tasks import TASK_TYPES, TaskMeta
+from mtl.data.tasks import TASK_TYPES, TaskMeta
+from mtl.model.metrics import TaskMetrics, score_arrays
+from mtl.run.blend import blend, cross_fit_thresholds, rank_blend, tune_thresholds
 
 
 def binary_meta() -> TaskMeta:
@@ -84,7 +84,7 @@ def test_cross_fitted_oof_score_is_not_the_optimistic_in_sample_one():
 
 
 def test_kfold_oof_score_uses_cross_fitted_thresholds(tiny_cfg):
-    from mtl.train import train
+    from mtl.run.train import train
 
     cfg = tiny_cfg("cv.n_splits=3", "tasks.emotion.threshold=tuned", "trainer.max_epochs=1")
     results = train(cfg)
@@ -104,9 +104,9 @@ def test_kfold_oof_score_uses_cross_fitted_thresholds(tiny_cfg):
 
 
 def test_a_task_gets_the_same_folds_alone_and_in_any_task_order(tiny_cfg):
-    from mtl.data import load_tasks
-    from mtl.folds import fold_assignments
-    from mtl.model import load_tokenizer
+    from mtl.data.folds import fold_assignments
+    from mtl.data.load import load_tasks
+    from mtl.model.network import load_tokenizer
 
     cfg = tiny_cfg("cv.n_splits=3")
     tokenizer = load_tokenizer(cfg.backbone.name)
@@ -177,7 +177,7 @@ def test_each_task_type_reports_the_metrics_its_table_row_declares(kind):
 
 
 def test_one_split_selects_on_held_out_training_rows_and_reports_the_val_file(tiny_cfg, data_dir):
-    from mtl.train import train
+    from mtl.run.train import train
 
     cfg = tiny_cfg("cv.n_splits=1", "data.val_fraction=0.25")
     results = train(cfg)
@@ -199,7 +199,7 @@ def test_one_split_selects_on_held_out_training_rows_and_reports_the_val_file(ti
 
 
 def test_a_task_without_a_val_file_reports_rows_held_out_of_training(tiny_cfg):
-    from mtl.train import train
+    from mtl.run.train import train
 
     cfg = tiny_cfg("tasks.sentiment.val=null", "cv.n_splits=2", "data.val_fraction=0.2")
     results = train(cfg)
@@ -216,7 +216,7 @@ def test_a_task_without_a_val_file_reports_rows_held_out_of_training(tiny_cfg):
 
 
 def test_selection_last_trains_fixed_epochs_and_chooses_nothing(tiny_cfg):
-    from mtl.train import train
+    from mtl.run.train import train
 
     cfg = tiny_cfg("cv.n_splits=1", "cv.selection=last", "trainer.max_epochs=2")
     results = train(cfg)
@@ -241,7 +241,7 @@ def test_tuned_thresholds_with_nothing_to_tune_on_is_a_config_error(tiny_cfg):
 
 
 def test_identical_texts_share_a_fold_and_overlap_is_reported(tiny_cfg, data_dir, tmp_path):
-    from mtl.train import train
+    from mtl.run.train import train
 
     train_file = pd.read_csv(data_dir / "toxicity_train.csv")
     dup = pd.concat(
@@ -282,7 +282,7 @@ def test_identical_texts_share_a_fold_and_overlap_is_reported(tiny_cfg, data_dir
 
 
 def test_uncertainty_log_var_past_the_bound_still_gets_its_gradient_and_is_projected_back():
-    from mtl.weighting import UncertaintyWeighting
+    from mtl.model.weighting import UncertaintyWeighting
 
     weighting = UncertaintyWeighting(["a", "b"], clamp=5.0)
     with torch.no_grad():
@@ -297,7 +297,7 @@ def test_uncertainty_log_var_past_the_bound_still_gets_its_gradient_and_is_proje
 
 
 def test_training_keeps_log_vars_within_the_bound(tiny_cfg):
-    from mtl.train import train
+    from mtl.run.train import train
 
     cfg = tiny_cfg("weighting.log_var_clamp=0.01", "optim.lr_log_vars=1.0", "trainer.max_epochs=1")
     train(cfg)
@@ -312,7 +312,7 @@ def test_training_keeps_log_vars_within_the_bound(tiny_cfg):
 
 
 def test_onecycle_leaves_adamw_beta1_alone():
-    from mtl.optim import build_scheduler
+    from mtl.model.optim import build_scheduler
 
     param = torch.nn.Parameter(torch.zeros(2))
     optimizer = torch.optim.AdamW([param], lr=1e-3, betas=(0.9, 0.999))
@@ -326,7 +326,7 @@ def test_onecycle_leaves_adamw_beta1_alone():
 def test_layer_decay_gives_the_top_encoder_layer_the_full_learning_rate(tiny_backbone):
     from transformers import AutoModel
 
-    from mtl.optim import param_groups
+    from mtl.model.optim import param_groups
 
     encoder = AutoModel.from_pretrained(tiny_backbone)
     model = torch.nn.Module()
@@ -352,7 +352,7 @@ def test_layer_decay_gives_the_top_encoder_layer_the_full_learning_rate(tiny_bac
 
 
 def test_expected_rows_per_batch_follow_the_sampling():
-    from mtl.sampling import expected_rows_per_batch
+    from mtl.data.sampling import expected_rows_per_batch
 
     got = expected_rows_per_batch(np.array([300, 100]), "proportional", 2.0, 32)
     assert got.tolist() == pytest.approx([24.0, 8.0])
@@ -361,8 +361,8 @@ def test_expected_rows_per_batch_follow_the_sampling():
 
 
 def test_expected_normalisation_weighs_every_row_alike_whatever_the_batch_mix(tiny_cfg):
-    from mtl.module import MultiTaskModule
-    from mtl.tasks import TaskMeta
+    from mtl.data.tasks import TaskMeta
+    from mtl.model.module import MultiTaskModule
 
     cfg = tiny_cfg("weighting.task_loss_norm=expected", "loss_weighting=equal")
     metas = {n: TaskMeta(name=n, type="binary", classes=[0, 1]).to_dict() for n in cfg.tasks}
@@ -378,7 +378,7 @@ def test_expected_normalisation_weighs_every_row_alike_whatever_the_batch_mix(ti
 
 
 def test_a_run_normalising_by_expected_rows_trains(tiny_cfg):
-    from mtl.train import train
+    from mtl.run.train import train
 
     results = train(tiny_cfg("weighting.task_loss_norm=expected", "trainer.max_epochs=1"))
     assert results["score"] is not None and 0.0 <= results["score"] <= 1.0
@@ -388,8 +388,8 @@ def test_a_run_normalising_by_expected_rows_trains(tiny_cfg):
 
 
 def test_a_checkpoint_with_compiled_encoder_keys_loads(tiny_cfg, tmp_path):
-    from mtl.predict import Predictor
-    from mtl.train import train
+    from mtl.inference.predictor import Predictor
+    from mtl.run.train import train
 
     cfg = tiny_cfg("trainer.max_epochs=1")
     train(cfg)

@@ -10,7 +10,7 @@ import torch
 import yaml
 from conftest import EMOTIONS, TOPICS, make_topics, run_train_script, tiny_overrides, topic_task
 
-from mtl.train import main
+from mtl.run.train import main
 
 
 def scalar_tags(folder: Path) -> set[str]:
@@ -133,7 +133,7 @@ def test_onecycle_schedule_survives_very_short_runs(total_steps):
     import torch
     from box import Box
 
-    from mtl.optim import build_scheduler
+    from mtl.model.optim import build_scheduler
 
     param = torch.nn.Parameter(torch.zeros(1))
     optimizer = torch.optim.AdamW([param], lr=1e-3)

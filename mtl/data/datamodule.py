@@ -1,0 +1,222 @@
+"""The LightningDataModule: reads and tokenizes the task files, assigns folds, serves fold k.
+
+    dm = MultiTaskDataModule(cfg); dm.setup("fit"); dm.set_fold(2)
+    batch = next(iter(dm.train_dataloader()))
+
+`prepare_data` (one process per node) fills the token cache; `setup` (every process) reads the
+files (tokens from that cache), checks them and assigns the folds, once. Fold k trains on every
+task's rows outside fold k and validates on fold k (mtl/data/folds.py); `predict_dataloader` serves
+the rows a fold predicts for the run folder: its validation rows (out-of-fold), each task's val
+set (the clean headline) and the test files. Loaders shard by rank under DDP themselves.
+This is the fold-enabled DataModule Lightning issue #20544 ("Cross validation built into the
+framework") asks for: a fold index in, that fold's train / val sets out.
+"""
+
+from __future__ import annotations
+
+import logging
+
+import lightning as L
+import numpy as np
+import pandas as pd
+import torch
+from box import Box
+from torch.utils.data import DataLoader
+
+from mtl.data.folds import (
+    drop_overlap,
+    fold_assignments,
+    fold_split,
+    overlap_counts,
+    val_sets,
+    warn_small_classes,
+)
+from mtl.data.load import TaskData, load_tasks
+from mtl.data.sampling import Collator, MultiTaskBatchSampler, MultiTaskDataset
+from mtl.data.tasks import TaskMeta
+from mtl.errors import ConfigError
+from mtl.model.network import load_tokenizer, position_limit
+
+log = logging.getLogger("mtl")
+
+
+def make_collator(cfg: Box, metas: dict[str, TaskMeta], pad_id: int) -> Collator:
+    mixed = str(cfg.trainer.precision) not in ("32", "32-true", "64", "64-true")
+    widths = {name: meta.num_outputs if meta.multilabel else None for name, meta in metas.items()}
+    return Collator(pad_id, widths, pad_to_multiple_of=8 if mixed else None)
+
+
+def make_loader(
+    cfg: Box,
+    parts: dict[str, TaskData | None],
+    collator: Collator,
+    *,
+    train: bool,
+    rank: int = 0,
+    world_size: int = 1,
+    epoch_seed: int | None = None,
+) -> DataLoader:
+    dataset = MultiTaskDataset(parts, collator.task_names)
+    sampler = MultiTaskBatchSampler(
+        dataset.task_ids,
+        dataset.lengths,
+        cfg.data.batch_size if train else cfg.data.eval_batch_size,
+        train=train,
+        mode=cfg.sampling.mode,
+        temperature=cfg.sampling.temperature,
+        length_grouping=cfg.sampling.length_grouping,
+        seed=cfg.seed if epoch_seed is None else epoch_seed,
+        rank=rank,
+        world_size=world_size,
+    )
+    workers = cfg.data.num_workers
+    return DataLoader(
+        dataset,
+        batch_sampler=sampler,
+        collate_fn=collator,
+        num_workers=workers,
+        pin_memory=torch.cuda.is_available(),
+        persistent_workers=workers > 0,
+    )
+
+
+def check_max_length(cfg: Box) -> None:
+    """data.max_length above the backbone's position limit crashes mid-validation on long texts."""
+    limit = position_limit(cfg.backbone.name)
+    if limit is not None and cfg.data.max_length > limit:
+        raise ConfigError(
+            f"Config key 'data.max_length' is {cfg.data.max_length}, but backbone "
+            f"'{cfg.backbone.name}' has positions for at most {limit} tokens. Set "
+            f"data.max_length={limit} or less."
+        )
+
+
+def same_rows(a: TaskData | None, b: TaskData | None) -> bool:
+    return a is b or (
+        a is not None
+        and b is not None
+        and (a.path, a.split) == (b.path, b.split)
+        and np.array_equal(a.rows, b.rows)
+    )
+
+
+class MultiTaskDataModule(L.LightningDataModule):
+    """Every task's train / val / test files, their fold assignment, and fold k's loaders."""
+
+    def __init__(self, cfg: Box):
+        super().__init__()
+        self.cfg = cfg
+        self.fold = 0
+        self.tokenizer = None
+        self.data: dict[str, dict[str, TaskData]] | None = None  # data[task][split]
+        self.metas: dict[str, TaskMeta] = {}
+        self.folds: dict[str, np.ndarray] = {}  # per task, the fold of each training row
+        self.overlap: dict[str, dict[str, int]] = {}
+
+    def prepare_data(self) -> None:
+        # one process per node writes the token cache; setup() on every rank then reads it
+        if self.data is None:
+            load_tasks(self.cfg, load_tokenizer(self.cfg.backbone.name))
+
+    def setup(self, stage: str | None = None) -> None:
+        if self.data is not None:  # every stage serves the same data: read it once
+            return
+        cfg = self.cfg
+        check_max_length(cfg)
+        self.tokenizer = load_tokenizer(cfg.backbone.name)
+        data, self.metas = load_tasks(cfg, self.tokenizer)
+        if cfg.data.drop_overlap:
+            data = drop_overlap(data)
+        self.folds = fold_assignments(cfg, data)
+        warn_small_classes(cfg, data, self.metas)
+        self.overlap = overlap_counts(data, self.folds)
+        for name, counts in self.overlap.items():
+            for split, n in counts.items():
+                if n:
+                    log.warning(
+                        "%s: %d %s rows also occur (same normalised text) among its training "
+                        "rows; data.drop_overlap=true drops them",
+                        name, n, split,
+                    )  # fmt: skip
+        self.data = data
+        self.collator = make_collator(cfg, self.metas, self.tokenizer.pad_token_id)
+
+    def set_fold(self, k: int) -> None:
+        """Serve fold k: train on every task's rows outside fold k, validate on fold k."""
+        if not 0 <= k < max(1, self.cfg.cv.n_splits):
+            raise ConfigError(f"fold {k} does not exist with cv.n_splits={self.cfg.cv.n_splits}.")
+        self.fold = k
+
+    def folds_frame(self) -> pd.DataFrame:
+        """The fold assignment as saved in the run folder: task, row (in its file), fold."""
+        frames = [
+            pd.DataFrame({"task": name, "row": self.data[name]["train"].rows, "fold": assignment})
+            for name, assignment in self.folds.items()
+        ]
+        return pd.concat(frames, ignore_index=True)
+
+    def fold_parts(self) -> tuple[dict[str, TaskData], dict[str, TaskData | None]]:
+        """(training rows, validation rows) per task for the current fold."""
+        if self.data is None:
+            raise RuntimeError("call dm.setup() before asking for a fold's rows")
+        return fold_split(self.data, self.folds, self.fold)
+
+    def predict_parts(self) -> dict[str, dict[str, TaskData]]:
+        """Per kind, by task, the rows the fold predicts into fold_<k>/<kind>_<task>.csv: `val`
+        (its validation rows: out-of-fold), `valfile` (each task's val set) and `test`."""
+        _, val_parts = self.fold_parts()
+        return {
+            "val": {n: p for n, p in val_parts.items() if p is not None},
+            "valfile": val_sets(self.data, self.folds),
+            "test": {n: s["test"] for n, s in self.data.items() if s.get("test") is not None},
+        }
+
+    def _shard(self) -> dict:
+        trainer = self.trainer
+        return {"rank": trainer.global_rank, "world_size": trainer.world_size} if trainer else {}
+
+    def train_dataloader(self) -> DataLoader:
+        train_parts, _ = self.fold_parts()
+        return make_loader(self.cfg, train_parts, self.collator, train=True, **self._shard())
+
+    def val_dataloader(self) -> DataLoader:
+        _, val_parts = self.fold_parts()
+        shard = self._shard()
+        world_size = shard.get("world_size", 1)
+        small = {
+            n: len(p) for n, p in val_parts.items() if p is not None and 0 < len(p) < world_size
+        }
+        # a rank without rows of a task would leave the metric sync (a collective) hanging
+        if small:
+            raise ConfigError(
+                f"Validation rows {small} are fewer than the {world_size} processes: every rank needs "
+                "rows of every task. Use fewer devices or more validation rows."
+            )
+        return make_loader(self.cfg, val_parts, self.collator, train=False, **shard)
+
+    def test_dataloader(self) -> DataLoader:
+        return self._eval_loader(self.predict_parts()["test"])
+
+    def predict_dataloader(self) -> list[DataLoader]:
+        """One loader per kind of `predict_kinds()`, in that order."""
+        return [self._eval_loader(parts) for parts in self._served_parts().values()]
+
+    def predict_kinds(self) -> list[str]:
+        return list(self._served_parts())
+
+    def _served_parts(self) -> dict[str, dict[str, TaskData]]:
+        """`predict_parts()` less empty kinds, and less a val set that is also the fold's
+        validation rows (one split, nothing chosen): that one is served once, as `val`."""
+        parts = self.predict_parts()
+        out = {}
+        for kind, by_task in parts.items():
+            if kind != "val":
+                by_task = {
+                    n: p for n, p in by_task.items() if not same_rows(p, parts["val"].get(n))
+                }
+            if by_task:
+                out[kind] = by_task
+        return out
+
+    def _eval_loader(self, parts: dict[str, TaskData]) -> DataLoader:
+        return make_loader(self.cfg, parts, self.collator, train=False, **self._shard())

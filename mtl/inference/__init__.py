@@ -1,0 +1,1 @@
+"""Inference: the Predictor, safe checkpoint loading, tables, ONNX export, HTTP serving."""

@@ -1,0 +1,201 @@
+"""`scripts/predict.py`: print predictions for texts, or write them for a file.
+
+python scripts/predict.py checkpoints/default --text "I love this" --text "you idiot"
+python scripts/predict.py checkpoints/default --input texts.csv --output preds.csv
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+from pathlib import Path
+
+import numpy as np
+
+from mtl.errors import MTLError
+from mtl.inference.predictor import PRECISIONS, Predictor
+from mtl.inference.tables import (
+    DEFAULT_CHUNK_SIZE,
+    as_texts,
+    output_format,
+    refuse_overwriting_input,
+    write_frames,
+)
+from mtl.runtime import setup_logging
+
+log = logging.getLogger(__name__)
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(
+        description="Predict with a trained run (every finished fold, blended) or one checkpoint.",
+        epilog=(
+            "examples:\n"
+            '  predict.py checkpoints/default --text "I love this" --text "you idiot"\n'
+            "  predict.py checkpoints/default --input texts.csv --output preds.csv\n"
+            "  predict.py --checkpoint checkpoints/default/fold_0/best.ckpt --text hi --format json\n"
+            '  predict.py checkpoints/default --backend onnx --text "you idiot"   # after export.py'
+        ),
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    parser.add_argument("run_dir", nargs="?", type=Path, help="run folder, checkpoints/<run>")
+    parser.add_argument(
+        "--checkpoint", type=Path, help="one checkpoint instead of the run's blended folds"
+    )
+    source = parser.add_mutually_exclusive_group(required=True)
+    source.add_argument("--text", action="append", help="a text to classify (repeat for several)")
+    source.add_argument("--input", type=Path, help="CSV, TSV, Parquet or JSON Lines file")
+    parser.add_argument("--text-column", default="text", help="text column of --input")
+    parser.add_argument(
+        "--output", type=Path, help="file to write (csv/tsv/parquet/jsonl); needed with --input"
+    )
+    parser.add_argument("--format", choices=("table", "json"), default="table", help="for --text")
+    parser.add_argument("--device", default=None, help="cpu, cuda or cuda:<i> (default: auto)")
+    parser.add_argument(
+        "--batch-size", type=int, default=None, help="default: data.eval_batch_size"
+    )
+    parser.add_argument(
+        "--chunk-size", type=int, default=DEFAULT_CHUNK_SIZE, help="rows per chunk of --input"
+    )
+    parser.add_argument(
+        "--precision", choices=tuple(PRECISIONS), default="32-true", help="autocast for speed"
+    )
+    parser.add_argument("--no-progress", action="store_true", help="no progress bar")
+    parser.add_argument(
+        "--backend",
+        choices=("torch", "onnx"),
+        default="torch",
+        help="onnx: the run's export (scripts/export.py) with ONNX Runtime",
+    )
+    parser.add_argument(
+        "--onnx-model",
+        choices=("auto", "fp32", "int8"),
+        default="auto",
+        help="with --backend onnx: which exported models (auto: int8 when exported)",
+    )
+    args = parser.parse_args(argv)
+    if args.run_dir is None and args.checkpoint is None:
+        parser.error("give a run folder (checkpoints/<run>) or --checkpoint PATH")
+    if args.input is not None and args.output is None:
+        parser.error("--input needs --output (the file to write)")
+    if args.backend == "onnx" and (args.checkpoint is not None or args.run_dir is None):
+        parser.error("--backend onnx needs a run folder with export/ (or an export folder)")
+    return args
+
+
+def render_table(texts: list[str], predictor: Predictor, probs: dict[str, np.ndarray]) -> str:
+    """Per text: one line per task with its predicted label(s) and every class's probability."""
+    labels = predictor.labels(probs)
+    shown_labels = {
+        name: [
+            (", ".join(map(str, value)) or "-") if meta.multilabel else str(value)
+            for value in labels[name]
+        ]
+        for name, meta in predictor.metas.items()
+    }
+    task_width = max(len("task"), *(len(t) for t in predictor.tasks))
+    label_width = max([len("prediction")] + [len(x) for v in shown_labels.values() for x in v])
+    lines = []
+    for i, text in enumerate(texts):
+        shown = text if len(text) <= 100 else text[:99] + "…"
+        lines.append(f"[{i + 1}] {shown!r}" if text.strip() else f"[{i + 1}] (empty text)")
+        lines.append(f"  {'task':<{task_width}}  {'prediction':<{label_width}}  probabilities")
+        for name, meta in predictor.metas.items():
+            cells = "  ".join(
+                f"{c}={p:.3f}" for c, p in zip(meta.classes, probs[name][i], strict=True)
+            )
+            label = shown_labels[name][i]
+            lines.append(f"  {name:<{task_width}}  {label:<{label_width}}  {cells}")
+        lines.append("")
+    return "\n".join(lines).rstrip() + "\n"
+
+
+def prediction_records(
+    texts: list[str], predictor: Predictor, probs: dict[str, np.ndarray]
+) -> list[dict]:
+    """Per text: the text, and per task every class's probability by name and the label(s);
+    plain Python values, ready for JSON (also the HTTP API's answer, mtl/inference/serve.py)."""
+    labels = predictor.labels(probs)
+    records = []
+    for i, text in enumerate(texts):
+        record = {"text": text}
+        for name, meta in predictor.metas.items():
+            entry = {
+                "probabilities": {
+                    str(c): float(p) for c, p in zip(meta.classes, probs[name][i], strict=True)
+                }
+            }
+            value = labels[name][i]
+            entry["labels" if meta.multilabel else "label"] = (
+                [_plain(v) for v in value] if meta.multilabel else _plain(value)
+            )
+            record[name] = entry
+        records.append(record)
+    return records
+
+
+def render_json(texts: list[str], predictor: Predictor, probs: dict[str, np.ndarray]) -> str:
+    records = prediction_records(texts, predictor, probs)
+    return json.dumps(records, indent=2, ensure_ascii=False) + "\n"
+
+
+def _plain(value):
+    """A numpy scalar (a class name read from a file) as the Python value JSON takes."""
+    return value.item() if hasattr(value, "item") else value
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    setup_logging(logging.WARNING)
+    try:
+        if args.input is not None:  # before the models load: a quick, clear refusal
+            refuse_overwriting_input(args.input, args.output)
+        if args.backend == "onnx":
+            from mtl.inference.onnx_predict import OnnxPredictor
+
+            predictor = OnnxPredictor.from_export(
+                args.run_dir, model=args.onnx_model, device=args.device, batch_size=args.batch_size
+            )
+        elif args.checkpoint is not None:
+            predictor = Predictor.from_checkpoint(
+                args.checkpoint,
+                run_dir=args.run_dir,
+                device=args.device,
+                batch_size=args.batch_size,
+                precision=args.precision,
+            )
+        else:
+            predictor = Predictor.from_run(
+                args.run_dir,
+                device=args.device,
+                batch_size=args.batch_size,
+                precision=args.precision,
+            )
+        if args.input is not None:
+            rows = predictor.predict_file(
+                args.input,
+                args.output,
+                args.text_column,
+                chunk_size=args.chunk_size,
+                progress=False if args.no_progress else None,
+            )
+            print(f"wrote {rows} rows to {args.output}", file=sys.stderr)
+            return 0
+        texts = as_texts(args.text)
+        probs = predictor.predict_proba(texts)
+        if args.output is not None:
+            from mtl.io import atomic_write
+
+            frame = predictor.frame(probs)
+            frame.insert(0, "text", texts)
+            fmt = output_format(args.output)
+            atomic_write(args.output, lambda tmp: write_frames(tmp, fmt, [frame]))
+            print(f"wrote {len(texts)} rows to {args.output}", file=sys.stderr)
+        render = render_json if args.format == "json" else render_table
+        sys.stdout.write(render(texts, predictor, probs))
+    except MTLError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    return 0

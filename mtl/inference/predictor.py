@@ -1,0 +1,479 @@
+"""Predictions from a trained run folder (all finished folds, blended) or from one checkpoint.
+
+    from mtl import Predictor
+    p = Predictor.from_run("checkpoints/default")          # every finished fold, blended
+    p = Predictor.from_checkpoint("checkpoints/default/fold_0/best.ckpt")
+    probs = p.predict_proba(["I love this", "you idiot"])  # {task: (N, C) float64 array}
+    frame = p.predict(["I love this", "you idiot"])        # DataFrame: text, <task>_<class>, <task>_label
+    p.predict_file("texts.csv", "preds.csv")               # streamed in chunks, written atomically
+
+    python scripts/predict.py checkpoints/default --text "I love this" --text "you idiot"
+    python scripts/predict.py checkpoints/default --input texts.csv --output preds.csv
+
+Texts go through exactly what the run's own predictions went through: the run's preprocessing
+(`data.preprocess`), its saved tokenizer with truncation at `data.max_length`, the best
+checkpoint of every finished fold in eval mode, and `mtl.run.blend.blend` with the run's method
+(`results.json` "blend", else `cv.blend`) and multi-label thresholds (`results.json`
+"thresholds", else the ones stored in the checkpoint). Rows are sorted by length and padded per
+batch, so the batch size changes speed, not results.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from collections.abc import Callable, Iterable, Iterator
+from contextlib import ExitStack, nullcontext
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import torch
+
+from mtl.errors import CheckpointError, ConfigError, PredictError, first_line
+from mtl.inference.checkpoint import build_model, load_checkpoint
+from mtl.inference.tables import (
+    DEFAULT_CHUNK_SIZE,
+    TableSource,
+    as_texts,
+    empty_positions,
+    join_columns,
+    output_format,
+    refuse_overwriting_input,
+    warn_empty_texts,
+    write_frames,
+)
+from mtl.run.blend import BLEND_METHODS, blend
+from mtl.run.cv import finished_folds
+
+log = logging.getLogger(__name__)
+
+PRECISIONS = {"32-true": None, "32": None, "bf16-mixed": torch.bfloat16, "16-mixed": torch.float16}
+
+
+def load_run_tokenizer(folder: Path | None, backbone_name: str):
+    """The run folder's saved tokenizer, else the backbone's own."""
+    if folder is not None and folder.is_dir():
+        from transformers import AutoTokenizer
+
+        try:
+            return AutoTokenizer.from_pretrained(str(folder), use_fast=True)
+        except Exception as err:  # OSError, ValueError, the tokenizers library's own errors
+            raise PredictError(
+                f"Cannot load the tokenizer in {folder}: {first_line(err)}"
+            ) from None
+    from mtl.model.network import load_tokenizer
+
+    return load_tokenizer(backbone_name)
+
+
+def _read_json(path: Path) -> dict:
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError) as err:
+        raise PredictError(f"Cannot read {path}: {first_line(err)}") from None
+    if not isinstance(data, dict):
+        raise PredictError(f"{path} must hold a JSON object, got {type(data).__name__}.")
+    return data
+
+
+def _run_results(run_dir: Path | None) -> dict:
+    path = None if run_dir is None else run_dir / "results.json"
+    return _read_json(path) if path is not None and path.is_file() else {}
+
+
+# --- the predictor ------------------------------------------------------------------------------
+
+
+class Predictor:
+    """Per-task probabilities and labels for raw texts, from one or several (blended) models.
+
+    Build it with `Predictor.from_run(run_dir)` or `Predictor.from_checkpoint(path)`.
+
+    predict_proba(texts) → {task: (N, C) float64 array}; columns in `classes[task]` order.
+        Single-label tasks: softmax probabilities. Multi-label: per-label sigmoid probabilities.
+        The `rank` blend gives the mean blend's probabilities (ranks only serve rank metrics
+        over a whole file, see mtl/run/blend.py), so a text gets the same label alone or in a batch.
+    predict(texts) → pandas DataFrame, one row per text: `text`, then per task the
+        `<task>_<class>` probability columns (class names as str) and `<task>_label`: the argmax
+        class for binary / multiclass tasks, the labels at or over their threshold joined with
+        "|" for multi-label tasks ("" if none).
+    labels(probs) → {task: list}: per text the class, or for multi-label the list of classes.
+    predict_file(input, output, text_column="text") → rows written: the input's columns plus the
+        prediction columns, streamed in chunks, written atomically.
+    """
+
+    def __init__(
+        self,
+        models: list[torch.nn.Module],
+        metas: dict,
+        cfg,
+        tokenizer,
+        *,
+        thresholds: dict[str, list[float]] | None = None,
+        blend_method: str = "mean",
+        fold_scores: list[float] | None = None,
+        device: str | torch.device | None = None,
+        batch_size: int | None = None,
+        precision: str = "32-true",
+        sources: list[Path] | None = None,
+    ):
+        from mtl.data.load import preprocessor
+        from mtl.data.tasks import TaskMeta
+
+        if not models:
+            raise PredictError("A Predictor needs at least one model.")
+        if blend_method not in BLEND_METHODS:
+            raise PredictError(
+                f"Unknown blend method '{blend_method}'; use one of {', '.join(BLEND_METHODS)}."
+            )
+        if blend_method == "weighted" and (fold_scores is None or len(fold_scores) != len(models)):
+            raise PredictError("The 'weighted' blend needs one validation score per model.")
+        if precision not in PRECISIONS:
+            raise PredictError(
+                f"Unknown precision '{precision}'; use one of {', '.join(PRECISIONS)}."
+            )
+        self.metas: dict[str, TaskMeta] = {
+            name: meta if isinstance(meta, TaskMeta) else TaskMeta(**meta)
+            for name, meta in metas.items()
+        }
+        self.cfg = cfg
+        self.tokenizer = tokenizer
+        self.blend_method = blend_method
+        self.fold_scores = None if fold_scores is None else [float(s) for s in fold_scores]
+        self.batch_size = int(cfg.data.eval_batch_size if batch_size is None else batch_size)
+        if self.batch_size < 1:
+            raise PredictError(f"The batch size must be a positive integer, got {batch_size}.")
+        self.max_length = int(cfg.data.max_length)
+        self.precision = precision
+        self.sources = list(sources or [])
+        self.preprocess = preprocessor(cfg.data.preprocess)
+        self.pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
+        self.thresholds: dict[str, np.ndarray] = {}
+        for name, meta in self.metas.items():
+            if not meta.multilabel:
+                continue
+            cut = (thresholds or {}).get(name) or meta.threshold or [0.5] * meta.num_outputs
+            cut = [float(c) for c in (cut if isinstance(cut, list | tuple) else [cut])]
+            if len(cut) == 1:
+                cut = cut * meta.num_outputs
+            if len(cut) != meta.num_outputs:
+                raise PredictError(
+                    f"Task '{name}' needs {meta.num_outputs} thresholds (one per label "
+                    f"{list(meta.classes)}), got {cut}."
+                )
+            self.thresholds[name] = np.asarray(cut, dtype=np.float64)
+        self.models = self._place_models(models, device)
+
+    # --- construction ---------------------------------------------------------------------------
+
+    @classmethod
+    def from_run(
+        cls,
+        run_dir: str | Path,
+        *,
+        device: str | None = None,
+        batch_size: int | None = None,
+        blend: str | None = None,
+        precision: str = "32-true",
+    ) -> Predictor:
+        """Every finished fold of a run folder (fold_<k>/ with metrics.json), blended like the
+        run's test predictions. `blend` overrides the run's method (mean | rank | weighted)."""
+        run_dir = Path(run_dir)
+        if not run_dir.is_dir():
+            raise PredictError(
+                f"Run folder not found: {run_dir}. Pass checkpoints/<run.name> of a trained run."
+            )
+        folds = finished_folds(run_dir)
+        if not folds:
+            started = sorted(p.name for p in run_dir.glob("fold_*") if p.is_dir())
+            raise PredictError(
+                f"Run folder {run_dir} has no finished fold (no fold_<k>/metrics.json"
+                + (f"; started but unfinished: {', '.join(started)}" if started else "")
+                + "). Finish training (re-run scripts/train.py resumes it), or pass one "
+                "checkpoint with --checkpoint."
+            )
+        models, metas, configs, paths, scores = [], None, None, [], []
+        for k, metrics in folds.items():
+            folder = run_dir / f"fold_{k}"
+            path = folder / str(metrics.get("best_checkpoint") or "best.ckpt")
+            if not path.is_file() and (folder / "last.ckpt").is_file():
+                path = folder / "last.ckpt"
+            model, fold_metas, config = build_model(load_checkpoint(path), path)
+            if metas is None:
+                metas, configs = fold_metas, config
+            elif _task_signature(fold_metas) != _task_signature(metas):
+                raise CheckpointError(
+                    f"Checkpoint {path} has other tasks or classes than fold "
+                    f"{next(iter(folds))}'s; a run folder's folds must come from one config."
+                )
+            models.append(model)
+            paths.append(path)
+            scores.append(float(metrics.get("metrics", {}).get("val/score", 0.0)))
+            log.info("fold %d: %s", k, path)
+        cfg = _config(configs, paths[0])
+        results = _run_results(run_dir)
+        method = blend or results.get("blend") or cfg.cv.blend
+        return cls(
+            models,
+            metas,
+            cfg,
+            load_run_tokenizer(run_dir / "tokenizer", cfg.backbone.name),
+            thresholds=results.get("thresholds"),
+            blend_method=method,
+            fold_scores=scores,
+            device=device,
+            batch_size=batch_size,
+            precision=precision,
+            sources=paths,
+        )
+
+    @classmethod
+    def from_checkpoint(
+        cls,
+        path: str | Path,
+        *,
+        run_dir: str | Path | None = None,
+        device: str | None = None,
+        batch_size: int | None = None,
+        precision: str = "32-true",
+    ) -> Predictor:
+        """One checkpoint. The tokenizer comes from the run folder's tokenizer/ (`run_dir`,
+        default: the folder above the fold folder, path.parent.parent), else from the
+        backbone named in the checkpoint's config; multi-label thresholds from that run
+        folder's results.json when it has them, else from the checkpoint."""
+        path = Path(path)
+        model, metas, config = build_model(load_checkpoint(path), path)
+        cfg = _config(config, path)
+        run_dir = Path(run_dir) if run_dir is not None else path.resolve().parent.parent
+        return cls(
+            [model],
+            metas,
+            cfg,
+            load_run_tokenizer(run_dir / "tokenizer", cfg.backbone.name),
+            thresholds=_run_results(run_dir).get("thresholds"),
+            blend_method="mean",
+            device=device,
+            batch_size=batch_size,
+            precision=precision,
+            sources=[path],
+        )
+
+    # --- what it predicts -----------------------------------------------------------------------
+
+    @property
+    def tasks(self) -> list[str]:
+        return list(self.metas)
+
+    @property
+    def classes(self) -> dict[str, list]:
+        return {name: list(meta.classes) for name, meta in self.metas.items()}
+
+    def prob_columns(self, task: str) -> list[str]:
+        return [f"{task}_{c}" for c in self.metas[task].classes]
+
+    def output_columns(self) -> list[str]:
+        """The prediction columns of `predict` and `predict_file`, in order."""
+        return [c for t in self.metas for c in self.prob_columns(t) + [f"{t}_label"]]
+
+    # --- prediction -----------------------------------------------------------------------------
+
+    def encode(self, texts: Iterable) -> list[np.ndarray]:
+        """Raw texts → token ids exactly as training made them: preprocess, then truncate."""
+        from mtl.data.load import encode_texts
+
+        return encode_texts(
+            [self.preprocess(t) for t in as_texts(texts)], self.tokenizer, self.max_length
+        )
+
+    def fold_probabilities(
+        self,
+        texts: Iterable,
+        batch_size: int | None = None,
+        progress: Callable[[int], object] | None = None,
+    ) -> list[dict[str, np.ndarray]]:
+        """Per model (fold), {task: (N, C) float32 probabilities}, in the order of `texts`.
+
+        Batches of length-sorted rows, each padded to its own longest row; eval mode, no grad.
+        `progress(n)` is called after every batch with the number of rows it held.
+        """
+        from mtl.data.sampling import Collator
+
+        ids = self.encode(texts)
+        n = len(ids)
+        size = int(self.batch_size if batch_size is None else batch_size)
+        if size < 1:
+            raise PredictError(f"The batch size must be a positive integer, got {batch_size}.")
+        out = [
+            {
+                name: np.zeros((n, meta.num_outputs), dtype=np.float32)
+                for name, meta in self.metas.items()
+            }
+            for _ in self.models
+        ]
+        order = np.argsort([-len(x) for x in ids], kind="stable")  # longest first: OOM shows early
+        collate = Collator(self.pad_id, {})
+        with self._inference_context():
+            for start in range(0, n, size):
+                index = order[start : start + size]
+                batch = collate([(0, ids[i], None, int(i)) for i in index])
+                inputs = self._inputs(batch["input_ids"], batch["attention_mask"])
+                for model, probs in zip(self.models, out, strict=True):
+                    for name, values in self._model_probabilities(model, inputs).items():
+                        probs[name][index] = values
+                if progress is not None:
+                    progress(len(index))
+        return out
+
+    # --- the backend: PyTorch here; mtl.inference.onnx_predict.OnnxPredictor overrides these four --------
+
+    def _place_models(self, models: list, device) -> list:
+        """The models on `device` in eval mode; sets `self.device`."""
+        self.device = resolve_device(device)
+        return [model.to(self.device).eval() for model in models]
+
+    def _inference_context(self):
+        dtype = PRECISIONS[self.precision]
+        autocast = (
+            torch.autocast(self.device.type, dtype=dtype) if dtype is not None else nullcontext()
+        )
+        stack = ExitStack()
+        stack.enter_context(torch.inference_mode())
+        stack.enter_context(autocast)
+        return stack
+
+    def _inputs(self, input_ids: torch.Tensor, attention_mask: torch.Tensor):
+        """One padded batch (B, T) as the models take it."""
+        return input_ids.to(self.device), attention_mask.to(self.device)
+
+    def _model_probabilities(self, model, inputs) -> dict[str, np.ndarray]:
+        """{task: (B, C) float32 probabilities} of one model on one batch."""
+        logits = model(*inputs)
+        return {
+            name: meta.probabilities(logits[name]).cpu().numpy()
+            for name, meta in self.metas.items()
+        }
+
+    def blend(self, fold_probs: list[dict[str, np.ndarray]]) -> dict[str, np.ndarray]:
+        """Per-model probabilities → {task: (N, C) float64}, with the run's blend method."""
+        return {
+            name: blend([p[name] for p in fold_probs], self.blend_method, self.fold_scores)
+            for name in self.metas
+        }
+
+    def predict_proba(
+        self, texts: Iterable, batch_size: int | None = None
+    ) -> dict[str, np.ndarray]:
+        """{task: (N, C) float64}: blended over the models; columns in `classes[task]` order."""
+        texts = as_texts(texts)
+        warn_empty_texts(empty_positions(texts), len(texts), "given")
+        return self.blend(self.fold_probabilities(texts, batch_size))
+
+    def labels(self, probs: dict[str, np.ndarray]) -> dict[str, list]:
+        """{task: per text the argmax class, or for multi-label the list of classes at/over threshold}."""
+        return {
+            name: meta.decide(np.asarray(probs[name]), self.thresholds.get(name))
+            for name, meta in self.metas.items()
+        }
+
+    def frame(self, probs: dict[str, np.ndarray]) -> pd.DataFrame:
+        """The prediction columns for blended probabilities: <task>_<class>..., <task>_label."""
+        columns: dict[str, object] = {}
+        for name, meta in self.metas.items():
+            for j, column in enumerate(self.prob_columns(name)):
+                columns[column] = probs[name][:, j]
+            columns[f"{name}_label"] = meta.label_column(probs[name], self.thresholds.get(name))
+        return pd.DataFrame(columns)
+
+    def predict(self, texts: Iterable, batch_size: int | None = None) -> pd.DataFrame:
+        """One row per text: `text`, then per task `<task>_<class>` probabilities and `<task>_label`."""
+        texts = as_texts(texts)
+        frame = self.frame(self.predict_proba(texts, batch_size))
+        frame.insert(0, "text", texts)
+        return frame
+
+    def predict_file(
+        self,
+        input_path: str | Path,
+        output_path: str | Path,
+        text_column: str = "text",
+        *,
+        chunk_size: int = DEFAULT_CHUNK_SIZE,
+        batch_size: int | None = None,
+        progress: bool | None = None,
+    ) -> int:
+        """Predict every row of a CSV / TSV / Parquet / JSON Lines file; returns the row count.
+
+        The output (format from its extension) keeps the input's columns and adds the
+        prediction columns. Both files are streamed `chunk_size` rows at a time; the output
+        appears only when complete (temp file + rename).
+        `progress`: a tqdm bar (None: only when stderr is a terminal).
+        """
+        from tqdm.auto import tqdm
+
+        from mtl.io import atomic_write
+
+        refuse_overwriting_input(input_path, output_path)
+        source = TableSource(input_path, text_column, chunk_size)
+        output_path = Path(output_path)
+        empty: list[int] = []  # positions of empty texts over the whole file
+        seen = [0]
+
+        def texts_of(chunk: pd.DataFrame) -> list[str]:
+            texts = source.texts(chunk)
+            empty.extend(seen[0] + i for i in empty_positions(texts))
+            seen[0] += len(texts)
+            return texts
+
+        fmt = output_format(output_path)
+        bar = tqdm(
+            total=source.total_rows,
+            unit="rows",
+            desc=f"predicting {source.path.name}",
+            disable=None if progress is None else not progress,
+        )
+
+        def chunks() -> Iterator[pd.DataFrame]:
+            for chunk in source.chunks():
+                probs = self.blend(self.fold_probabilities(texts_of(chunk), batch_size, bar.update))
+                yield join_columns(chunk, self.frame(probs))
+
+        try:
+            rows = []
+            atomic_write(output_path, lambda tmp: rows.append(write_frames(tmp, fmt, chunks())))
+        finally:
+            bar.close()
+        warn_empty_texts(empty, seen[0], f"in {source.path}")
+        return rows[0]
+
+
+def _config(config: dict, path: Path):
+    from mtl.config import config_from_dict
+
+    try:
+        return config_from_dict(config)
+    except ConfigError as err:
+        raise CheckpointError(
+            f"Checkpoint {path} holds a config that no longer validates: {err}"
+        ) from None
+
+
+def _task_signature(metas: dict) -> list:
+    return [(n, m["type"], [str(c) for c in m["classes"]]) for n, m in metas.items()]
+
+
+def resolve_device(device: str | torch.device | None) -> torch.device:
+    """None / "auto": CUDA when available, else CPU. A CUDA request without a GPU is an error."""
+    if device is None or str(device) == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        resolved = torch.device(device)
+    except (RuntimeError, TypeError):
+        raise PredictError(f"Unknown device '{device}'; use cpu, cuda or cuda:<index>.") from None
+    if resolved.type == "cuda" and not torch.cuda.is_available():
+        raise PredictError(f"Device '{device}' requested but no CUDA GPU is available; use cpu.")
+    if resolved.type == "cuda" and (resolved.index or 0) >= torch.cuda.device_count():
+        raise PredictError(
+            f"Device '{device}' does not exist: {torch.cuda.device_count()} CUDA device(s) found."
+        )
+    return resolved

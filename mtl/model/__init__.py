@@ -1,0 +1,1 @@
+"""Model: encoder + heads, losses, loss weighting, metrics, optimiser groups, the LightningModule."""

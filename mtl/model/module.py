@@ -1,0 +1,236 @@
+"""The LightningModule: one `model_step` shared by training and validation, logging per task.
+
+TensorBoard tags: train/loss, train/<task>/loss, val/<task>/<metric>, val/score, sigma/<task>,
+weight/<task>, and learning rates per parameter group (LearningRateMonitor).
+"""
+
+from __future__ import annotations
+
+import json
+
+import lightning as L
+import numpy as np
+import torch
+from box import Box
+from lightning.pytorch.strategies import FSDPStrategy
+from torchmetrics import MeanMetric
+
+from mtl.data.sampling import expected_rows_per_batch
+from mtl.data.tasks import TaskMeta
+from mtl.model.losses import TaskLoss
+from mtl.model.metrics import TaskMetrics
+from mtl.model.network import MultiTaskModel, load_encoder
+from mtl.model.optim import build_optimizer, build_scheduler
+from mtl.model.weighting import build_weighting
+
+
+class MultiTaskModule(L.LightningModule):
+    """`config`: the resolved config as a dict; `tasks`: TaskMeta dicts; `backbone_config`: set when
+    rebuilding from a checkpoint (the encoder is then created empty and filled from the state dict)."""
+
+    def __init__(self, config: dict, tasks: dict[str, dict], backbone_config: dict | None = None):
+        super().__init__()
+        self.save_hyperparameters()
+        self.cfg = Box(config, default_box=False)
+        self.metas = {name: TaskMeta(**meta) for name, meta in tasks.items()}
+        encoder = load_encoder(self.cfg.backbone, backbone_config)
+        # the checkpoint carries the encoder's architecture, so rebuilding needs no download
+        self.hparams.backbone_config = json.loads(encoder.config.to_json_string(use_diff=False))
+        bb = self.cfg.backbone
+        self.model = MultiTaskModel(
+            encoder,
+            {name: meta.num_outputs for name, meta in self.metas.items()},
+            pooling=bb.pooling,
+            dropout=bb.dropout,
+            head=bb.head,
+            head_hidden=bb.head_hidden,
+        )
+        self.weighting = build_weighting(self.cfg)
+        self.losses = torch.nn.ModuleDict(
+            {
+                name: TaskLoss(meta, spec.loss, spec.gamma, spec.label_smoothing)
+                for (name, meta), spec in zip(
+                    self.metas.items(), self.cfg.tasks.values(), strict=True
+                )
+            }
+        )
+        self.val_metrics = torch.nn.ModuleDict(
+            {name: TaskMetrics(meta) for name, meta in self.metas.items()}
+        )
+        self.task_names = list(self.metas)
+        # each task's mean loss over an epoch's rows, synced across ranks by torchmetrics
+        self.train_losses = torch.nn.ModuleDict({n: MeanMetric() for n in self.task_names})
+        self.val_losses = torch.nn.ModuleDict({n: MeanMetric() for n in self.task_names})
+        self.expected_rows: dict[str, float] = {}  # set in setup("fit") when normalising by it
+        for (
+            param
+        ) in self.parameters():  # FSDP later reshapes them into flat shards (mtl/model/optim.py)
+            param.mtl_ndim = param.dim()
+
+    def forward(self, input_ids, attention_mask, index=None):
+        return self.model(input_ids, attention_mask, index)
+
+    def setup(self, stage: str) -> None:
+        if self.cfg.trainer.compile and stage == "fit":
+            self.model.encoder = torch.compile(self.model.encoder)
+
+    def on_train_start(self) -> None:
+        # from the training loader itself, however it reached the Trainer (DataModule or not)
+        self.set_expected_rows(getattr(self.trainer.train_dataloader, "dataset", None))
+
+    def set_expected_rows(self, dataset) -> None:
+        """Each task's expected rows per batch of `dataset` (a MultiTaskDataset), for normalise()."""
+        if self.cfg.weighting.task_loss_norm != "expected" or not hasattr(dataset, "task_sizes"):
+            return
+        sizes = dict(zip(dataset.task_names, dataset.task_sizes().tolist(), strict=True))
+        s = self.cfg.sampling
+        expected = expected_rows_per_batch(
+            [sizes.get(n, 0) for n in self.task_names],
+            s.mode,
+            s.temperature,
+            self.cfg.data.batch_size,
+        )
+        self.expected_rows = dict(zip(self.task_names, expected.tolist(), strict=True))
+
+    def normalise(self, losses: dict[str, torch.Tensor], batch: dict) -> dict[str, torch.Tensor]:
+        """`weighting.task_loss_norm: expected`: a task's batch-mean loss × its rows in the batch /
+        its expected rows per batch, i.e. its summed loss over a constant. Under length grouping a
+        batch holds 0–32 rows of a task; a batch mean would weigh each of 2 rows 16× one of 32."""
+        if not self.expected_rows:
+            return losses
+        return {
+            name: loss * (batch["index"][name].numel() / max(self.expected_rows[name], 1e-12))
+            for name, loss in losses.items()
+        }
+
+    # --- the shared step ------------------------------------------------------------------------
+
+    def model_step(self, batch: dict, stage: str) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        logits = self(batch["input_ids"], batch["attention_mask"], batch["index"])
+        losses = {
+            name: self.losses[name](logits[name], batch["targets"][name])
+            for name in self.task_names
+        }
+        present = {name: batch["index"][name].numel() > 0 for name in self.task_names}
+        epoch_losses = self.train_losses if stage == "train" else self.val_losses
+        for name in self.task_names:
+            if present[name]:  # weighted by the task's rows in the batch: a mean over rows
+                epoch_losses[name].update(
+                    losses[name].detach().float(), batch["index"][name].numel()
+                )
+        if stage == "train":
+            losses = self.normalise(losses, batch)
+        return self.weighting(losses, present), logits
+
+    def training_step(self, batch: dict, batch_idx: int) -> torch.Tensor:
+        total, _ = self.model_step(batch, "train")
+        self.log("train/loss", total, prog_bar=True, batch_size=batch["input_ids"].shape[0])
+        logs = {f"weight/{k}": v for k, v in self.weighting.task_weights().items()}
+        logs.update(self.weighting.extra_logs())
+        self.log_dict(logs, on_step=True, on_epoch=False)
+        return total
+
+    def optimizer_step(self, *args, **kwargs) -> None:
+        super().optimizer_step(*args, **kwargs)
+        self.weighting.project()  # e.g. keep log-variances in range without killing gradients
+
+    def validation_step(self, batch: dict, batch_idx: int) -> None:
+        _, logits = self.model_step(batch, "val")
+        for name, meta in self.metas.items():
+            if batch["index"][name].numel() == 0:
+                continue
+            self.val_metrics[name].update(meta.probabilities(logits[name]), batch["targets"][name])
+
+    def predict_step(
+        self, batch: dict, batch_idx: int, dataloader_idx: int = 0
+    ) -> dict[str, tuple[np.ndarray, np.ndarray]]:
+        """Each task's probabilities for its own rows: {task: (rows, (n, C) probs)}."""
+        logits = self(batch["input_ids"], batch["attention_mask"], batch["index"])
+        return {
+            name: (
+                batch["rows"][name].cpu().numpy(),
+                meta.probabilities(logits[name]).cpu().numpy(),
+            )
+            for name, meta in self.metas.items()
+            if batch["index"][name].numel() > 0
+        }
+
+    # --- resumable randomness: a resumed fold continues with the RNG state it stopped with ---
+
+    def on_save_checkpoint(self, checkpoint: dict) -> None:
+        checkpoint["mtl_rng"] = {"torch": torch.get_rng_state()}
+        if torch.cuda.is_available():
+            checkpoint["mtl_rng"]["cuda"] = torch.cuda.get_rng_state_all()
+
+    def on_load_checkpoint(self, checkpoint: dict) -> None:
+        state = checkpoint.get("mtl_rng")
+        if state:
+            torch.set_rng_state(state["torch"])
+            if "cuda" in state and torch.cuda.is_available():
+                torch.cuda.set_rng_state_all(state["cuda"])
+
+    # --- epoch ends -----------------------------------------------------------------------------
+
+    def _log_task_losses(self, stage: str, logger: bool | None = None) -> dict[str, torch.Tensor]:
+        """Log each task's epoch loss (its MeanMetric: the mean over the epoch's rows on all ranks)
+        and return them; tasks without rows are left out. compute() is a collective run on every
+        rank, so every rank agrees which tasks had rows (the metric compute() that follows is one
+        too: all ranks must make it, or none)."""
+        means = {}
+        for name, metric in (self.train_losses if stage == "train" else self.val_losses).items():
+            value = metric.compute()
+            if torch.isnan(value):  # no rows of this task on any rank this epoch
+                metric.reset()
+                continue
+            means[name] = value
+            # the Metric itself: Lightning logs its (cached) value and resets it after the epoch
+            self.log(f"{stage}/{name}/loss", metric, logger=logger)
+        return means
+
+    def on_train_epoch_end(self) -> None:
+        means = self._log_task_losses("train")
+        if len(means) == len(self.task_names):
+            self.weighting.on_epoch_end({name: float(v) for name, v in means.items()})
+
+    def on_validation_epoch_end(self) -> None:
+        # the final validate() of the chosen checkpoint is not a new epoch: its metrics reach
+        # trainer.callback_metrics (read by mtl/run/fit.py) but stay out of the curves
+        logger = None if self.trainer.state.fn == "fit" else False  # None: the loggers if any
+        losses = self._log_task_losses("val", logger)
+        metrics: dict = {}
+        primaries = []
+        for name, meta in self.metas.items():
+            if name in losses:
+                values = self.val_metrics[name].compute()
+                metrics.update({f"val/{name}/{k}": v for k, v in values.items()})
+                primaries.append(values[meta.primary_metric])
+            self.val_metrics[name].reset()
+        metrics["val/score"] = float(np.mean(primaries)) if primaries else 0.0
+        metrics["val/loss"] = sum(losses.values(), torch.zeros((), device=self.device))
+        self.log_dict(metrics, logger=logger)  # already synced across ranks: identical everywhere
+
+    # --- optimisation ---------------------------------------------------------------------------
+
+    def configure_gradient_clipping(
+        self, optimizer, gradient_clip_val=None, gradient_clip_algorithm=None
+    ) -> None:
+        # Lightning's FSDP precision plugin refuses clipping by norm (Lightning issue #19235): the
+        # norm over all shards comes from the root FSDP module (a collective: every rank calls it)
+        if (
+            gradient_clip_val
+            and (gradient_clip_algorithm or "norm") == "norm"
+            and isinstance(self.trainer.strategy, FSDPStrategy)
+        ):
+            self.trainer.model.clip_grad_norm_(gradient_clip_val)
+            return
+        super().configure_gradient_clipping(optimizer, gradient_clip_val, gradient_clip_algorithm)
+
+    def configure_optimizers(self):
+        optimizer = build_optimizer(self.model, self.weighting, self.cfg.optim)
+        scheduler = build_scheduler(
+            optimizer, self.cfg.optim, self.trainer.estimated_stepping_batches
+        )
+        return {
+            "optimizer": optimizer,
+            "lr_scheduler": {"scheduler": scheduler, "interval": "step"},
+        }

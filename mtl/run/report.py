@@ -1,0 +1,156 @@
+"""report.png (validation loss, primary metric and σ per task across epochs, one line per fold)
+and report.md (the CV table), from the run folder's CSV logs and results."""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+import pandas as pd
+
+from mtl.io import atomic_write, write_text
+
+
+def epoch_history(run_dir: Path, fold: int) -> pd.DataFrame | None:
+    """One row per epoch: the last logged value of every column in that epoch (resumed parts merged)."""
+    paths = sorted(
+        (run_dir / "csv").glob(f"fold_{fold}*/metrics.csv"),
+        key=lambda p: (len(p.parent.name), p.parent.name),
+    )
+    if not paths:
+        return None
+    frame = pd.concat([pd.read_csv(p) for p in paths], ignore_index=True)
+    if "epoch" not in frame or frame.empty:
+        return None
+    return frame.groupby("epoch").last().reset_index()
+
+
+def write_report(run_dir: Path, results: dict) -> None:
+    from mtl.run.cv import read_metas
+
+    histories = {k: h for k in results["folds"] if (h := epoch_history(run_dir, k)) is not None}
+    if histories:
+        primaries = {name: meta.primary_metric for name, meta in read_metas(run_dir).items()}
+        plot_history(run_dir / "report.png", histories, results, primaries)
+    write_text(run_dir / "report.md", markdown_table(results))
+
+
+def plot_history(
+    path: Path, histories: dict[int, pd.DataFrame], results: dict, primaries: dict[str, str]
+) -> None:
+    """`primaries`: per task, the metric of the middle row (its task type's primary metric)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    from matplotlib.ticker import MaxNLocator
+
+    tasks = list(results["tasks"])
+    rows = [
+        ("loss", "val/{t}/loss", "validation loss"),
+        ("metric", None, None),
+        ("sigma", "sigma/{t}", "σ"),
+    ]
+    fig, axes = plt.subplots(len(rows), len(tasks), figsize=(4.2 * len(tasks), 9), squeeze=False)
+    for col, task in enumerate(tasks):
+        primary = primaries[task]
+        for row, (_, pattern, label) in enumerate(rows):
+            ax = axes[row][col]
+            column = f"val/{task}/{primary}" if pattern is None else pattern.format(t=task)
+            if row == 2 and not any(column in h for h in histories.values()):
+                column, label = f"weight/{task}", "task weight"
+            for fold, history in histories.items():
+                if column in history:
+                    data = history[["epoch", column]].dropna()
+                    ax.plot(data["epoch"], data[column], marker="o", label=f"fold {fold}")
+            ax.set_title(f"{task}: {label or primary}")
+            ax.set_xlabel("epoch")
+            ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+            ax.grid(alpha=0.3)
+    if axes[0][0].get_legend_handles_labels()[0]:
+        axes[0][0].legend(fontsize=8)
+    clean = results.get("score")
+    fig.suptitle(
+        f"run {results['run']}: val-set score "
+        + ("—" if clean is None else f"{clean:.4f}")
+        + f" · fold {results['monitor']} {results['selection_score']:.4f} ± "
+        f"{results['selection_score_std']:.4f}"
+        + (" (selection rows)" if results.get("selection_biased", True) else "")
+    )
+    fig.tight_layout()
+    atomic_write(path, lambda tmp: fig.savefig(tmp, dpi=90, format="png"))
+    plt.close(fig)
+
+
+def markdown_table(results: dict) -> str:
+    lines = [f"# Run `{results['run']}`", ""]
+    clean = results.get("score")
+    lines.append(
+        "**Headline: val-set score "
+        + ("— (no task has a val set)" if clean is None else f"{clean:.4f}")
+        + f"** — mean primary metric of {results.get('score_rows', 'the val sets')}."
+    )
+    lines.append("")
+    biased = results.get("selection_biased", True)
+    lines.append(
+        f"Checkpoint chosen by: {results.get('selected_on', 'the monitored metric')}. "
+        + (
+            "The per-fold, mean ± std and OOF columns score those same rows, so they are "
+            "**selection-biased** (optimistic); OOF multi-label thresholds are cross-fitted. "
+            if biased
+            else "The per-fold and OOF columns score each fold's validation rows; nothing was "
+            "chosen on them. "
+        )
+        + f"Fold `{results['monitor']}`: {results['selection_score']:.4f} ± "
+        f"{results['selection_score_std']:.4f} over folds {results['folds']}"
+        + (f" (missing: {results['missing_folds']})" if results["missing_folds"] else "")
+        + ". The majority baseline predicts the most frequent class (label set) of the val set."
+    )
+    lines += [
+        "",
+        "| task | metric | val set (blended) | majority baseline | test (blended) | "
+        + " | ".join(f"fold {k}" for k in results["folds"])
+        + " | fold mean ± std | OOF |",
+    ]
+    lines.append("|" + "---|" * (len(results["folds"]) + 7))
+    for task, entry in results["tasks"].items():
+        metrics = [
+            m
+            for m in ("f1_macro", "f1_micro", "accuracy", "auroc", "exact_match")
+            if m in entry["mean"]
+        ]
+        for metric in metrics:
+            per_fold = [_fmt(entry["folds"].get(str(k), {}).get(metric)) for k in results["folds"]]
+            head = [
+                _fmt(entry.get(k, {}).get(metric))
+                for k in ("valfile_blended", "baseline", "test_blended")
+            ]
+            mean = f"{entry['mean'][metric]:.4f} ± {entry['std'][metric]:.4f}"
+            oof = _fmt(entry.get("oof", {}).get(metric))
+            lines.append(
+                f"| {task} | {metric} | " + " | ".join(head + per_fold + [mean, oof]) + " |"
+            )
+    overlap = {t: e.get("overlap_with_training") for t, e in results["tasks"].items()}
+    overlap = {t: o for t, o in overlap.items() if o and any(o.values())}
+    if overlap:
+        lines += [
+            "",
+            "Val / test rows whose text also occurs in training (data.drop_overlap drops them): "
+            + "; ".join(
+                f"{t}: " + ", ".join(f"{n} {split}" for split, n in o.items())
+                for t, o in overlap.items()
+            ),
+        ]
+    if results.get("thresholds"):
+        lines += [
+            "",
+            "Multi-label thresholds: "
+            + "; ".join(f"{t}: {v}" for t, v in results["thresholds"].items()),
+        ]
+    return "\n".join(lines) + "\n"
+
+
+def _fmt(value) -> str:
+    return (
+        "—" if value is None or (isinstance(value, float) and math.isnan(value)) else f"{value:.4f}"
+    )
