@@ -7,7 +7,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from mtl.data.load import TaskData
+from mtl.data.files import TaskData
 from mtl.data.sampling import Collator, MultiTaskDataset
 
 PAD = 0

@@ -116,7 +116,7 @@ def test_max_train_rows_and_max_eval_rows(tiny_cfg, caplog):
     full_cfg = tiny_cfg()
     tokenizer = load_tokenizer(full_cfg.backbone.name)
     full, _ = load_tasks(full_cfg, tokenizer)
-    with caplog.at_level(logging.INFO, logger="mtl.data.load"):
+    with caplog.at_level(logging.INFO, logger="mtl.data"):
         capped, _ = load_tasks(
             tiny_cfg("data.max_train_rows=50", "data.max_eval_rows=20"), tokenizer
         )

@@ -14,7 +14,8 @@ import pandas as pd
 import pytest
 from conftest import run_train_script, tiny_overrides
 
-from mtl.data.load import load_tasks, read_table
+from mtl.data.files import read_table
+from mtl.data.load import load_tasks
 from mtl.errors import DataError
 from mtl.model.network import load_tokenizer
 from mtl.run.train import main, train
@@ -231,7 +232,7 @@ def test_drop_bad_rows_trains_and_logs_the_drop_count(tiny_cfg, bad_file, caplog
         "trainer.max_epochs=1",
         "data.batch_size=8",
     )
-    with caplog.at_level(logging.WARNING, logger="mtl.data.load"):
+    with caplog.at_level(logging.WARNING, logger="mtl.data"):
         results = train(cfg)
     drops = [r.getMessage() for r in caplog.records if "dropping" in r.getMessage()]
     assert len(drops) == 1

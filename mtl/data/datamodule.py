@@ -23,6 +23,7 @@ import torch
 from box import Box
 from torch.utils.data import DataLoader
 
+from mtl.data.files import TaskData
 from mtl.data.folds import (
     drop_overlap,
     fold_assignments,
@@ -31,7 +32,7 @@ from mtl.data.folds import (
     val_sets,
     warn_small_classes,
 )
-from mtl.data.load import TaskData, load_tasks
+from mtl.data.load import load_tasks
 from mtl.data.sampling import Collator, MultiTaskBatchSampler, MultiTaskDataset
 from mtl.data.tasks import TaskMeta
 from mtl.errors import ConfigError

@@ -26,7 +26,7 @@ from scipy.sparse import coo_matrix
 from scipy.sparse.csgraph import connected_components
 from sklearn.model_selection import StratifiedKFold, train_test_split
 
-from mtl.data.load import TaskData
+from mtl.data.files import TaskData
 from mtl.errors import DataError
 
 log = logging.getLogger(__name__)

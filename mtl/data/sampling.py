@@ -17,7 +17,7 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset, Sampler
 
-from mtl.data.load import TaskData
+from mtl.data.files import TaskData
 
 LENGTH_WINDOW = 50  # batches per length-sorting window: big enough to sort, small enough to mix
 

@@ -118,8 +118,8 @@ class Predictor:
         precision: str = "32-true",
         sources: list[Path] | None = None,
     ):
-        from mtl.data.load import preprocessor
         from mtl.data.tasks import TaskMeta
+        from mtl.data.tokenize import preprocessor
 
         if not models:
             raise PredictError("A Predictor needs at least one model.")
@@ -280,7 +280,7 @@ class Predictor:
 
     def encode(self, texts: Iterable) -> list[np.ndarray]:
         """Raw texts → token ids exactly as training made them: preprocess, then truncate."""
-        from mtl.data.load import encode_texts
+        from mtl.data.tokenize import encode_texts
 
         return encode_texts(
             [self.preprocess(t) for t in as_texts(texts)], self.tokenizer, self.max_length

@@ -77,7 +77,7 @@ def _fingerprinted(key: str) -> bool:
 
 def run_identity(cfg: Box, files: bool = True) -> dict:
     """Settings that define the run's folds and training, and the SHA-256 of every task file."""
-    from mtl.data.load import resolve_path
+    from mtl.data.files import resolve_path
 
     settings = {k: v for k, v in flatten(to_dict(cfg)).items() if _fingerprinted(k)}
     settings["task_order"] = list(cfg.tasks)

@@ -22,7 +22,7 @@ from lightning.fabric.utilities.rank_zero import rank_zero_only
 
 from mtl.config import DEFAULT_CONFIG, load_config, save_config
 from mtl.data.datamodule import MultiTaskDataModule
-from mtl.data.load import token_cache_dir
+from mtl.data.tokenize import token_cache_dir
 from mtl.errors import ConfigError, MTLError
 from mtl.io import make_tmp_dir, remove_orphaned_tmp, write_csv, write_json
 from mtl.run.cv import collect, headline

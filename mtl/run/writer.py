@@ -16,7 +16,7 @@ import torch
 from lightning.pytorch.callbacks import BasePredictionWriter
 
 from mtl.data.datamodule import same_rows
-from mtl.data.load import TaskData
+from mtl.data.files import TaskData
 from mtl.data.tasks import TaskMeta
 from mtl.io import write_csv
 

@@ -27,7 +27,7 @@ from mtl.model.metrics import score_arrays
 
 def val_rows(cfg, meta, data_dir: Path | None, limit: int) -> tuple[Path, list[str], np.ndarray]:
     """(file, texts, labels) of one task's val file: (N,) class index or (N, C) multi-hot."""
-    from mtl.data.load import resolve_path
+    from mtl.data.files import resolve_path
 
     task = cfg.tasks[meta.name]
     if not task.val:

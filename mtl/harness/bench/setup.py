@@ -65,7 +65,7 @@ def random_bert_config(tokenizer, sizes: dict) -> dict:
 
 def prepare_config(args: argparse.Namespace, workdir: Path) -> Box:
     """The run's config: only training files (a row sample of each), caches in `workdir`."""
-    from mtl.data.load import read_table, resolve_path
+    from mtl.data.files import read_table, resolve_path
     from mtl.inference.tables import write_frames
     from mtl.io import FILE_FORMATS, atomic_write
 
