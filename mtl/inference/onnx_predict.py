@@ -21,7 +21,8 @@ from pathlib import Path
 import numpy as np
 
 from mtl.errors import PredictError, first_line
-from mtl.inference.predictor import Predictor, load_run_tokenizer
+from mtl.inference.predictor import Predictor
+from mtl.inference.runs import load_run_tokenizer
 
 log = logging.getLogger(__name__)
 

@@ -15,7 +15,8 @@ from pathlib import Path
 import numpy as np
 
 from mtl.errors import MTLError
-from mtl.inference.predictor import PRECISIONS, Predictor
+from mtl.inference.predictor import Predictor
+from mtl.inference.runs import PRECISIONS
 from mtl.inference.tables import (
     DEFAULT_CHUNK_SIZE,
     as_texts,

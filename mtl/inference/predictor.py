@@ -20,9 +20,7 @@ batch, so the batch size changes speed, not results.
 
 from __future__ import annotations
 
-import json
-import logging
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable
 from contextlib import ExitStack, nullcontext
 from pathlib import Path
 
@@ -30,57 +28,21 @@ import numpy as np
 import pandas as pd
 import torch
 
-from mtl.errors import CheckpointError, ConfigError, PredictError, first_line
-from mtl.inference.checkpoint import build_model, load_checkpoint
+from mtl.errors import PredictError
+from mtl.inference.runs import (
+    PRECISIONS,
+    predictor_from_checkpoint,
+    predictor_from_run,
+    resolve_device,
+)
 from mtl.inference.tables import (
     DEFAULT_CHUNK_SIZE,
-    TableSource,
     as_texts,
     empty_positions,
-    join_columns,
-    output_format,
-    refuse_overwriting_input,
+    predict_file,
     warn_empty_texts,
-    write_frames,
 )
 from mtl.run.blend import BLEND_METHODS, blend
-from mtl.run.cv import finished_folds
-
-log = logging.getLogger(__name__)
-
-PRECISIONS = {"32-true": None, "32": None, "bf16-mixed": torch.bfloat16, "16-mixed": torch.float16}
-
-
-def load_run_tokenizer(folder: Path | None, backbone_name: str):
-    """The run folder's saved tokenizer, else the backbone's own."""
-    if folder is not None and folder.is_dir():
-        from transformers import AutoTokenizer
-
-        try:
-            return AutoTokenizer.from_pretrained(str(folder), use_fast=True)
-        except Exception as err:  # OSError, ValueError, the tokenizers library's own errors
-            raise PredictError(
-                f"Cannot load the tokenizer in {folder}: {first_line(err)}"
-            ) from None
-    from mtl.model.network import load_tokenizer
-
-    return load_tokenizer(backbone_name)
-
-
-def _read_json(path: Path) -> dict:
-    try:
-        data = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, ValueError) as err:
-        raise PredictError(f"Cannot read {path}: {first_line(err)}") from None
-    if not isinstance(data, dict):
-        raise PredictError(f"{path} must hold a JSON object, got {type(data).__name__}.")
-    return data
-
-
-def _run_results(run_dir: Path | None) -> dict:
-    path = None if run_dir is None else run_dir / "results.json"
-    return _read_json(path) if path is not None and path.is_file() else {}
-
 
 # --- the predictor ------------------------------------------------------------------------------
 
@@ -179,53 +141,8 @@ class Predictor:
     ) -> Predictor:
         """Every finished fold of a run folder (fold_<k>/ with metrics.json), blended like the
         run's test predictions. `blend` overrides the run's method (mean | rank | weighted)."""
-        run_dir = Path(run_dir)
-        if not run_dir.is_dir():
-            raise PredictError(
-                f"Run folder not found: {run_dir}. Pass checkpoints/<run.name> of a trained run."
-            )
-        folds = finished_folds(run_dir)
-        if not folds:
-            started = sorted(p.name for p in run_dir.glob("fold_*") if p.is_dir())
-            raise PredictError(
-                f"Run folder {run_dir} has no finished fold (no fold_<k>/metrics.json"
-                + (f"; started but unfinished: {', '.join(started)}" if started else "")
-                + "). Finish training (re-run scripts/train.py resumes it), or pass one "
-                "checkpoint with --checkpoint."
-            )
-        models, metas, configs, paths, scores = [], None, None, [], []
-        for k, metrics in folds.items():
-            folder = run_dir / f"fold_{k}"
-            path = folder / str(metrics.get("best_checkpoint") or "best.ckpt")
-            if not path.is_file() and (folder / "last.ckpt").is_file():
-                path = folder / "last.ckpt"
-            model, fold_metas, config = build_model(load_checkpoint(path), path)
-            if metas is None:
-                metas, configs = fold_metas, config
-            elif _task_signature(fold_metas) != _task_signature(metas):
-                raise CheckpointError(
-                    f"Checkpoint {path} has other tasks or classes than fold "
-                    f"{next(iter(folds))}'s; a run folder's folds must come from one config."
-                )
-            models.append(model)
-            paths.append(path)
-            scores.append(float(metrics.get("metrics", {}).get("val/score", 0.0)))
-            log.info("fold %d: %s", k, path)
-        cfg = _config(configs, paths[0])
-        results = _run_results(run_dir)
-        method = blend or results.get("blend") or cfg.cv.blend
-        return cls(
-            models,
-            metas,
-            cfg,
-            load_run_tokenizer(run_dir / "tokenizer", cfg.backbone.name),
-            thresholds=results.get("thresholds"),
-            blend_method=method,
-            fold_scores=scores,
-            device=device,
-            batch_size=batch_size,
-            precision=precision,
-            sources=paths,
+        return predictor_from_run(
+            cls, run_dir, device=device, batch_size=batch_size, blend=blend, precision=precision
         )
 
     @classmethod
@@ -242,21 +159,13 @@ class Predictor:
         default: the folder above the fold folder, path.parent.parent), else from the
         backbone named in the checkpoint's config; multi-label thresholds from that run
         folder's results.json when it has them, else from the checkpoint."""
-        path = Path(path)
-        model, metas, config = build_model(load_checkpoint(path), path)
-        cfg = _config(config, path)
-        run_dir = Path(run_dir) if run_dir is not None else path.resolve().parent.parent
-        return cls(
-            [model],
-            metas,
-            cfg,
-            load_run_tokenizer(run_dir / "tokenizer", cfg.backbone.name),
-            thresholds=_run_results(run_dir).get("thresholds"),
-            blend_method="mean",
+        return predictor_from_checkpoint(
+            cls,
+            path,
+            run_dir=run_dir,
             device=device,
             batch_size=batch_size,
             precision=precision,
-            sources=[path],
         )
 
     # --- what it predicts -----------------------------------------------------------------------
@@ -409,71 +318,12 @@ class Predictor:
         appears only when complete (temp file + rename).
         `progress`: a tqdm bar (None: only when stderr is a terminal).
         """
-        from tqdm.auto import tqdm
-
-        from mtl.io import atomic_write
-
-        refuse_overwriting_input(input_path, output_path)
-        source = TableSource(input_path, text_column, chunk_size)
-        output_path = Path(output_path)
-        empty: list[int] = []  # positions of empty texts over the whole file
-        seen = [0]
-
-        def texts_of(chunk: pd.DataFrame) -> list[str]:
-            texts = source.texts(chunk)
-            empty.extend(seen[0] + i for i in empty_positions(texts))
-            seen[0] += len(texts)
-            return texts
-
-        fmt = output_format(output_path)
-        bar = tqdm(
-            total=source.total_rows,
-            unit="rows",
-            desc=f"predicting {source.path.name}",
-            disable=None if progress is None else not progress,
+        return predict_file(
+            self,
+            input_path,
+            output_path,
+            text_column,
+            chunk_size=chunk_size,
+            batch_size=batch_size,
+            progress=progress,
         )
-
-        def chunks() -> Iterator[pd.DataFrame]:
-            for chunk in source.chunks():
-                probs = self.blend(self.fold_probabilities(texts_of(chunk), batch_size, bar.update))
-                yield join_columns(chunk, self.frame(probs))
-
-        try:
-            rows = []
-            atomic_write(output_path, lambda tmp: rows.append(write_frames(tmp, fmt, chunks())))
-        finally:
-            bar.close()
-        warn_empty_texts(empty, seen[0], f"in {source.path}")
-        return rows[0]
-
-
-def _config(config: dict, path: Path):
-    from mtl.config import config_from_dict
-
-    try:
-        return config_from_dict(config)
-    except ConfigError as err:
-        raise CheckpointError(
-            f"Checkpoint {path} holds a config that no longer validates: {err}"
-        ) from None
-
-
-def _task_signature(metas: dict) -> list:
-    return [(n, m["type"], [str(c) for c in m["classes"]]) for n, m in metas.items()]
-
-
-def resolve_device(device: str | torch.device | None) -> torch.device:
-    """None / "auto": CUDA when available, else CPU. A CUDA request without a GPU is an error."""
-    if device is None or str(device) == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    try:
-        resolved = torch.device(device)
-    except (RuntimeError, TypeError):
-        raise PredictError(f"Unknown device '{device}'; use cpu, cuda or cuda:<index>.") from None
-    if resolved.type == "cuda" and not torch.cuda.is_available():
-        raise PredictError(f"Device '{device}' requested but no CUDA GPU is available; use cpu.")
-    if resolved.type == "cuda" and (resolved.index or 0) >= torch.cuda.device_count():
-        raise PredictError(
-            f"Device '{device}' does not exist: {torch.cuda.device_count()} CUDA device(s) found."
-        )
-    return resolved

@@ -213,3 +213,54 @@ def write_frames(tmp: str, fmt: str, frames: Iterable[pd.DataFrame]) -> int:
                 frame.to_csv(handle, index=False, header=i == 0, sep="," if fmt == "csv" else "\t")
             rows += len(frame)
     return rows
+
+
+def predict_file(
+    predictor,
+    input_path: str | Path,
+    output_path: str | Path,
+    text_column: str = "text",
+    *,
+    chunk_size: int = DEFAULT_CHUNK_SIZE,
+    batch_size: int | None = None,
+    progress: bool | None = None,
+) -> int:
+    """`Predictor.predict_file`: every row of a table through `predictor`, streamed in chunks."""
+    from tqdm.auto import tqdm
+
+    from mtl.io import atomic_write
+
+    refuse_overwriting_input(input_path, output_path)
+    source = TableSource(input_path, text_column, chunk_size)
+    output_path = Path(output_path)
+    empty: list[int] = []  # positions of empty texts over the whole file
+    seen = [0]
+
+    def texts_of(chunk: pd.DataFrame) -> list[str]:
+        texts = source.texts(chunk)
+        empty.extend(seen[0] + i for i in empty_positions(texts))
+        seen[0] += len(texts)
+        return texts
+
+    fmt = output_format(output_path)
+    bar = tqdm(
+        total=source.total_rows,
+        unit="rows",
+        desc=f"predicting {source.path.name}",
+        disable=None if progress is None else not progress,
+    )
+
+    def chunks() -> Iterator[pd.DataFrame]:
+        for chunk in source.chunks():
+            probs = predictor.blend(
+                predictor.fold_probabilities(texts_of(chunk), batch_size, bar.update)
+            )
+            yield join_columns(chunk, predictor.frame(probs))
+
+    try:
+        rows = []
+        atomic_write(output_path, lambda tmp: rows.append(write_frames(tmp, fmt, chunks())))
+    finally:
+        bar.close()
+    warn_empty_texts(empty, seen[0], f"in {source.path}")
+    return rows[0]
