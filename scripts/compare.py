@@ -9,7 +9,7 @@ Re-running the same command skips finished runs and resumes an interrupted one.
 
 import sys
 
-from mtl.harness.compare import main
+from mtl.cli.compare import main
 
 if __name__ == "__main__":
     sys.exit(main())

@@ -11,10 +11,10 @@ import pandas as pd
 import pytest
 from conftest import tiny_model_overrides
 
+from mtl.cli.compare import main as compare_main
 from mtl.config import load_config
 from mtl.errors import ConfigError
-from mtl.harness.compare import baseline_by_seed, run_threads
-from mtl.harness.compare import main as compare_main
+from mtl.harness.compare_table import baseline_by_seed, run_threads
 
 REPO = Path(__file__).resolve().parent.parent
 BENCH = REPO / "configs" / "benchmark"

@@ -17,31 +17,21 @@ from __future__ import annotations
 import argparse
 import logging
 import os
-import shlex
-import sys
 import time
 from datetime import datetime, timezone
 from pathlib import Path
 
-import numpy as np
 from box import Box
 
 from mtl.config import load_config, to_dict
-from mtl.errors import ConfigError, MTLError
+from mtl.errors import ConfigError
+from mtl.harness.compare_table import TABLE_METRICS, markdown, summarise
 from mtl.io import write_json, write_text
 from mtl.run.cv import finished_folds, read_metas
 from mtl.run.runfolder import flatten as _flat
-from mtl.runtime import hardware, setup_logging
+from mtl.runtime import hardware
 
 log = logging.getLogger("mtl.harness.compare")
-
-# What the table shows per task; a task not named here shows its primary metric.
-TABLE_METRICS: dict[str, list[str]] = {
-    "toxicity": ["f1_macro"],
-    "emotion": ["f1_macro"],
-    "sentiment": ["accuracy", "f1_macro"],
-}
-METRIC_NAMES = {"f1_macro": "macro-F1", "accuracy": "acc", "f1_micro": "micro-F1", "auroc": "AUROC"}
 TIMING_FILE = "compare_run.json"  # in each run folder: this script's wall-clock of the run
 # Keys that may differ between the saved and the new config of a run without changing its result.
 VOLATILE = ("run.", "cv.folds", "trainer.enable_progress_bar", "data.num_workers", "data.cache_dir")
@@ -185,222 +175,6 @@ def _train_rows(run_dir: Path) -> dict:
     }
 
 
-def summarise(rows: list[dict]) -> dict:
-    """Per config (in first-seen order): per task and metric mean / std (ddof=1) / n over seeds."""
-    table: dict[str, dict] = {}
-    for row in rows:
-        entry = table.setdefault(row["config"], {"seeds": [], "metrics": {}, "wall_clock_s": []})
-        entry["seeds"].append(row["seed"])
-        if row.get("wall_clock_s") is not None:
-            entry["wall_clock_s"].append(row["wall_clock_s"])
-        for task, values in row["metrics"].items():
-            for metric, value in values.items():
-                entry["metrics"].setdefault(f"{task}/{metric}", []).append(value)
-    out = {}
-    for config, entry in table.items():
-        out[config] = {
-            "seeds": entry["seeds"],
-            "metrics": {k: _stats(v) for k, v in entry["metrics"].items()},
-            "wall_clock_s": _stats(entry["wall_clock_s"]) if entry["wall_clock_s"] else None,
-        }
-    return out
-
-
-def _stats(values: list[float]) -> dict:
-    arr = np.asarray(values, dtype=np.float64)
-    return {
-        "mean": float(arr.mean()),
-        "std": float(arr.std(ddof=1)) if len(arr) > 1 else None,
-        "n": len(arr),
-        "values": [float(v) for v in arr],
-    }
-
-
-def columns(rows: list[dict]) -> list[str]:
-    """task/metric columns in the order tasks first appear."""
-    seen: list[str] = []
-    for row in rows:
-        for task in sorted(
-            row["metrics"], key=lambda t: list(TABLE_METRICS).index(t) if t in TABLE_METRICS else 99
-        ):
-            for metric in row["metrics"][task]:
-                if f"{task}/{metric}" not in seen:
-                    seen.append(f"{task}/{metric}")
-    return seen
-
-
-def _cell(stats: dict | None, digits: int = 4) -> str:
-    if stats is None:
-        return "—"
-    if stats["std"] is None:
-        return f"{stats['mean']:.{digits}f}"
-    return f"{stats['mean']:.{digits}f} ± {stats['std']:.{digits}f}"
-
-
-def _wall(stats: dict | None) -> str:
-    """Median (min–max): robust to a run slowed by other processes on a shared machine."""
-    if stats is None:
-        return "—"
-    values = stats["values"]
-    if len(values) == 1:
-        return f"{values[0]:.0f}"
-    return f"{np.median(values):.0f} ({min(values):.0f}–{max(values):.0f})"
-
-
-def run_threads(row: dict, hw: dict) -> int:
-    """The torch threads a run trained with (older runs did not record them: this machine's)."""
-    return row.get("torch_threads") or hw.get("torch_threads") or 1
-
-
-def baseline_by_seed(rows: list[dict]) -> dict[str, list[float]]:
-    """{"task/metric": one majority-baseline score per seed}.
-
-    Configs of one seed score the same validation rows, so the ± of the baseline row is over
-    seeds, not over how many configs happen to share a task (mean within a seed, to be safe)."""
-    by_seed: dict[str, dict[int, list[float]]] = {}
-    for row in rows:
-        for task, values in row["baseline"].items():
-            for metric, value in values.items():
-                if value is not None:
-                    seeds = by_seed.setdefault(f"{task}/{metric}", {})
-                    seeds.setdefault(row["seed"], []).append(value)
-    return {c: [float(np.mean(v)) for v in seeds.values()] for c, seeds in by_seed.items()}
-
-
-def markdown(summary: dict, rows: list[dict], hw: dict, command: str) -> str:
-    cols = columns(rows)
-    header = [
-        "config",
-        *[f"{c.split('/')[0]} {METRIC_NAMES.get(c.split('/')[1], c.split('/')[1])}" for c in cols],
-        "seeds",
-        "wall-clock / run, s: median (min–max)",
-    ]
-    lines = [
-        "| " + " | ".join(header) + " |",
-        "|" + "---|" * len(header),
-    ]
-    for config, entry in summary.items():
-        cells = [_cell(entry["metrics"].get(c)) for c in cols]
-        seeds = ",".join(map(str, entry["seeds"]))
-        lines.append(
-            f"| {config} | " + " | ".join(cells) + f" | {seeds} | {_wall(entry['wall_clock_s'])} |"
-        )
-    baseline = baseline_by_seed(rows)
-    if baseline:
-        cells = [_cell(_stats(baseline[c])) if c in baseline else "—" for c in cols]
-        lines.append("| majority-class baseline | " + " | ".join(cells) + " | | |")
-    gpu = f", GPU {hw['gpu']}" if hw.get("gpu") else ", no GPU"
-    shared = [
-        f"{r['run_name']} ({r['cpu_utilisation']:.2f} of {run_threads(r, hw)})"
-        for r in rows
-        if not hw.get("gpu")
-        and r.get("cpu_utilisation") is not None
-        and r["cpu_utilisation"] < 0.75 * run_threads(r, hw)
-    ]
-    contention = (
-        [
-            "Shared CPU (CPU seconds / wall-clock below 75% of the run's torch threads: other "
-            f"processes used the cores, so these wall-clocks are inflated): {', '.join(shared)}."
-        ]
-        if shared
-        else []
-    )
-    statuses = {s: sum(r["status"] == s for r in rows) for s in ("trained", "resumed", "skipped")}
-    return "\n".join(
-        [
-            "# Multi-task vs single-task: val-set scores",
-            "",
-            f"Hardware: {hw['cpu_model']}, {hw['usable_cores']} cores available ({hw['torch_threads']} torch "
-            f"threads){gpu}; torch {hw['torch']}, Python {hw['python']}.",
-            "",
-            f"Command: `{command}`",
-            "",
-            *lines,
-            "",
-            "Mean ± sample std (ddof=1) over seeds of each run's val-set score (the task's val "
-            "file, or its held-out share of the training file where it has none: rows never trained "
-            "on and never used to choose the checkpoint, `results.json` → `valfile_blended`); `—` where a "
-            "config has no such task. Wall-clock: the whole run (data, training, validation, "
-            "predictions) as timed by this script when it trained the run. The baseline row: "
-            "always predicting the majority class (multi-label: the most frequent label set) on the same validation rows.",
-            *contention,
-            f"Runs: {len(rows)} ({', '.join(f'{n} {s}' for s, n in statuses.items() if n)}).",
-            "",
-        ]
-    )
-
-
-def paired(report: dict, pairs: list[tuple[str, str]]) -> str:
-    """Seed-paired differences A − B of each task metric both configs report: at one seed both
-    saw the same training rows and validate on the same rows, so the pairing removes that noise."""
-    by_run = {(r["config"], r["seed"]): r["metrics"] for r in report["runs"]}
-    lines = [
-        "| A − B | metric | per seed | mean ± std | A higher |",
-        "|---|---|---|---|---|",
-    ]
-    for a, b in pairs:
-        seeds = sorted({s for c, s in by_run if c == a} & {s for c, s in by_run if c == b})
-        if not seeds:
-            raise ConfigError(f"--paired {a} {b}: no seed has runs of both configs in the JSON.")
-        for task in by_run[a, seeds[0]]:
-            for metric in by_run[a, seeds[0]][task]:
-                if metric not in by_run[b, seeds[0]].get(task, {}):
-                    continue
-                diffs = [by_run[a, s][task][metric] - by_run[b, s][task][metric] for s in seeds]
-                per_seed = ", ".join(f"{d:+.4f}" for d in diffs)
-                stats = _stats(diffs)
-                sign = f"{'+' if stats['mean'] >= 0 else ''}"
-                spread = f" ± {stats['std']:.4f}" if stats["std"] is not None else ""
-                wins = sum(d > 0 for d in diffs)
-                lines.append(
-                    f"| {a} − {b} | {task} {METRIC_NAMES.get(metric, metric)} | {per_seed} | "
-                    f"{sign}{stats['mean']:.4f}{spread} | {wins}/{len(diffs)} seeds |"
-                )
-    return "\n".join(lines) + "\n"
-
-
-def split_argv(argv: list[str]) -> tuple[list[str], list[str]]:
-    """`key=value` words are overrides wherever they stand (after --seeds too)."""
-    overrides = [a for a in argv if "=" in a and not a.startswith("-")]
-    return [a for a in argv if a not in overrides], overrides
-
-
-def parse_args(argv: list[str]) -> tuple[argparse.Namespace, list[str]]:
-    rest, overrides = split_argv(argv)
-    parser = argparse.ArgumentParser(
-        description="Train configs × seeds and write one table of validation scores.",
-        epilog="key=value overrides (anywhere) apply to every run, e.g. data_dir=../shared/data",
-    )
-    parser.add_argument("--configs", nargs="+", type=Path, help="YAML configs")
-    parser.add_argument("--seeds", nargs="+", type=int, default=[42])
-    parser.add_argument(
-        "--output-dir", type=Path, default=Path("checkpoints/compare"), help="run folders go here"
-    )
-    parser.add_argument("--out", type=Path, default=Path("docs/results/table.md"))
-    parser.add_argument(
-        "--json",
-        nargs="+",
-        type=Path,
-        default=[Path("docs/results/compare.json")],
-        help="where the runs are written (one file); with --paired, one or more files to read",
-    )
-    parser.add_argument(
-        "--paired",
-        nargs=2,
-        action="append",
-        metavar=("A", "B"),
-        help="no training: print seed-paired differences A − B (config stems) from --json",
-    )
-    args = parser.parse_args(rest)
-    if not args.configs and not args.paired:
-        parser.error("give --configs (train and tabulate) or --paired A B (read --json)")
-    if args.configs and not args.paired:
-        if len(args.json) > 1:
-            parser.error("--json takes one file when training (several only with --paired)")
-        args.json = args.json[0]
-    return args, overrides
-
-
 def read_reports(paths: list[Path]) -> dict:
     """The runs of several comparison JSONs as one report (e.g. a config tabulated apart from
     the configs it is paired with); a run that two files both hold is an error, not a choice."""
@@ -460,25 +234,3 @@ def build_report(args, overrides, command, rows, hw, planned) -> dict:
 def write_outputs(args, report: dict, rows: list[dict], hw: dict, command: str) -> None:
     write_text(args.out, markdown(report["table"], rows, hw, command))
     write_json(args.json, report)
-
-
-def main(argv: list[str] | None = None) -> int:
-    argv = list(sys.argv[1:] if argv is None else argv)
-    args, overrides = parse_args(argv)
-    setup_logging()
-    command = "python scripts/compare.py " + " ".join(shlex.quote(a) for a in argv)
-    if args.paired:
-        try:
-            print(paired(read_reports(args.json), args.paired), end="")
-        except (OSError, ConfigError) as err:
-            print(f"error: {err}", file=sys.stderr)
-            return 2
-        return 0
-    try:
-        report = compare(args, overrides, command)
-    except MTLError as err:
-        print(f"error: {err}", file=sys.stderr)
-        return 2
-    print(Path(args.out).read_text(encoding="utf-8"))
-    print(f"table: {args.out}; per run: {args.json}")
-    return 0 if len(report["runs"]) == report["runs_planned"] else 1
