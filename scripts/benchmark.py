@@ -8,7 +8,7 @@ See mtl/harness/bench/__init__.py for what each path measures.
 
 import sys
 
-from mtl.harness.bench import main
+from mtl.cli.benchmark import main
 
 if __name__ == "__main__":
     sys.exit(main())

@@ -8,7 +8,7 @@ folds are missing.
 
 import sys
 
-from mtl.run.cv import main
+from mtl.cli.blend import main
 
 if __name__ == "__main__":
     sys.exit(main())

@@ -6,7 +6,7 @@ python scripts/export.py checkpoints/default --format onnx --quantize int8    # 
 
 import sys
 
-from mtl.inference.export import main
+from mtl.cli.export import main
 
 if __name__ == "__main__":
     sys.exit(main())

@@ -6,7 +6,7 @@ python scripts/loadtest.py --url http://127.0.0.1:8000 --clients 8 --requests 20
 
 import sys
 
-from mtl.harness.loadtest import main
+from mtl.cli.loadtest import main
 
 if __name__ == "__main__":
     sys.exit(main())

@@ -8,7 +8,7 @@ python scripts/predict.py --checkpoint checkpoints/default/fold_0/best.ckpt --te
 
 import sys
 
-from mtl.inference.predict_cli import main
+from mtl.cli.predict import main
 
 if __name__ == "__main__":
     sys.exit(main())

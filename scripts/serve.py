@@ -8,7 +8,7 @@ curl -s localhost:8000/health
 
 import sys
 
-from mtl.inference.serve import main
+from mtl.cli.serve import main
 
 if __name__ == "__main__":
     sys.exit(main())

@@ -7,7 +7,7 @@ python scripts/train.py --folds 0,2                       # only these folds (cl
 
 import sys
 
-from mtl.run.train import main
+from mtl.cli.train import main
 
 if __name__ == "__main__":
     sys.exit(main())

@@ -1,7 +1,7 @@
 """Bad config and bad data through the real entry point: exit code 2, one `error:` paragraph that
 names the file or key and the first data rows, and no traceback.
 
-Most cases call `mtl.run.train.main([...])` in-process (it returns the exit code and prints the error);
+Most cases call `mtl.cli.train.main([...])` in-process (it returns the exit code and prints the error);
 two run `python scripts/train.py` as a subprocess to prove the script path prints no traceback.
 """
 
@@ -14,11 +14,12 @@ import pandas as pd
 import pytest
 from conftest import run_train_script, tiny_overrides
 
+from mtl.cli.train import main
 from mtl.data.files import read_table
 from mtl.data.load import load_tasks
 from mtl.errors import DataError
 from mtl.model.network import load_tokenizer
-from mtl.run.train import main, train
+from mtl.run.train import train
 
 EMOTIONS = ["anger", "disgust", "fear", "joy", "sadness", "surprise", "neutral"]
 
@@ -101,7 +102,7 @@ def test_script_empty_text_rows_exit_2_naming_file_and_rows_without_traceback(ar
     assert "data rows 3, 6 " in message  # 1-based data rows, header not counted
 
 
-# --- in-process through mtl.run.train.main ----------------------------------------------------------
+# --- in-process through mtl.cli.train.main ----------------------------------------------------------
 
 
 def test_unknown_config_key_suggests_spelling(capsys, args):

@@ -12,13 +12,13 @@ import pandas as pd
 import pytest
 from conftest import TOPICS, make_topics, tiny_overrides, topic_task
 
+from mtl.cli.export import main as export_main
+from mtl.cli.predict import main as predict_main
 from mtl.config import load_config
 from mtl.errors import PredictError
 from mtl.harness.bench.serve_paths import agreement
 from mtl.inference.export import export_run
-from mtl.inference.export import main as export_main
 from mtl.inference.onnx_predict import OnnxPredictor
-from mtl.inference.predict_cli import main as predict_main
 from mtl.inference.predictor import Predictor
 from mtl.io import file_sha256
 from mtl.run.train import train
@@ -166,7 +166,7 @@ def test_missing_export_and_missing_int8_are_clear_errors(run, tmp_path, capsys)
 
 
 def test_benchmark_serve_path_reports_speed_ratios_and_parity(run, exported, tmp_path):
-    from mtl.harness.bench.cli import main as bench_main
+    from mtl.cli.benchmark import main as bench_main
 
     out = tmp_path / "serve.json"
     argv = ["--serve", str(run), "--out", str(out), "--predict-texts", "24", "--repeats", "1"]

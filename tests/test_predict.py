@@ -13,9 +13,9 @@ import pytest
 import torch
 from conftest import tiny_overrides
 
+from mtl.cli.predict import main
 from mtl.config import load_config
 from mtl.errors import CheckpointError, PredictError
-from mtl.inference.predict_cli import main
 from mtl.inference.predictor import Predictor
 from mtl.run.blend import blend
 from mtl.run.train import train

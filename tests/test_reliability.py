@@ -17,11 +17,11 @@ import pytest
 import yaml
 from conftest import run_train_script, tiny_overrides
 
+from mtl.cli.train import main
 from mtl.config import DEFAULT_CONFIG, load_config
 from mtl.data.load import load_tasks
 from mtl.errors import CheckpointError, ConfigError, DataError
 from mtl.model.network import load_tokenizer
-from mtl.run.train import main
 
 
 def config_error(*overrides: str) -> str:
@@ -31,7 +31,7 @@ def config_error(*overrides: str) -> str:
 
 
 def exit_2(capsys, argv: list[str]) -> str:
-    """`mtl.run.train.main` exits 2 with one `error:` paragraph and no traceback; returns it."""
+    """`mtl.cli.train.main` exits 2 with one `error:` paragraph and no traceback; returns it."""
     code = main(argv)
     err = capsys.readouterr().err
     assert code == 2, err
@@ -500,7 +500,7 @@ def test_a_hostile_last_ckpt_through_the_train_script_exits_2_without_running_co
 
 
 def test_a_truncated_last_ckpt_is_an_error_with_the_restart_option(interrupted, capsys):
-    from mtl.run.train import main as train_main
+    from mtl.cli.train import main as train_main
 
     cfg, last = interrupted
     last.write_bytes(b"PK\x03\x04 truncated")
@@ -635,7 +635,7 @@ def test_orphaned_temp_files_of_killed_writers_are_removed(one_task):
 
 @pytest.mark.parametrize("content", ["", "{not json", "[1, 2]"])
 def test_a_damaged_metrics_json_on_rerun_is_an_error_naming_the_fix(one_task, capsys, content):
-    from mtl.run.train import main as train_main
+    from mtl.cli.train import main as train_main
     from mtl.run.train import prepare
 
     cfg = one_task()
@@ -695,7 +695,7 @@ def finished_run(tiny_backbone, data_dir, tmp_path_factory) -> Path:
 def test_predict_output_equal_to_input_is_refused_and_the_input_kept(
     finished_run, tmp_path, monkeypatch, capsys, same
 ):
-    from mtl.inference.predict_cli import main as predict_main
+    from mtl.cli.predict import main as predict_main
 
     source = tmp_path / "texts.csv"
     source.write_text("text\nyou idiot\nthanks friend\n")
@@ -713,7 +713,7 @@ def test_predict_output_equal_to_input_is_refused_and_the_input_kept(
 def test_a_non_utf8_input_file_at_predict_time_names_the_row_and_the_fix(
     finished_run, tmp_path, capsys
 ):
-    from mtl.inference.predict_cli import main as predict_main
+    from mtl.cli.predict import main as predict_main
 
     source = tmp_path / "latin1.csv"
     source.write_bytes("text\nyou idiot\ncafé\n".encode("latin-1"))

@@ -11,9 +11,9 @@ from pathlib import Path
 import pytest
 from conftest import make_topics, tiny_overrides, topic_task
 
+from mtl.cli.loadtest import main as loadtest_main
 from mtl.config import load_config
 from mtl.harness.loadtest import ServerProcess, load_test, post
-from mtl.harness.loadtest import main as loadtest_main
 from mtl.inference.export import export_run
 from mtl.inference.onnx_predict import OnnxPredictor
 from mtl.inference.predictor import Predictor
@@ -60,7 +60,7 @@ def close(a: list[dict], b: list[dict], tol: float) -> bool:
 
 
 def expected_records(predictor, texts):
-    from mtl.inference.predict_cli import prediction_records
+    from mtl.inference.records import prediction_records
 
     return prediction_records(texts, predictor, predictor.predict_proba(texts))
 
@@ -162,7 +162,7 @@ def test_request_checks_name_the_problem():
 
 
 def test_serve_refuses_a_run_without_an_export(tmp_path, capsys):
-    from mtl.inference.serve import main
+    from mtl.cli.serve import main
 
     assert main([str(tmp_path), "--backend", "onnx"]) == 2
     assert "No ONNX export" in capsys.readouterr().err

@@ -10,7 +10,7 @@ import torch
 import yaml
 from conftest import EMOTIONS, TOPICS, make_topics, run_train_script, tiny_overrides, topic_task
 
-from mtl.run.train import main
+from mtl.cli.train import main
 
 
 def scalar_tags(folder: Path) -> set[str]:

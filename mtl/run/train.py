@@ -9,27 +9,24 @@ last.ckpt, metrics.json, val_<task>.csv), tensorboard/fold_<k>/, csv/fold_<k>/, 
 
 from __future__ import annotations
 
-import argparse
 import contextlib
 import logging
 import os
 import shutil
-import sys
 from pathlib import Path
 
 from box import Box
 from lightning.fabric.utilities.rank_zero import rank_zero_only
 
-from mtl.config import DEFAULT_CONFIG, load_config, save_config
+from mtl.config import save_config
 from mtl.data.datamodule import MultiTaskDataModule
 from mtl.data.tokenize import token_cache_dir
-from mtl.errors import ConfigError, MTLError
+from mtl.errors import ConfigError
 from mtl.io import make_tmp_dir, remove_orphaned_tmp, write_csv, write_json
-from mtl.run.cv import collect, headline
+from mtl.run.cv import collect
 from mtl.run.fit import fit_fold
 from mtl.run.report import write_report
 from mtl.run.runfolder import check_and_record, fold_lock, run_identity, run_lock
-from mtl.runtime import setup_logging
 
 log = logging.getLogger("mtl")
 
@@ -121,36 +118,3 @@ def train(cfg: Box) -> dict:
     results = collect(cfg, run_dir)
     write_report(run_dir, results)
     return results
-
-
-def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(
-        description="Train the multi-task model.",
-        epilog="Overrides: key.sub=value, e.g. trainer.max_epochs=1 tasks.toxicity.train=/path/tox.csv",
-    )
-    parser.add_argument("--config", default=None, help=f"YAML config (default: {DEFAULT_CONFIG})")
-    parser.add_argument(
-        "--folds", default=None, help="run only these folds, e.g. 0,2 (for cluster jobs)"
-    )
-    parser.add_argument("overrides", nargs="*", help="key.sub=value")
-    return parser.parse_args(argv)
-
-
-def main(argv: list[str] | None = None) -> int:
-    args = parse_args(argv)
-    setup_logging()
-    try:
-        overrides = list(args.overrides) + ([f"cv.folds={args.folds}"] if args.folds else [])
-        cfg = load_config(args.config or DEFAULT_CONFIG, overrides)
-        folds_to_run(cfg)
-        results = train(cfg)
-    except MTLError as err:
-        print(f"error: {err}", file=sys.stderr)
-        return 2
-    if results:  # empty on the other ranks of a multi-process run
-        print(f"done: {headline(results)}; run folder {run_dir_of(cfg)}")
-    return 0
-
-
-if __name__ == "__main__":
-    sys.exit(main())

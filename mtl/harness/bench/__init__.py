@@ -36,12 +36,8 @@ reads after a device synchronise at block ends). Peak memory, over each path's b
 rise of the process' peak RSS (VmHWM in /proc/self/status, reset per path by writing 5 to
 /proc/self/clear_refs); `resource.getrusage` ru_maxrss (never reset) where /proc cannot be reset.
 
-Modules: cli (command line, the run, the JSON), setup (config, backbone, rows, the plain step),
-meter (per-block clock, token counts, peak memory), paths (mtl, bare_pytorch, bound, the block
-plan), seed_style (the BASELINE), interleave (warm-ups, rotated blocks), predict_paths
-(predict), report (hardware, per-block ratios, targets, the table).
+Modules: run (the run, the JSON; the command line is mtl/cli/benchmark.py), setup (config,
+backbone, rows, the plain step), meter (per-block clock, token counts, peak memory), paths (mtl,
+bare_pytorch, bound, the block plan), seed_style (the BASELINE), interleave (warm-ups, rotated
+blocks), predict_paths (predict), report (hardware, per-block ratios, targets, the table).
 """
-
-from mtl.harness.bench.cli import main
-
-__all__ = ["main"]
