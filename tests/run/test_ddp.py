@@ -17,7 +17,7 @@ import numpy as np
 import pandas as pd
 import pytest
 import torch
-from conftest import run_train_script, tiny_overrides
+from helpers import run_train_script, tiny_overrides
 
 from mtl.data.sampling import MultiTaskBatchSampler
 from mtl.model.metrics import score_arrays

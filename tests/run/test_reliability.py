@@ -15,7 +15,7 @@ from pathlib import Path
 import pandas as pd
 import pytest
 import yaml
-from conftest import run_train_script, tiny_overrides
+from helpers import run_train_script, tiny_overrides
 
 from mtl.cli.train import main
 from mtl.config import DEFAULT_CONFIG, load_config

@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 import torch
 import yaml
-from conftest import EMOTIONS, TOPICS, make_topics, run_train_script, tiny_overrides, topic_task
+from helpers import EMOTIONS, TOPICS, make_topics, run_train_script, tiny_overrides, topic_task
 
 from mtl.cli.train import main
 

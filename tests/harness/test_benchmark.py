@@ -14,7 +14,7 @@ import torch
 from mtl.harness.bench.interleave import block_orders
 from mtl.harness.bench.report import TARGETS, block_ratios, check_targets, peak_flops, ratios
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 RATIO_KEYS = ("mtl_vs_seed_style", "mtl_vs_bound", "lightning_overhead", "predict_vs_naive")
 
 

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pandas as pd
 import pytest
-from conftest import run_train_script, tiny_overrides
+from helpers import run_train_script, tiny_overrides
 
 from mtl.cli.train import main
 from mtl.data.files import read_table

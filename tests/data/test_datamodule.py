@@ -8,7 +8,7 @@ import pandas as pd
 import pytest
 import yaml
 
-REPO = Path(__file__).resolve().parent.parent
+REPO = Path(__file__).resolve().parents[2]
 TASKS = ("toxicity", "emotion", "sentiment")
 
 

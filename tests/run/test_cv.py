@@ -20,7 +20,7 @@ def run_dir(cfg) -> Path:
 @pytest.fixture(scope="module")
 def kfold_run(tiny_backbone, data_dir, tmp_path_factory):
     """One finished 3-fold run shared by the read-only checks below."""
-    from conftest import tiny_overrides
+    from helpers import tiny_overrides
 
     from mtl.config import load_config
 

@@ -8,7 +8,7 @@ import json
 
 import pandas as pd
 import pytest
-from conftest import REPO, run_train_script
+from helpers import REPO, run_train_script
 
 from mtl.data.tasks import TaskMeta
 from mtl.model.metrics import majority_baseline, score_arrays
