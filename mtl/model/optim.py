@@ -64,7 +64,7 @@ def adamw_kwargs(params: list[torch.Tensor], impl: str) -> dict:
     """`optim.adamw_impl` → AdamW's `fused` / `foreach` flags. `auto`: one fused kernel per step
     where torch has one for every parameter's device (CUDA, and CPU since torch 2.4), else the
     foreach (multi-tensor) path. torch's own default on CPU is the per-parameter Python loop, slow
-    over MiniLM's ~100 tensors; fused agrees with it to float rounding (tests/test_optim.py).
+    over MiniLM's ~100 tensors; fused agrees with it to float rounding (tests/model/test_optim.py).
     Clipping needs no flag: Lightning's gradient_clip_val calls torch.nn.utils.clip_grad_norm_
     with foreach=None, which torch 2.13 runs as foreach kernels on CPU and CUDA tensors alike."""
     fusable = all(p.device.type in _fused_devices() and p.is_floating_point() for p in params)

@@ -46,7 +46,7 @@ def smoke_vocabulary() -> list[str]:
 
 
 def smoke_tokenizer_folder(folder: Path) -> Path:
-    """A WordPiece tokenizer over a small vocabulary, saved like an HF model folder (tests/conftest.py)."""
+    """A WordPiece tokenizer over a small vocabulary, saved like an HF model folder (tests/conftest.py, tests/helpers.py)."""
     from transformers import BertTokenizer
 
     vocab = smoke_vocabulary()
