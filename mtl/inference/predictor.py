@@ -37,9 +37,11 @@ from mtl.inference.runs import (
 )
 from mtl.inference.tables import (
     DEFAULT_CHUNK_SIZE,
+    TableSource,
     as_texts,
     empty_positions,
-    predict_file,
+    predict_table,
+    refuse_overwriting_input,
     warn_empty_texts,
 )
 from mtl.run.blend import BLEND_METHODS, blend
@@ -318,12 +320,6 @@ class Predictor:
         appears only when complete (temp file + rename).
         `progress`: a tqdm bar (None: only when stderr is a terminal).
         """
-        return predict_file(
-            self,
-            input_path,
-            output_path,
-            text_column,
-            chunk_size=chunk_size,
-            batch_size=batch_size,
-            progress=progress,
-        )
+        refuse_overwriting_input(input_path, output_path)
+        source = TableSource(input_path, text_column, chunk_size)
+        return predict_table(self, source, Path(output_path), batch_size, progress)

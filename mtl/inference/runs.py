@@ -50,16 +50,9 @@ def _run_results(run_dir: Path | None) -> dict:
     return _read_json(path) if path is not None and path.is_file() else {}
 
 
-def predictor_from_run(
-    cls,
-    run_dir: str | Path,
-    *,
-    device: str | None = None,
-    batch_size: int | None = None,
-    blend: str | None = None,
-    precision: str = "32-true",
-):
-    """`cls` (a Predictor class) over every finished fold of a run folder: `Predictor.from_run`."""
+def predictor_from_run(cls, run_dir: str | Path, blend: str | None, **options):
+    """`cls` (a Predictor class) over every finished fold of a run folder: `Predictor.from_run`.
+    `options` (device, batch_size, precision) go to `cls` as they are."""
     run_dir = Path(run_dir)
     if not run_dir.is_dir():
         raise PredictError(
@@ -103,23 +96,14 @@ def predictor_from_run(
         thresholds=results.get("thresholds"),
         blend_method=method,
         fold_scores=scores,
-        device=device,
-        batch_size=batch_size,
-        precision=precision,
         sources=paths,
+        **options,
     )
 
 
-def predictor_from_checkpoint(
-    cls,
-    path: str | Path,
-    *,
-    run_dir: str | Path | None = None,
-    device: str | None = None,
-    batch_size: int | None = None,
-    precision: str = "32-true",
-):
-    """`cls` (a Predictor class) over one checkpoint: `Predictor.from_checkpoint`."""
+def predictor_from_checkpoint(cls, path: str | Path, run_dir: str | Path | None, **options):
+    """`cls` (a Predictor class) over one checkpoint: `Predictor.from_checkpoint`.
+    `options` (device, batch_size, precision) go to `cls` as they are."""
     path = Path(path)
     model, metas, config = build_model(load_checkpoint(path), path)
     cfg = _config(config, path)
@@ -131,10 +115,8 @@ def predictor_from_checkpoint(
         load_run_tokenizer(run_dir / "tokenizer", cfg.backbone.name),
         thresholds=_run_results(run_dir).get("thresholds"),
         blend_method="mean",
-        device=device,
-        batch_size=batch_size,
-        precision=precision,
         sources=[path],
+        **options,
     )
 
 

@@ -215,24 +215,15 @@ def write_frames(tmp: str, fmt: str, frames: Iterable[pd.DataFrame]) -> int:
     return rows
 
 
-def predict_file(
-    predictor,
-    input_path: str | Path,
-    output_path: str | Path,
-    text_column: str = "text",
-    *,
-    chunk_size: int = DEFAULT_CHUNK_SIZE,
-    batch_size: int | None = None,
-    progress: bool | None = None,
+def predict_table(
+    predictor, source: TableSource, output_path: Path, batch_size: int | None, progress: bool | None
 ) -> int:
-    """`Predictor.predict_file`: every row of a table through `predictor`, streamed in chunks."""
+    """`Predictor.predict_file`: every chunk of `source` through `predictor`, the input's columns
+    plus the prediction columns written to `output_path` atomically; returns the row count."""
     from tqdm.auto import tqdm
 
     from mtl.io import atomic_write
 
-    refuse_overwriting_input(input_path, output_path)
-    source = TableSource(input_path, text_column, chunk_size)
-    output_path = Path(output_path)
     empty: list[int] = []  # positions of empty texts over the whole file
     seen = [0]
 
