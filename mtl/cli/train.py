@@ -39,7 +39,3 @@ def main(argv: list[str] | None = None) -> int:
     if results:  # empty on the other ranks of a multi-process run
         print(f"done: {headline(results)}; run folder {run_dir_of(cfg)}")
     return 0
-
-
-if __name__ == "__main__":
-    sys.exit(main())
