@@ -31,6 +31,7 @@ import torch
 from mtl.errors import PredictError
 from mtl.inference.runs import (
     PRECISIONS,
+    label_thresholds,
     predictor_from_checkpoint,
     predictor_from_run,
     resolve_device,
@@ -113,20 +114,7 @@ class Predictor:
         self.sources = list(sources or [])
         self.preprocess = preprocessor(cfg.data.preprocess)
         self.pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
-        self.thresholds: dict[str, np.ndarray] = {}
-        for name, meta in self.metas.items():
-            if not meta.multilabel:
-                continue
-            cut = (thresholds or {}).get(name) or meta.threshold or [0.5] * meta.num_outputs
-            cut = [float(c) for c in (cut if isinstance(cut, list | tuple) else [cut])]
-            if len(cut) == 1:
-                cut = cut * meta.num_outputs
-            if len(cut) != meta.num_outputs:
-                raise PredictError(
-                    f"Task '{name}' needs {meta.num_outputs} thresholds (one per label "
-                    f"{list(meta.classes)}), got {cut}."
-                )
-            self.thresholds[name] = np.asarray(cut, dtype=np.float64)
+        self.thresholds = label_thresholds(self.metas, thresholds)
         self.models = self._place_models(models, device)
 
     # --- construction ---------------------------------------------------------------------------

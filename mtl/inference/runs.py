@@ -8,6 +8,7 @@ import json
 import logging
 from pathlib import Path
 
+import numpy as np
 import torch
 
 from mtl.errors import CheckpointError, ConfigError, PredictError, first_line
@@ -118,6 +119,26 @@ def predictor_from_checkpoint(cls, path: str | Path, run_dir: str | Path | None,
         sources=[path],
         **options,
     )
+
+
+def label_thresholds(metas: dict, thresholds: dict | None) -> dict:
+    """{multi-label task: (C,) float64 thresholds}: the run's tuned ones (results.json) where given,
+    else the checkpoint's, else 0.5; one number stands for every label."""
+    out: dict[str, np.ndarray] = {}
+    for name, meta in metas.items():
+        if not meta.multilabel:
+            continue
+        cut = (thresholds or {}).get(name) or meta.threshold or [0.5] * meta.num_outputs
+        cut = [float(c) for c in (cut if isinstance(cut, list | tuple) else [cut])]
+        if len(cut) == 1:
+            cut = cut * meta.num_outputs
+        if len(cut) != meta.num_outputs:
+            raise PredictError(
+                f"Task '{name}' needs {meta.num_outputs} thresholds (one per label "
+                f"{list(meta.classes)}), got {cut}."
+            )
+        out[name] = np.asarray(cut, dtype=np.float64)
+    return out
 
 
 def _config(config: dict, path: Path):
