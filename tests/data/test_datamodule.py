@@ -7,8 +7,8 @@ from pathlib import Path
 import pandas as pd
 import pytest
 import yaml
+from helpers import REPO
 
-REPO = Path(__file__).resolve().parents[2]
 TASKS = ("toxicity", "emotion", "sentiment")
 
 

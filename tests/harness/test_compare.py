@@ -9,14 +9,13 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pytest
-from helpers import tiny_model_overrides
+from helpers import REPO, tiny_model_overrides
 
 from mtl.cli.compare import main as compare_main
 from mtl.config import load_config
 from mtl.errors import ConfigError
 from mtl.harness.compare_table import baseline_by_seed, run_threads
 
-REPO = Path(__file__).resolve().parents[2]
 BENCH = REPO / "configs" / "benchmark"
 CONFIGS = [BENCH / "mtl_uncertainty.yaml", BENCH / "single_sentiment.yaml"]
 

@@ -10,7 +10,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pytest
-from helpers import TOPICS, make_topics, tiny_overrides, topic_task
+from helpers import REPO, TOPICS, make_topics, tiny_overrides, topic_task
 
 from mtl.cli.export import main as export_main
 from mtl.cli.predict import main as predict_main
@@ -22,8 +22,6 @@ from mtl.inference.onnx_predict import OnnxPredictor
 from mtl.inference.predictor import Predictor
 from mtl.io import file_sha256
 from mtl.run.train import train
-
-REPO = Path(__file__).resolve().parents[2]
 
 
 @pytest.fixture(scope="module")

@@ -11,7 +11,7 @@ import numpy as np
 import pandas as pd
 import pytest
 import torch
-from helpers import tiny_overrides
+from helpers import REPO, tiny_overrides
 
 from mtl.cli.predict import main
 from mtl.config import load_config
@@ -21,7 +21,6 @@ from mtl.run.blend import blend
 from mtl.run.train import train
 
 TASKS = ("toxicity", "emotion", "sentiment")
-REPO = Path(__file__).resolve().parents[2]
 
 
 @pytest.fixture(scope="module")

@@ -9,7 +9,7 @@ import urllib.request
 from pathlib import Path
 
 import pytest
-from helpers import make_topics, tiny_overrides, topic_task
+from helpers import REPO, make_topics, tiny_overrides, topic_task
 
 from mtl.cli.loadtest import main as loadtest_main
 from mtl.config import load_config
@@ -20,7 +20,6 @@ from mtl.inference.predictor import Predictor
 from mtl.inference.serve import Limits, check_request
 from mtl.run.train import train
 
-REPO = Path(__file__).resolve().parents[2]
 LIMITS = ["--max-texts", "4", "--max-chars", "300", "--max-body-bytes", "4000"]
 
 
