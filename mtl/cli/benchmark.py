@@ -13,6 +13,7 @@ from mtl.harness.bench.report import (
     table,
 )
 from mtl.harness.bench.run import benchmark
+from mtl.harness.bench.step_profile import profile_table
 from mtl.runtime import setup_logging
 
 
@@ -83,6 +84,20 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     )
     parser.add_argument("--val-rows", type=int, default=2000, help="--serve: rows per val file")
     parser.add_argument("--repeats", type=int, default=3, help="--serve: timed passes per backend")
+    parser.add_argument(
+        "--batch-size",
+        type=int,
+        default=None,
+        help="--serve: texts per batch for every backend (default: the Predictor's, 16 on a CPU)",
+    )
+    parser.add_argument(
+        "--profile-step",
+        type=int,
+        default=None,
+        metavar="N",
+        help="instead: time each phase of N training steps, ours vs the seed pipeline, and the "
+        "ceilings on mtl_vs_seed_style (mtl/harness/bench/step_profile.py)",
+    )
     parser.add_argument("overrides", nargs="*", help="key.sub=value")
     args = parser.parse_args(argv)
     args.argv = sys.argv[1:] if argv is None else list(argv)
@@ -103,6 +118,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     unknown = [p for p in args.paths if p not in ALL_PATHS]
     if unknown:
         parser.error(f"--paths: unknown {unknown}; choose from {', '.join(ALL_PATHS)}")
+    if args.batch_size is not None and args.batch_size < 1:
+        parser.error("--batch-size must be at least 1")
+    if args.profile_step is not None and args.profile_step < 2:
+        parser.error("--profile-step needs at least 2 steps")
     if min(args.blocks, args.block_steps, args.warmup) < 1:
         parser.error("--blocks, --block-steps and --warmup must be at least 1")
     return args
@@ -126,6 +145,10 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: {err}", file=sys.stderr)
         return 2
     out = Path(args.out)
+    if "profile" in result:
+        print(profile_table(result["profile"]))
+        print(f"\nwrote {out} ({result['wall_seconds']} s)")
+        return 0
     hw = result["hardware"]
     where = hw["gpu"] or f"{hw['cpu_model']}, {hw['usable_cores']} cores"
     print(f"\n{result['setup']['model']} | batch {result['setup']['batch_size']} | {where}")

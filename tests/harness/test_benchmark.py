@@ -144,3 +144,58 @@ def test_mtl_and_bare_pytorch_train_alike_block_by_block(tiny_cfg):
 def test_peak_flops_is_only_claimed_for_a_known_gpu():
     assert peak_flops(torch.device("cpu"), "32-true", None)[0] is None
     assert peak_flops(torch.device("cpu"), "bf16-mixed", 100.0)[0] == 100e12
+
+
+def test_the_step_profile_times_the_plain_step_phase_by_phase(tiny_cfg):
+    """profile_steps splits PlainStep into phases: the same batches must leave the same weights,
+    and the seed pipeline's steps hold batch × max_length tokens, ours fewer."""
+    from mtl.harness.bench.paths import block_loader
+    from mtl.harness.bench.setup import PlainStep, Setup
+    from mtl.harness.bench.step_profile import PHASES, profile, profile_steps, profile_table
+
+    setup = Setup(tiny_cfg(), None)
+    loader = block_loader(setup)
+    loader.batch_sampler.size = 4
+    batches = list(loader)
+    timed, plain = PlainStep(setup, setup.module(), 4), PlainStep(setup, setup.module(), 4)
+    torch.manual_seed(0)  # dropout draws alike
+    rows = profile_steps(timed, iter(batches), count=3, warmup=1)
+    torch.manual_seed(0)
+    for batch in batches:
+        plain(batch)
+    assert len(rows) == 3 and all(r[p] >= 0 for r in rows for p in PHASES)
+    assert [r["tokens"] for r in rows] == [b["attention_mask"].numel() for b in batches[1:]]
+    for a, b in zip(timed.module.parameters(), plain.module.parameters(), strict=True):
+        assert torch.allclose(a, b, atol=1e-6)
+
+    result = profile(setup, count=4, warmup=1)
+    cfg = setup.cfg
+    assert result["seed_style"]["tokens_per_step"] == cfg.data.batch_size * cfg.data.max_length
+    assert 0 < result["ours"]["tokens_per_step"] < result["seed_style"]["tokens_per_step"]
+    assert result["ceilings"]["token_ratio"] > 1
+    assert all(math.isfinite(v) for v in result["ceilings"].values() if v is not None)
+    assert "| optimizer |" in profile_table(result)
+
+
+def test_profile_step_from_the_command_line(tmp_path):
+    out = tmp_path / "profile.json"
+    done = subprocess.run(
+        [
+            sys.executable,
+            "scripts/benchmark.py",
+            "--smoke",
+            "--profile-step",
+            "3",
+            "--out",
+            str(out),
+        ],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert done.returncode == 0, done.stderr[-3000:]
+    result = json.loads(out.read_text())
+    assert set(result["profile"]) == {"ours", "seed_style", "ceilings"}
+    assert result["profile"]["ours"]["steps"] == 3
+    assert "seed_style" in done.stdout and "ratio_of_mean_steps" in done.stdout

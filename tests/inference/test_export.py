@@ -168,8 +168,9 @@ def test_benchmark_serve_path_reports_speed_ratios_and_parity(run, exported, tmp
 
     out = tmp_path / "serve.json"
     argv = ["--serve", str(run), "--out", str(out), "--predict-texts", "24", "--repeats", "1"]
-    assert bench_main(argv + ["--val-rows", "20", "--threads", "1"]) == 0
+    assert bench_main(argv + ["--val-rows", "20", "--threads", "1", "--batch-size", "5"]) == 0
     result = json.loads(out.read_text())
+    assert result["batch_size"] == 5
     assert set(result["speed"]) == {"torch_fp32", "onnx_fp32", "onnx_int8"}
     assert result["speed"]["torch_fp32"]["vs_torch_fp32"] == 1.0
     assert all(entry["texts_per_s"] > 0 for entry in result["speed"].values())

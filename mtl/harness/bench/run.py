@@ -102,6 +102,15 @@ def benchmark(args: argparse.Namespace) -> dict:
             "out": str(args.out),
             "paths": {},
         }
+        if args.profile_step:
+            from mtl.harness.bench.step_profile import profile
+
+            log.info("profiling %d steps of ours and of the seed pipeline", args.profile_step)
+            result["profile"] = profile(setup, args.profile_step)
+            result["hardware"]["load_average_end"] = load_averages()
+            result["wall_seconds"] = round(time.perf_counter() - began, 1)
+            write_json(result["out"], result)
+            return result
         probe_module = setup.module()
         result["setup"]["layer_params"] = setup.layer_params(probe_module)
         result["setup"]["total_params"] = sum(p.numel() for p in probe_module.parameters())

@@ -52,16 +52,28 @@ def agreement(a: list, b: list, multilabel: bool, classes: list) -> tuple[float,
     return float(np.mean(decisions)), per_text
 
 
-def run_serve(run_dir: Path, data_dir: Path | None, count: int, repeats: int, rows: int) -> dict:
+def run_serve(
+    run_dir: Path,
+    data_dir: Path | None,
+    count: int,
+    repeats: int,
+    rows: int,
+    batch_size: int | None = None,
+) -> dict:
     from mtl.inference.onnx_predict import OnnxPredictor, export_folder
     from mtl.inference.predictor import Predictor
 
     threads = torch.get_num_threads()
     folder = export_folder(run_dir)
-    backends = {"torch_fp32": Predictor.from_run(run_dir, device="cpu")}
-    backends["onnx_fp32"] = OnnxPredictor.from_export(folder, model="fp32", threads=threads)
+    options = dict(device="cpu", batch_size=batch_size)  # None: the Predictor's CPU default
+    backends = {"torch_fp32": Predictor.from_run(run_dir, **options)}
+    backends["onnx_fp32"] = OnnxPredictor.from_export(
+        folder, model="fp32", threads=threads, **options
+    )
     if "int8" in json.loads((folder / "predictor.json").read_text(encoding="utf-8"))["files"]:
-        backends["onnx_int8"] = OnnxPredictor.from_export(folder, model="int8", threads=threads)
+        backends["onnx_int8"] = OnnxPredictor.from_export(
+            folder, model="int8", threads=threads, **options
+        )
     reference = backends["torch_fp32"]
     files = {}
     for meta in reference.metas.values():
@@ -154,7 +166,14 @@ def serve_benchmark(args) -> dict:
         "hardware": hardware(torch.device("cpu"), None, "CPU: MFU not reported"),
     }
     result.update(
-        run_serve(Path(args.serve), args.data_dir, args.predict_texts, args.repeats, args.val_rows)
+        run_serve(
+            Path(args.serve),
+            args.data_dir,
+            args.predict_texts,
+            args.repeats,
+            args.val_rows,
+            args.batch_size,
+        )
     )
     result["wall_seconds"] = round(time.perf_counter() - began, 1)
     out = write_json(args.out, result)
