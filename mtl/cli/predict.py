@@ -51,7 +51,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--format", choices=("table", "json"), default="table", help="for --text")
     parser.add_argument("--device", default=None, help="cpu, cuda or cuda:<i> (default: auto)")
     parser.add_argument(
-        "--batch-size", type=int, default=None, help="default: data.eval_batch_size"
+        "--batch-size",
+        type=int,
+        default=None,
+        help="default: data.eval_batch_size, at most 16 on a CPU",
     )
     parser.add_argument(
         "--chunk-size", type=int, default=DEFAULT_CHUNK_SIZE, help="rows per chunk of --input"

@@ -47,6 +47,18 @@ from mtl.inference.tables import (
 )
 from mtl.run.blend import BLEND_METHODS, blend
 
+# On a CPU, length-sorted batches of 16 texts ran 1.8× faster than 128 (less padding in each
+# batch, activations that stay in cache): docs/performance.md, "Batch size for prediction"
+CPU_BATCH_SIZE = 16
+
+
+def default_batch_size(cfg, device) -> int:
+    """data.eval_batch_size, capped at CPU_BATCH_SIZE when predicting on a CPU."""
+    configured = int(cfg.data.eval_batch_size)
+    on_cpu = str(device).split(":")[0] == "cpu"
+    return min(configured, CPU_BATCH_SIZE) if on_cpu else configured
+
+
 # --- the predictor ------------------------------------------------------------------------------
 
 
@@ -106,8 +118,7 @@ class Predictor:
         self.tokenizer = tokenizer
         self.blend_method = blend_method
         self.fold_scores = None if fold_scores is None else [float(s) for s in fold_scores]
-        self.batch_size = int(cfg.data.eval_batch_size if batch_size is None else batch_size)
-        if self.batch_size < 1:
+        if batch_size is not None and int(batch_size) < 1:
             raise PredictError(f"The batch size must be a positive integer, got {batch_size}.")
         self.max_length = int(cfg.data.max_length)
         self.precision = precision
@@ -116,6 +127,9 @@ class Predictor:
         self.pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
         self.thresholds = label_thresholds(self.metas, thresholds)
         self.models = self._place_models(models, device)
+        self.batch_size = (
+            default_batch_size(cfg, self.device) if batch_size is None else int(batch_size)
+        )
 
     # --- construction ---------------------------------------------------------------------------
 

@@ -123,6 +123,22 @@ def test_run_blend_uses_every_finished_fold_and_the_runs_thresholds(run, predict
 # --- batching, odd texts ----------------------------------------------------------------------
 
 
+def test_the_default_batch_size_is_capped_on_a_cpu_only(run, predictor):
+    from box import Box
+
+    from mtl.inference.predictor import CPU_BATCH_SIZE, default_batch_size
+
+    configured = int(predictor.cfg.data.eval_batch_size)
+    assert predictor.batch_size == min(configured, CPU_BATCH_SIZE)
+    assert Predictor.from_run(run, device="cpu", batch_size=50).batch_size == 50
+    cfg = Box({"data": {"eval_batch_size": 128}})
+    assert default_batch_size(cfg, torch.device("cpu")) == CPU_BATCH_SIZE
+    assert default_batch_size(cfg, "cuda") == default_batch_size(cfg, torch.device("cuda:1")) == 128
+    assert default_batch_size(Box({"data": {"eval_batch_size": 4}}), "cpu") == 4
+    with pytest.raises(PredictError, match="positive integer"):
+        Predictor.from_run(run, device="cpu", batch_size=0)
+
+
 def test_results_do_not_depend_on_batch_size(predictor, texts):
     outputs = [predictor.predict_proba(texts, batch_size=b) for b in (1, 7, 64)]
     for other in outputs[1:]:

@@ -41,7 +41,8 @@ def predict_naive(model, metas, tokenizer, texts, *, max_length, device, precisi
 
 def batched_predictor(setup: Setup, model):
     """Ours: mtl.inference.predictor.Predictor over the in-memory model (length-sorted, longest first, each
-    batch padded to its longest row). Returns (predict(texts) -> {task: probs}, label)."""
+    batch padded to its longest row; its default batch size for the device). Returns
+    (predict(texts) -> {task: probs}, label, batch size)."""
     from mtl.inference.predictor import Predictor
 
     cfg = setup.cfg
@@ -51,19 +52,19 @@ def batched_predictor(setup: Setup, model):
         cfg,
         setup.tokenizer,
         device=setup.device,
-        batch_size=cfg.data.eval_batch_size,
         precision=str(cfg.trainer.precision),
     )
     return (
         lambda texts: predictor.fold_probabilities(texts)[0],
         "mtl.inference.predictor.Predictor.fold_probabilities",
+        predictor.batch_size,
     )
 
 
 def run_predict(setup: Setup, count: int) -> dict:
     model = setup.module().model.to(setup.device).eval()
     texts = predict_texts(setup, count)
-    ours, implementation = batched_predictor(setup, model)
+    ours, implementation, batch_size = batched_predictor(setup, model)
     naive_kwargs = dict(
         max_length=setup.cfg.data.max_length,
         device=setup.device,
@@ -77,7 +78,6 @@ def run_predict(setup: Setup, count: int) -> dict:
             ]
         ]
     )
-    batch_size = setup.cfg.data.eval_batch_size
     order = np.argsort(-lengths, kind="stable")  # as Predictor.fold_probabilities: longest first
     real, padded = int(lengths.sum()), padded_tokens(lengths, order, batch_size, 1)
     ours(texts[: 2 * batch_size])  # warm-up
