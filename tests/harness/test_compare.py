@@ -284,3 +284,15 @@ def test_the_shared_cpu_check_uses_the_threads_a_run_trained_with():
     # a table rewritten later with other thread settings must not re-judge finished runs
     assert run_threads({"torch_threads": 2}, {"torch_threads": 1}) == 2
     assert run_threads({"torch_threads": None}, {"torch_threads": 4}) == 4  # older runs
+
+
+def test_the_frozen_embeddings_ablation_changes_one_key_of_mtl_equal():
+    from mtl.config import to_dict
+
+    base = to_dict(load_config(BENCH / "mtl_equal.yaml"))
+    frozen = to_dict(load_config(BENCH / "ablation" / "mtl_equal_frozen_embeddings.yaml"))
+    assert frozen["backbone"].pop("freeze_embeddings") is True
+    assert base["backbone"].pop("freeze_embeddings") is False
+    assert frozen["run"].pop("name") == "mtl_equal_frozen_embeddings"
+    base["run"].pop("name")
+    assert frozen == base
