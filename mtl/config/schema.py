@@ -27,7 +27,7 @@ DEFAULTS: dict[str, Any] = {
         "freeze_embeddings": False,  # the word-embedding matrix: out of the optimizer and clipping
     },
     "tasks": {},
-    "loss_weighting": "uncertainty",
+    "loss_weighting": "equal",  # issue 15: uncertainty lost emotion F1 in every table (docs/RESULTS.md)
     # task_loss_norm: "batch" = each task's loss is the mean over its rows in the batch;
     # "expected" (default, docs/RESULTS.md) = its summed loss / its expected rows per batch
     # (every row weighs the same however many rows of its task a batch holds)

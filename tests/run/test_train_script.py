@@ -28,7 +28,11 @@ def scalar_tags(folder: Path) -> set[str]:
 def script_run(tiny_backbone, data_dir, tmp_path_factory):
     """One real `python scripts/train.py` run (1 epoch, three tasks); shared by the tests below."""
     out = tmp_path_factory.mktemp("script_run")
-    argv = tiny_overrides(tiny_backbone, data_dir, out) + ["trainer.max_epochs=1"]
+    # uncertainty weighting (not the default), so that its σ curves are logged and checked
+    argv = tiny_overrides(tiny_backbone, data_dir, out) + [
+        "trainer.max_epochs=1",
+        "loss_weighting=uncertainty",
+    ]
     return run_train_script(argv), out / "tiny"
 
 
