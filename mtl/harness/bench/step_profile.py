@@ -22,7 +22,8 @@ import time
 import numpy as np
 import torch
 
-from mtl.harness.bench.meter import synchronize, to_device
+from mtl.errors import MTLError
+from mtl.harness.bench.meter import autocast, synchronize, to_device
 from mtl.harness.bench.paths import block_loader
 from mtl.harness.bench.seed_style import seed_style_batches
 from mtl.harness.bench.setup import PlainStep, Setup
@@ -31,7 +32,10 @@ PHASES = ("batch", "forward", "backward", "clip", "optimizer")
 
 
 def profile_steps(step: PlainStep, stream, count: int, warmup: int) -> list[dict]:
-    """`warmup` untimed steps, then `count` steps timed phase by phase (fp32, no grad scaler)."""
+    """`warmup` untimed steps, then `count` steps timed phase by phase (the step's autocast; no
+    fp16 grad scaler: bf16 or fp32 only)."""
+    if step.scaler is not None:
+        raise MTLError("--profile-step times fp32 and bf16 steps only, not fp16's grad scaler.")
     device, params = step.device, step.params
     clip = step.cfg.trainer.gradient_clip_val
     rows = []
@@ -41,7 +45,8 @@ def profile_steps(step: PlainStep, stream, count: int, warmup: int) -> list[dict
         synchronize(device)
         marks.append(time.perf_counter())
         step.optimizer.zero_grad(set_to_none=True)
-        total, _ = step.module.model_step(batch, "train")
+        with autocast(device, step.precision):
+            total, _ = step.module.model_step(batch, "train")
         synchronize(device)
         marks.append(time.perf_counter())
         total.backward()
