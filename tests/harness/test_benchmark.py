@@ -18,17 +18,21 @@ ROOT = Path(__file__).resolve().parents[2]
 RATIO_KEYS = ("mtl_vs_seed_style", "mtl_vs_bound", "lightning_overhead", "predict_vs_naive")
 
 
-def test_smoke_benchmark_runs_end_to_end_and_writes_the_json(tmp_path):
-    out = tmp_path / "bench.json"
+def run_smoke_benchmark(out: Path, *flags: str) -> tuple[subprocess.CompletedProcess, dict]:
+    """`scripts/benchmark.py --smoke FLAGS --out OUT` in a subprocess: (process, its JSON)."""
     done = subprocess.run(
-        [sys.executable, "scripts/benchmark.py", "--smoke", "--bert-base", "--out", str(out)],
+        [sys.executable, "scripts/benchmark.py", "--smoke", *flags, "--out", str(out)],
         cwd=ROOT,
         capture_output=True,
         text=True,
         timeout=300,
     )
     assert done.returncode == 0, done.stderr[-3000:]
-    result = json.loads(out.read_text())
+    return done, json.loads(out.read_text())
+
+
+def test_smoke_benchmark_runs_end_to_end_and_writes_the_json(tmp_path):
+    done, result = run_smoke_benchmark(tmp_path / "bench.json", "--bert-base")
 
     for key in RATIO_KEYS:
         value = result["ratios"][key]
@@ -178,24 +182,7 @@ def test_the_step_profile_times_the_plain_step_phase_by_phase(tiny_cfg):
 
 
 def test_profile_step_from_the_command_line(tmp_path):
-    out = tmp_path / "profile.json"
-    done = subprocess.run(
-        [
-            sys.executable,
-            "scripts/benchmark.py",
-            "--smoke",
-            "--profile-step",
-            "3",
-            "--out",
-            str(out),
-        ],
-        cwd=ROOT,
-        capture_output=True,
-        text=True,
-        timeout=300,
-    )
-    assert done.returncode == 0, done.stderr[-3000:]
-    result = json.loads(out.read_text())
+    done, result = run_smoke_benchmark(tmp_path / "profile.json", "--profile-step", "3")
     assert set(result["profile"]) == {"ours", "seed_style", "ceilings"}
     assert result["profile"]["ours"]["steps"] == 3
     assert "seed_style" in done.stdout and "ratio_of_mean_steps" in done.stdout
