@@ -299,7 +299,12 @@ def test_uncertainty_log_var_past_the_bound_still_gets_its_gradient_and_is_proje
 def test_training_keeps_log_vars_within_the_bound(tiny_cfg):
     from mtl.run.train import train
 
-    cfg = tiny_cfg("weighting.log_var_clamp=0.01", "optim.lr_log_vars=1.0", "trainer.max_epochs=1")
+    cfg = tiny_cfg(
+        "loss_weighting=uncertainty",  # not the default since issue 15
+        "weighting.log_var_clamp=0.01",
+        "optim.lr_log_vars=1.0",
+        "trainer.max_epochs=1",
+    )
     train(cfg)
     ckpt = torch.load(
         Path(cfg.run.output_dir) / cfg.run.name / "fold_0" / "last.ckpt", weights_only=True
