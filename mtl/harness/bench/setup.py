@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import json
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -162,22 +163,27 @@ class PlainStep:
         self.scaler = torch.amp.GradScaler(self.device.type) if precision.startswith("16") else None
         self.params = [p for group in self.optimizer.param_groups for p in group["params"]]
 
-    def __call__(self, batch: dict) -> None:
+    def __call__(self, batch: dict, tick: Callable[[], None] | None = None) -> None:
+        """One step; `tick()`, when given, marks the end of forward, backward, clip and the
+        optimizer update (mtl/harness/bench/step_profile.py times the phases with it)."""
+        tick = tick or (lambda: None)
         self.optimizer.zero_grad(set_to_none=True)
         with autocast(self.device, self.precision):
             total, _ = self.module.model_step(batch, "train")
-        clip = self.cfg.trainer.gradient_clip_val
+        tick()
+        (total if self.scaler is None else self.scaler.scale(total)).backward()
+        tick()
         if self.scaler is not None:
-            self.scaler.scale(total).backward()
             self.scaler.unscale_(self.optimizer)
-            if clip:
-                torch.nn.utils.clip_grad_norm_(self.params, clip)
+        clip = self.cfg.trainer.gradient_clip_val
+        if clip:
+            torch.nn.utils.clip_grad_norm_(self.params, clip)
+        tick()
+        if self.scaler is not None:
             self.scaler.step(self.optimizer)
             self.scaler.update()
         else:
-            total.backward()
-            if clip:
-                torch.nn.utils.clip_grad_norm_(self.params, clip)
             self.optimizer.step()
         self.module.weighting.project()  # as MultiTaskModule.optimizer_step does
         self.scheduler.step()
+        tick()

@@ -6,8 +6,8 @@ the ceiling that puts on `mtl_vs_seed_style` (issue 15).
 Both paths run the benchmark's plain step (`PlainStep`: same model, loss, clipping, AdamW,
 scheduler) on their own batches: ours from `make_loader` (length-grouped, dynamic padding), the
 seed pipeline's padded to max_length. Per step: padded tokens and the seconds of each phase:
-`batch` (fetch, to device), `forward` (model_step), `backward`, `clip`, `optimizer` (AdamW,
-weighting.project, scheduler). A least-squares line through our steps, step = fixed + per_token ×
+`batch` (fetch, to device), `forward` (model_step), `backward`, `clip` (with fp16, unscaling
+too), `optimizer` (AdamW, weighting.project, scheduler), marked by PlainStep itself. A least-squares line through our steps, step = fixed + per_token ×
 tokens, splits our step into the part that grows with the tokens and the part that does not.
 Both paths train the same number of rows per step, so the throughput ratio is the ratio of mean
 step times; the profile reports it with its ceilings: with our fixed part gone, and with our
@@ -20,10 +20,8 @@ import itertools
 import time
 
 import numpy as np
-import torch
 
-from mtl.errors import MTLError
-from mtl.harness.bench.meter import autocast, synchronize, to_device
+from mtl.harness.bench.meter import synchronize, to_device
 from mtl.harness.bench.paths import block_loader
 from mtl.harness.bench.seed_style import seed_style_batches
 from mtl.harness.bench.setup import PlainStep, Setup
@@ -32,35 +30,20 @@ PHASES = ("batch", "forward", "backward", "clip", "optimizer")
 
 
 def profile_steps(step: PlainStep, stream, count: int, warmup: int) -> list[dict]:
-    """`warmup` untimed steps, then `count` steps timed phase by phase (the step's autocast; no
-    fp16 grad scaler: bf16 or fp32 only)."""
-    if step.scaler is not None:
-        raise MTLError("--profile-step times fp32 and bf16 steps only, not fp16's grad scaler.")
-    device, params = step.device, step.params
-    clip = step.cfg.trainer.gradient_clip_val
-    rows = []
+    """`warmup` untimed steps, then `count` steps timed phase by phase: the batch fetch here,
+    the rest at PlainStep's own phase marks (its `tick`), so the profile runs the same step."""
+    device = step.device
+    rows, marks = [], []
+
+    def tick() -> None:
+        synchronize(device)
+        marks.append(time.perf_counter())
+
     for i in range(warmup + count):
-        marks = [time.perf_counter()]
+        marks[:] = [time.perf_counter()]
         batch = to_device(next(stream), device)
-        synchronize(device)
-        marks.append(time.perf_counter())
-        step.optimizer.zero_grad(set_to_none=True)
-        with autocast(device, step.precision):
-            total, _ = step.module.model_step(batch, "train")
-        synchronize(device)
-        marks.append(time.perf_counter())
-        total.backward()
-        synchronize(device)
-        marks.append(time.perf_counter())
-        if clip:
-            torch.nn.utils.clip_grad_norm_(params, clip)
-        synchronize(device)
-        marks.append(time.perf_counter())
-        step.optimizer.step()
-        step.module.weighting.project()
-        step.scheduler.step()
-        synchronize(device)
-        marks.append(time.perf_counter())
+        tick()
+        step(batch, tick)
         if i >= warmup:
             mask = batch["attention_mask"]
             row = {name: marks[k + 1] - marks[k] for k, name in enumerate(PHASES)}
