@@ -98,6 +98,28 @@ def test_manifest_names_sources_and_files_with_checksums(run, exported):
     assert not (run / "export.tmp").exists()
 
 
+def test_bert_attention_is_fused_into_one_op_per_layer(run, exported):
+    # eager attention traces into the pattern ONNX Runtime fuses; SDPA's NaN guards would not fuse
+    import onnx
+
+    layers = Predictor.from_run(run).models[0].encoder.config.num_hidden_layers
+    manifest = json.loads((exported / "manifest.json").read_text())
+    assert manifest["fused_operators"] == {f"fold_{k}": {"Attention": layers} for k in (0, 1)}
+    for name, fused in (("fold_0.onnx", "Attention"), ("fold_0.int8.onnx", "QAttention")):
+        ops = [node.op_type for node in onnx.load(str(exported / name)).graph.node]
+        assert ops.count(fused) == layers and "IsNaN" not in ops, name
+
+
+def test_export_leaves_the_models_attention_as_it_was(run):
+    from mtl.inference.export import eager_attention
+
+    model = Predictor.from_run(run).models[0]
+    before = model.encoder.config._attn_implementation
+    with eager_attention(model):
+        assert model.encoder.config._attn_implementation == "eager"
+    assert model.encoder.config._attn_implementation == before
+
+
 def test_export_folder_works_when_copied_elsewhere(run, exported, texts, tmp_path):
     copy = shutil.copytree(exported, tmp_path / "shipped")
     spec = json.loads((copy / "predictor.json").read_text())
