@@ -91,6 +91,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         help="--serve: texts per batch for every backend (default: the Predictor's, 16 on a CPU)",
     )
     parser.add_argument(
+        "--onnx-ablation",
+        action="store_true",
+        help="--serve: also time int8 without the export's Attention fusion and with ONNX "
+        "Runtime's SkipLayerNormalization fusion (mtl/harness/bench/onnx_ablation.py)",
+    )
+    parser.add_argument(
         "--profile-step",
         type=int,
         default=None,
@@ -120,6 +126,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         parser.error(f"--paths: unknown {unknown}; choose from {', '.join(ALL_PATHS)}")
     if args.batch_size is not None and args.batch_size < 1:
         parser.error("--batch-size must be at least 1")
+    if args.onnx_ablation and not args.serve:
+        parser.error("--onnx-ablation goes with --serve RUN")
     if args.profile_step is not None and args.profile_step < 2:
         parser.error("--profile-step needs at least 2 steps")
     if min(args.blocks, args.block_steps, args.warmup) < 1:

@@ -24,10 +24,21 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--quantize", choices=QUANTIZE, default=None, help="also write int8 models")
     parser.add_argument("--out", type=Path, default=None, help="default: RUN/export")
     parser.add_argument("--exporter", choices=EXPORTERS, default="torchscript")
+    parser.add_argument(
+        "--no-fuse",
+        action="store_true",
+        help="keep the graph as exported: no fused Attention op (slower; for comparisons)",
+    )
     args = parser.parse_args(argv)
     setup_logging()
     try:
-        out = export_run(args.run_dir, args.out, quantize=args.quantize, exporter=args.exporter)
+        out = export_run(
+            args.run_dir,
+            args.out,
+            quantize=args.quantize,
+            exporter=args.exporter,
+            fuse=not args.no_fuse,
+        )
     except MTLError as err:
         print(f"error: {err}", file=sys.stderr)
         return 2

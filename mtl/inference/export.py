@@ -123,9 +123,8 @@ def fuse_attention(path: Path, encoder_config) -> dict[str, int]:
     """Rewrite `path` with each attention block fused into one `Attention` op; returns the counts.
 
     ONNX Runtime's transformer optimizer, with every fusion but attention turned off: its
-    SkipLayerNormalization, the fusion it would add next, ran 4.7x slower than Add + Add +
-    LayerNormalization on a (416, 384) input with ONNX Runtime 1.32 on our CPU (docs/serving.md),
-    which is also why OnnxPredictor turns the same fusion off in its sessions. The mask stays a
+    SkipLayerNormalization, the fusion it would add next, is slower on a CPU than the ops it
+    replaces (mtl.inference.onnx_predict.SLOW_FUSIONS, which OnnxPredictor skips). The mask stays a
     (B, T) 0/1 tensor, so any padding side works. A graph the optimizer does not recognise is left
     as it is (counts of 0); a wrong fusion cannot pass the parity check that follows.
     """
@@ -178,8 +177,12 @@ def export_run(
     quantize: str | None = None,
     exporter: str = "torchscript",
     tolerance: float = 1e-4,
+    fuse: bool = True,
 ) -> Path:
     """Export every finished fold of `run_dir` to `out` (default RUN/export/); returns `out`.
+
+    `fuse=False` keeps the exported graph as the exporter wrote it (no `Attention` fusion): for
+    measuring what the fusion buys (`scripts/benchmark.py --serve RUN --onnx-ablation`).
 
     The folder is built beside `out` and renamed into place only after the fp32 models have
     matched Predictor within `tolerance` (max abs probability) on a few probe texts.
@@ -208,7 +211,8 @@ def export_run(
         fp32 = tmp / f"{fold}.onnx"
         try:
             export_onnx(model, reference.metas, fp32, exporter)
-            fused[fold] = fuse_attention(fp32, getattr(model.encoder, "config", None))
+            if fuse:
+                fused[fold] = fuse_attention(fp32, getattr(model.encoder, "config", None))
             if quantize:
                 quantize_int8(fp32, tmp / f"{fold}.{quantize}.onnx")
         except Exception as err:  # the exporters raise many types; name the fold and the cause

@@ -28,9 +28,10 @@ log = logging.getLogger(__name__)
 
 SPEC_FILE = "predictor.json"
 # ONNX Runtime fuses Add + LayerNormalization into its SkipLayerNormalization op when a session
-# starts. With ONNX Runtime 1.32 on a CPU that op ran 4.7x slower than the ops it replaces
-# ((416, 384) floats: 827 against 176 us, one thread), and turning the fusion off made the int8
-# MiniLM 1.4x faster end to end (docs/serving.md). No upstream issue found; measure again on upgrade.
+# starts. With ONNX Runtime 1.32 on our CPU that op ran 3.6x slower than the ops it replaces
+# ((416, 384) floats, 555 against 154 us per call), and skipping the fusion made the int8 MiniLM
+# 1.3x faster end to end. No upstream issue found; re-measure after upgrading onnxruntime with
+# `scripts/benchmark.py --serve RUN --onnx-ablation` (docs/serving.md).
 SLOW_FUSIONS = ["SkipLayerNormFusion"]
 
 
@@ -69,8 +70,19 @@ def providers(device: str | None) -> list[str]:
 class OnnxPredictor(Predictor):
     """Predictor over ONNX Runtime sessions, one per exported fold. Build it with `from_export`."""
 
-    def __init__(self, *args, threads: int | None = None, model_kind: str = "fp32", **kwargs):
-        self.threads = threads  # read by _place_models, which Predictor.__init__ calls
+    def __init__(
+        self,
+        *args,
+        threads: int | None = None,
+        model_kind: str = "fp32",
+        disabled_optimizers: list[str] | None = None,
+        **kwargs,
+    ):
+        # read by _place_models, which Predictor.__init__ calls
+        self.threads = threads
+        self.disabled_optimizers = (
+            SLOW_FUSIONS if disabled_optimizers is None else disabled_optimizers
+        )
         self.model_kind = model_kind
         super().__init__(*args, **kwargs)
 
@@ -83,9 +95,11 @@ class OnnxPredictor(Predictor):
         device: str | None = None,
         batch_size: int | None = None,
         threads: int | None = None,
+        disabled_optimizers: list[str] | None = None,
     ) -> OnnxPredictor:
         """`folder`: an export folder or a run folder with export/. `model`: fp32, int8, or auto
-        (int8 when the export has it). `threads`: ONNX Runtime intra-op threads (default: its own)."""
+        (int8 when the export has it). `threads`: ONNX Runtime intra-op threads (default: its own).
+        `disabled_optimizers`: ONNX Runtime graph optimizers to skip (default: SLOW_FUSIONS)."""
         from mtl.config import config_from_dict
 
         folder = export_folder(folder)
@@ -120,6 +134,7 @@ class OnnxPredictor(Predictor):
             sources=paths,
             threads=threads,
             model_kind=model,
+            disabled_optimizers=disabled_optimizers,
         )
 
     # --- the backend: ONNX Runtime sessions instead of torch modules ----------------------------
@@ -140,7 +155,10 @@ class OnnxPredictor(Predictor):
             try:
                 sessions.append(
                     ort.InferenceSession(
-                        str(path), options, providers=chosen, disabled_optimizers=SLOW_FUSIONS
+                        str(path),
+                        options,
+                        providers=chosen,
+                        disabled_optimizers=self.disabled_optimizers,
                     )
                 )
             except Exception as err:  # onnxruntime raises its own Fail / InvalidGraph types

@@ -201,3 +201,39 @@ def test_benchmark_serve_path_reports_speed_ratios_and_parity(run, exported, tmp
         assert entry["rows"] == 20 and entry["fp32_max_abs_prob_diff_vs_torch"] <= 1e-4
         assert 0.0 <= entry["int8_label_agreement_vs_fp32"] <= 1.0
     assert result["file_bytes"]["fold_0.int8.onnx"] < result["file_bytes"]["fold_0.onnx"]
+
+
+def test_onnx_ablation_times_int8_with_each_speed_up_on_and_off(run, exported, tmp_path):
+    from mtl.cli.benchmark import main as bench_main
+
+    out = tmp_path / "ablation.json"
+    argv = ["--serve", str(run), "--onnx-ablation", "--out", str(out), "--predict-texts", "16"]
+    assert bench_main(argv + ["--repeats", "1", "--val-rows", "10", "--threads", "1"]) == 0
+    ablation = json.loads(out.read_text())["ablation"]
+    assert set(ablation["speed"]) == {
+        "torch_fp32", "int8", "int8_skipln_fusion", "int8_unfused", "int8_unfused_skipln_fusion"
+    }  # fmt: skip
+    assert all(entry["texts_per_s"] > 0 for entry in ablation["speed"].values())
+    op = ablation["op"]
+    assert op["hidden"] == 32 and op["rows"] > 0
+    assert set(op["us_per_call"]) == {"SkipLayerNormalization", "Add+Add+LayerNormalization"}
+    assert all(us > 0 for us in op["us_per_call"].values())
+
+
+def test_onnx_ablation_needs_serve(capsys):
+    from mtl.cli.benchmark import main as bench_main
+
+    with pytest.raises(SystemExit):
+        bench_main(["--onnx-ablation", "--out", "x.json"])
+    assert "--onnx-ablation goes with --serve RUN" in capsys.readouterr().err
+
+
+def test_skipping_the_skip_layer_norm_fusion_changes_no_answer(exported, texts):
+    shipped = OnnxPredictor.from_export(exported, model="fp32", device="cpu")
+    default = OnnxPredictor.from_export(exported, model="fp32", disabled_optimizers=[])
+    assert (
+        shipped.disabled_optimizers == ["SkipLayerNormFusion"] and default.disabled_optimizers == []
+    )
+    a, b = shipped.predict_proba(texts), default.predict_proba(texts)
+    for task in a:
+        assert np.abs(a[task] - b[task]).max() <= 1e-5, task

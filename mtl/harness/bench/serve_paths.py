@@ -21,6 +21,7 @@ import numpy as np
 import pandas as pd
 import torch
 
+from mtl.errors import PredictError
 from mtl.io import write_json
 from mtl.model.metrics import score_arrays
 
@@ -52,6 +53,32 @@ def agreement(a: list, b: list, multilabel: bool, classes: list) -> tuple[float,
     return float(np.mean(decisions)), per_text
 
 
+def time_backends(backends: dict, texts: list[str], repeats: int) -> dict:
+    """texts/s of each backend's `predict_proba(texts)`: best of `repeats` interleaved passes,
+    with the ratio to backends["torch_fp32"]."""
+    seconds = {name: [] for name in backends}
+    for predictor in backends.values():
+        predictor.predict_proba(texts[: 2 * predictor.batch_size])  # warm-up
+    for _ in range(repeats):
+        for name, predictor in backends.items():
+            start = time.perf_counter()
+            predictor.predict_proba(texts)
+            seconds[name].append(time.perf_counter() - start)
+    speed = {
+        name: {
+            "texts": len(texts),
+            "seconds_best": round(min(s), 3),
+            "seconds_all": [round(x, 3) for x in s],
+            "texts_per_s": round(len(texts) / min(s), 1),
+        }
+        for name, s in seconds.items()
+    }
+    base = speed["torch_fp32"]["texts_per_s"]
+    for entry in speed.values():
+        entry["vs_torch_fp32"] = round(entry["texts_per_s"] / base, 2)
+    return speed
+
+
 def run_serve(
     run_dir: Path,
     data_dir: Path | None,
@@ -59,6 +86,7 @@ def run_serve(
     repeats: int,
     rows: int,
     batch_size: int | None = None,
+    ablation: bool = False,
 ) -> dict:
     from mtl.inference.onnx_predict import OnnxPredictor, export_folder
     from mtl.inference.predictor import Predictor
@@ -83,26 +111,7 @@ def run_serve(
     pool = [t for _, texts, _ in files.values() for t in texts]
     speed_texts = [pool[i] for i in np.random.default_rng(0).permutation(len(pool))[:count]]
 
-    seconds = {name: [] for name in backends}
-    for predictor in backends.values():
-        predictor.predict_proba(speed_texts[: 2 * predictor.batch_size])  # warm-up
-    for _ in range(repeats):
-        for name, predictor in backends.items():
-            start = time.perf_counter()
-            predictor.predict_proba(speed_texts)
-            seconds[name].append(time.perf_counter() - start)
-    speed = {
-        name: {
-            "texts": len(speed_texts),
-            "seconds_best": round(min(s), 3),
-            "seconds_all": [round(x, 3) for x in s],
-            "texts_per_s": round(len(speed_texts) / min(s), 1),
-        }
-        for name, s in seconds.items()
-    }
-    base = speed["torch_fp32"]["texts_per_s"]
-    for entry in speed.values():
-        entry["vs_torch_fp32"] = round(entry["texts_per_s"] / base, 2)
+    speed = time_backends(backends, speed_texts, repeats)
 
     parity = {}
     for task, (path, texts, labels) in files.items():
@@ -140,7 +149,7 @@ def run_serve(
         name: entry["bytes"] for name, entry in manifest["files"].items() if name.endswith(".onnx")
     }
     checkpoint_bytes = sum(p.stat().st_size for p in reference.sources)
-    return {
+    result = {
         "run": str(run_dir),
         "export": str(folder),
         "folds": len(reference.models),
@@ -151,7 +160,20 @@ def run_serve(
         "parity": parity,
         "file_bytes": sizes,
         "checkpoint_bytes_total": checkpoint_bytes,
+        "fused_operators": manifest.get("fused_operators"),
     }
+    if ablation:
+        from mtl.harness.bench.onnx_ablation import onnx_ablation
+
+        if "onnx_int8" not in backends:
+            raise PredictError(
+                f"--onnx-ablation compares int8 models; {folder} has none. "
+                f"Re-export with: python scripts/export.py {run_dir} --quantize int8"
+            )
+        result["ablation"] = onnx_ablation(
+            run_dir, folder, reference, speed_texts, repeats, threads
+        )
+    return result
 
 
 def serve_benchmark(args) -> dict:
@@ -173,6 +195,7 @@ def serve_benchmark(args) -> dict:
             args.repeats,
             args.val_rows,
             args.batch_size,
+            args.onnx_ablation,
         )
     )
     result["wall_seconds"] = round(time.perf_counter() - began, 1)
@@ -184,6 +207,15 @@ def serve_benchmark(args) -> dict:
             f"{task:<11} fp32 max|diff| {entry['fp32_max_abs_prob_diff_vs_torch']:.1e}  "
             f"int8 agreement {entry.get('int8_label_agreement_vs_fp32', float('nan')):.4f}  "
             f"{entry['primary_metric']} {entry['score']}"
+        )
+    if "ablation" in result:
+        for name, entry in result["ablation"]["speed"].items():
+            print(
+                f"ablation {name:<27} {entry['texts_per_s']:>8.1f} texts/s  x{entry['vs_torch_fp32']:.2f}"
+            )
+        op = result["ablation"]["op"]
+        print(
+            f"ablation one op, ({op['rows']}, {op['hidden']}) floats, us per call: {op['us_per_call']}"
         )
     print(f"wrote {out}")
     return result
