@@ -27,7 +27,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--no-fuse",
         action="store_true",
-        help="keep the graph as exported: no fused Attention op (slower; for comparisons)",
+        help="trace with the model's own attention and fuse nothing (slower; for comparisons)",
     )
     args = parser.parse_args(argv)
     setup_logging()

@@ -71,7 +71,7 @@ class Probabilities(torch.nn.Module):
 
 
 @contextmanager
-def eager_attention(model: torch.nn.Module):
+def eager_attention(model: torch.nn.Module, enabled: bool = True):
     """Hugging Face encoders inside `model` use eager attention while the block runs.
 
     SDPA traces into a MatMul/Softmax graph with NaN guards (IsNaN, Where) that ONNX Runtime cannot
@@ -80,7 +80,7 @@ def eager_attention(model: torch.nn.Module):
     """
     from transformers import PreTrainedModel
 
-    encoders = [m for m in model.modules() if isinstance(m, PreTrainedModel)]
+    encoders = [m for m in model.modules() if isinstance(m, PreTrainedModel)] if enabled else []
     # no public getter; transformers' attention-interface docs read config._attn_implementation
     before = [m.config._attn_implementation for m in encoders]
     for m in encoders:
@@ -92,8 +92,11 @@ def eager_attention(model: torch.nn.Module):
             m.set_attn_implementation(name)
 
 
-def export_onnx(model: torch.nn.Module, metas: dict, path: Path, exporter: str) -> None:
-    """One fold's network → `path` (fp32, dynamic batch and sequence axes)."""
+def export_onnx(
+    model: torch.nn.Module, metas: dict, path: Path, exporter: str, eager: bool = True
+) -> None:
+    """One fold's network → `path` (fp32, dynamic batch and sequence axes). `eager`: trace with
+    eager attention (what fuse_attention needs); else with the model's own (SDPA by default)."""
     wrapper = Probabilities(model.cpu().eval(), metas).eval()
     ids = torch.tensor([[2, 7, 9, 3], [2, 8, 3, 0]], dtype=torch.long)  # (B=2, T=4), one padded
     mask = (ids != 0).long()
@@ -102,7 +105,7 @@ def export_onnx(model: torch.nn.Module, metas: dict, path: Path, exporter: str) 
         output_names=[f"probs_{i}" for i in range(len(metas))],
         opset_version=OPSET,
     )
-    with warnings.catch_warnings(), torch.no_grad(), eager_attention(model):
+    with warnings.catch_warnings(), torch.no_grad(), eager_attention(model, eager):
         warnings.simplefilter("ignore")  # tracer warnings about shape-dependent Python branches
         if exporter == "dynamo":
             batch, seq = torch.export.Dim("batch", min=1), torch.export.Dim("seq", min=1)
@@ -181,8 +184,9 @@ def export_run(
 ) -> Path:
     """Export every finished fold of `run_dir` to `out` (default RUN/export/); returns `out`.
 
-    `fuse=False` keeps the exported graph as the exporter wrote it (no `Attention` fusion): for
-    measuring what the fusion buys (`scripts/benchmark.py --serve RUN --onnx-ablation`).
+    `fuse=False` exports as before the fusion existed: the model's own attention (SDPA by
+    default), no `Attention` op; for measuring what the fusion buys
+    (`scripts/benchmark.py --serve RUN --onnx-ablation`).
 
     The folder is built beside `out` and renamed into place only after the fp32 models have
     matched Predictor within `tolerance` (max abs probability) on a few probe texts.
@@ -210,7 +214,7 @@ def export_run(
         fold = path.parent.name  # fold_<k>
         fp32 = tmp / f"{fold}.onnx"
         try:
-            export_onnx(model, reference.metas, fp32, exporter)
+            export_onnx(model, reference.metas, fp32, exporter, eager=fuse)
             if fuse:
                 fused[fold] = fuse_attention(fp32, getattr(model.encoder, "config", None))
             if quantize:

@@ -29,8 +29,8 @@ log = logging.getLogger(__name__)
 SPEC_FILE = "predictor.json"
 # ONNX Runtime fuses Add + LayerNormalization into its SkipLayerNormalization op when a session
 # starts. With ONNX Runtime 1.32 on our CPU that op ran 3.6x slower than the ops it replaces
-# ((416, 384) floats, 555 against 154 us per call), and skipping the fusion made the int8 MiniLM
-# 1.3x faster end to end. No upstream issue found; re-measure after upgrading onnxruntime with
+# ((416, 384) floats, 543 against 149 us per call), and skipping the fusion made the int8 MiniLM
+# 1.27x faster end to end (with the fused Attention export; 1.12x without). No upstream issue found; re-measure after upgrading onnxruntime with
 # `scripts/benchmark.py --serve RUN --onnx-ablation` (docs/serving.md).
 SLOW_FUSIONS = ["SkipLayerNormFusion"]
 

@@ -3,8 +3,9 @@
     python scripts/benchmark.py --serve checkpoints/default --onnx-ablation --out bench_ablation.json
 
 Two choices made for CPU speed, measured on and off on the same texts, interleaved:
-- the export fuses each layer's attention into ONNX Runtime's `Attention` op (mtl.inference.export
-  .fuse_attention; off: a second export of the run with `fuse=False`, in a temporary folder);
+- the export traces eager attention and fuses each layer's into ONNX Runtime's `Attention` op
+  (mtl.inference.export.fuse_attention; off: a second export of the run with `fuse=False`, as
+  exports were before: the model's own attention, SDPA by default; in a temporary folder);
 - `OnnxPredictor` sessions skip ONNX Runtime's SkipLayerNormalization fusion (SLOW_FUSIONS).
 And the reason for the second, one op alone: SkipLayerNormalization against Add + Add +
 LayerNormalization on a (rows, hidden) input, microseconds per call. Re-run after upgrading
