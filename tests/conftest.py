@@ -68,3 +68,29 @@ def tiny_cfg(tiny_backbone, data_dir, tmp_path):
         )
 
     return make
+
+
+@pytest.fixture(scope="session")
+def blended_export(tiny_backbone, data_dir, tmp_path_factory) -> Path:
+    """An int8 ONNX export of a tiny three-task run: 2 folds, the score-weighted blend, tuned
+    emotion thresholds, tweet preprocessing (RUN/export/; the run folder is its parent)."""
+    from helpers import REPO, tiny_overrides
+
+    from mtl.config import load_config
+    from mtl.inference.export import export_run
+    from mtl.run.train import train
+
+    out = tmp_path_factory.mktemp("export_run")
+    cfg = load_config(
+        REPO / "configs" / "default.yaml",
+        tiny_overrides(tiny_backbone, data_dir, out)
+        + [
+            "cv.n_splits=2",
+            "cv.blend=weighted",
+            "tasks.emotion.threshold=tuned",
+            "data.preprocess=tweet",
+            "trainer.max_epochs=1",
+        ],
+    )
+    train(cfg)
+    return export_run(out / cfg.run.name, quantize="int8")

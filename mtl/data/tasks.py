@@ -89,10 +89,10 @@ class TaskMeta:
 
     def decide(self, probs: np.ndarray, thresholds: list[float] | None = None) -> list:
         """Predicted labels: the argmax class, or for multi-label the list of classes over threshold."""
-        if not self.multilabel:
-            return [self.classes[i] for i in probs.argmax(axis=1)]
-        cut = np.asarray(thresholds if thresholds is not None else self.threshold or 0.5)
-        return [[c for c, on in zip(self.classes, row, strict=True) if on] for row in probs >= cut]
+        from mtl.portable import decide  # the rule ONNX exports carry (mtl/portable.py)
+
+        cut = thresholds if thresholds is not None else self.threshold or 0.5
+        return decide(probs, self.classes, self.multilabel, cut if self.multilabel else None)
 
     def label_column(self, probs: np.ndarray, thresholds: list[float] | None = None) -> list:
         """`decide` as one table column: multi-label sets joined with "|" ("" when none)."""

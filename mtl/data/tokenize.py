@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import hashlib
 import importlib
-import re
 from collections.abc import Callable
 from pathlib import Path
 
@@ -15,20 +14,10 @@ from box import Box
 
 from mtl.errors import ConfigError
 from mtl.io import atomic_write
+from mtl.portable import normalize_tweet
 
 # --- text preprocessing -------------------------------------------------------------------
-
-_USER = re.compile(r"@\w+")
-_URL = re.compile(r"https?://\S+|www\.\S+")
-_SPACE = re.compile(r"\s+")
-
-
-def normalize_tweet(text: str) -> str:
-    """Users → @user, links → http, HTML entities decoded, whitespace collapsed."""
-    text = _USER.sub("@user", text)
-    text = _URL.sub("http", text)
-    text = text.replace("&amp;", "&").replace("&lt;", "<").replace("&gt;", ">")
-    return _SPACE.sub(" ", text).strip()
+# normalize_tweet lives in mtl/portable.py, the file ONNX exports carry, so both apply the same one
 
 
 def preprocessor(name: str | None) -> Callable[[str], str]:

@@ -16,6 +16,8 @@ RUN/export/
                        (max_length, preprocessing, eval batch size)
   manifest.json        the source checkpoints and every exported file with sha256, versions,
                        and the parity check the export ran on itself
+  mtl_onnx.py          a copy of mtl/portable.py: predicts from this folder with numpy,
+                       onnxruntime and tokenizers alone (no mtl, torch or transformers)
 
 The models come from `Predictor.from_run`, so the export holds exactly the folds, thresholds and
 blend the PyTorch predictor uses; `mtl.inference.onnx_predict.OnnxPredictor` reads the folder and blends
@@ -34,6 +36,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from mtl import portable
 from mtl.errors import PredictError, first_line
 from mtl.io import file_sha256, write_json
 
@@ -44,6 +47,7 @@ EXPORTERS = ("torchscript", "dynamo")
 QUANTIZE = ("int8",)
 SPEC_FILE = "predictor.json"
 MANIFEST_FILE = "manifest.json"
+RUNTIME_FILE = "mtl_onnx.py"  # mtl/portable.py, copied
 # texts the export runs through both backends to check parity before it is published
 PROBE_TEXTS = [
     "I love this, thank you so much!",
@@ -231,6 +235,7 @@ def export_run(
         sources.append({"fold": fold, "checkpoint": str(path), "sha256": file_sha256(path)})
         log.info("exported %s", fold)
     reference.tokenizer.save_pretrained(str(tmp / "tokenizer"))
+    shutil.copyfile(portable.__file__, tmp / RUNTIME_FILE)
     spec = {
         "format": "onnx",
         "tasks": {name: meta.to_dict() for name, meta in reference.metas.items()},

@@ -14,12 +14,12 @@ from __future__ import annotations
 
 import json
 import logging
-import os
 from contextlib import nullcontext
 from pathlib import Path
 
 import numpy as np
 
+from mtl import portable
 from mtl.errors import PredictError, first_line
 from mtl.inference.predictor import Predictor
 from mtl.inference.runs import load_run_tokenizer
@@ -27,12 +27,6 @@ from mtl.inference.runs import load_run_tokenizer
 log = logging.getLogger(__name__)
 
 SPEC_FILE = "predictor.json"
-# ONNX Runtime fuses Add + LayerNormalization into its SkipLayerNormalization op when a session
-# starts. With ONNX Runtime 1.32 on our CPU that op ran 3.6x slower than the ops it replaces
-# ((416, 384) floats, 543 against 149 us per call), and skipping the fusion made the int8 MiniLM
-# 1.27x faster end to end (with the fused Attention export; 1.12x without). No upstream issue found; re-measure after upgrading onnxruntime with
-# `scripts/benchmark.py --serve RUN --onnx-ablation` (docs/serving.md).
-SLOW_FUSIONS = ["SkipLayerNormFusion"]
 
 
 def export_folder(path: str | Path) -> Path:
@@ -49,22 +43,10 @@ def export_folder(path: str | Path) -> Path:
 
 def providers(device: str | None) -> list[str]:
     """ONNX Runtime execution providers for cpu / cuda / auto (CUDA when onnxruntime has it)."""
-    import onnxruntime as ort
-
-    available = ort.get_available_providers()
-    name = "auto" if device is None else str(device).split(":")[0]
-    if name == "cpu":
-        return ["CPUExecutionProvider"]
-    if name in ("cuda", "auto"):
-        if "CUDAExecutionProvider" in available:
-            return ["CUDAExecutionProvider", "CPUExecutionProvider"]
-        if name == "auto":
-            return ["CPUExecutionProvider"]
-        raise PredictError(
-            f"Device '{device}' requested but this onnxruntime has no CUDA provider "
-            f"(available: {', '.join(available)}); install onnxruntime-gpu, or use cpu."
-        )
-    raise PredictError(f"Unknown device '{device}'; use cpu, cuda or auto.")
+    try:
+        return portable.providers(device)
+    except ValueError as err:
+        raise PredictError(str(err)) from None
 
 
 class OnnxPredictor(Predictor):
@@ -81,7 +63,7 @@ class OnnxPredictor(Predictor):
         # read by _place_models, which Predictor.__init__ calls
         self.threads = threads
         self.disabled_optimizers = (
-            SLOW_FUSIONS if disabled_optimizers is None else disabled_optimizers
+            portable.SLOW_FUSIONS if disabled_optimizers is None else disabled_optimizers
         )
         self.model_kind = model_kind
         super().__init__(*args, **kwargs)
@@ -99,7 +81,8 @@ class OnnxPredictor(Predictor):
     ) -> OnnxPredictor:
         """`folder`: an export folder or a run folder with export/. `model`: fp32, int8, or auto
         (int8 when the export has it). `threads`: ONNX Runtime intra-op threads (default: its own).
-        `disabled_optimizers`: ONNX Runtime graph optimizers to skip (default: SLOW_FUSIONS)."""
+        `disabled_optimizers`: ONNX Runtime graph optimizers to skip (default:
+        mtl.portable.SLOW_FUSIONS)."""
         from mtl.config import config_from_dict
 
         folder = export_folder(folder)
@@ -140,26 +123,13 @@ class OnnxPredictor(Predictor):
     # --- the backend: ONNX Runtime sessions instead of torch modules ----------------------------
 
     def _place_models(self, models: list, device) -> list:
-        import onnxruntime as ort
-
-        options = ort.SessionOptions()
-        options.log_severity_level = 3  # warnings about unused initializers and the like
-        threads = self.threads or int(os.environ.get("MTL_ONNX_THREADS", 0))
-        if threads:
-            options.intra_op_num_threads = threads
-            options.inter_op_num_threads = 1
         chosen = providers(device)
         self.device = "cuda" if chosen[0] == "CUDAExecutionProvider" else "cpu"
         sessions = []
         for path in models:
             try:
                 sessions.append(
-                    ort.InferenceSession(
-                        str(path),
-                        options,
-                        providers=chosen,
-                        disabled_optimizers=self.disabled_optimizers,
-                    )
+                    portable.session(path, chosen, self.threads, self.disabled_optimizers)
                 )
             except Exception as err:  # onnxruntime raises its own Fail / InvalidGraph types
                 raise PredictError(f"Cannot load {path}: {first_line(err)}") from None

@@ -8,6 +8,7 @@ import json
 import numpy as np
 
 from mtl.inference.predictor import Predictor
+from mtl.portable import record  # the record ONNX exports print too (mtl/portable.py)
 
 
 def render_table(texts: list[str], predictor: Predictor, probs: dict[str, np.ndarray]) -> str:
@@ -43,29 +44,10 @@ def prediction_records(
     """Per text: the text, and per task every class's probability by name and the label(s);
     plain Python values, ready for JSON (also the HTTP API's answer, mtl/inference/serve.py)."""
     labels = predictor.labels(probs)
-    records = []
-    for i, text in enumerate(texts):
-        record = {"text": text}
-        for name, meta in predictor.metas.items():
-            entry = {
-                "probabilities": {
-                    str(c): float(p) for c, p in zip(meta.classes, probs[name][i], strict=True)
-                }
-            }
-            value = labels[name][i]
-            entry["labels" if meta.multilabel else "label"] = (
-                [_plain(v) for v in value] if meta.multilabel else _plain(value)
-            )
-            record[name] = entry
-        records.append(record)
-    return records
+    tasks = {name: (meta.classes, meta.multilabel) for name, meta in predictor.metas.items()}
+    return [record(text, tasks, probs, labels, i) for i, text in enumerate(texts)]
 
 
 def render_json(texts: list[str], predictor: Predictor, probs: dict[str, np.ndarray]) -> str:
     records = prediction_records(texts, predictor, probs)
     return json.dumps(records, indent=2, ensure_ascii=False) + "\n"
-
-
-def _plain(value):
-    """A numpy scalar (a class name read from a file) as the Python value JSON takes."""
-    return value.item() if hasattr(value, "item") else value

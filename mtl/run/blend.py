@@ -13,24 +13,13 @@ from __future__ import annotations
 import numpy as np
 from sklearn.metrics import f1_score
 
-BLEND_METHODS = ("mean", "rank", "weighted")
+# blend() itself lives in mtl/portable.py, the file ONNX exports carry, so an export blends as the
+# run does; rank: decisions from the calibrated mean (see rank_blend)
+from mtl.portable import BLEND_METHODS, blend
 
-
-def blend(
-    fold_probs: list[np.ndarray], method: str = "mean", fold_scores: list[float] | None = None
-) -> np.ndarray:
-    """(F folds of (N, C)) → (N, C)."""
-    if not fold_probs:
-        raise ValueError("nothing to blend: no fold predictions")
-    stack = np.stack([np.asarray(p, dtype=np.float64) for p in fold_probs])  # (F, N, C)
-    if method in ("mean", "rank"):  # rank: decisions from the calibrated mean (see rank_blend)
-        return stack.mean(axis=0)
-    if method == "weighted":
-        if fold_scores is None or len(fold_scores) != len(fold_probs):
-            raise ValueError("weighted blending needs one score per fold")
-        weights = np.clip(np.asarray(fold_scores, dtype=np.float64), 1e-12, None)
-        return np.tensordot(weights / weights.sum(), stack, axes=1)
-    raise ValueError(f"unknown blend method '{method}'; use one of {BLEND_METHODS}")
+__all__ = [
+    "BLEND_METHODS", "blend", "cross_fit_thresholds", "rank_blend", "tune_thresholds"
+]  # fmt: skip
 
 
 def rank_blend(fold_probs: list[np.ndarray]) -> np.ndarray:

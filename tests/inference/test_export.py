@@ -25,26 +25,14 @@ from mtl.run.train import train
 
 
 @pytest.fixture(scope="module")
-def run(tiny_backbone, data_dir, tmp_path_factory) -> Path:
-    """Three tasks, 2 folds, tuned emotion thresholds, the score-weighted blend."""
-    out = tmp_path_factory.mktemp("export_run")
-    cfg = load_config(
-        REPO / "configs" / "default.yaml",
-        tiny_overrides(tiny_backbone, data_dir, out)
-        + [
-            "cv.n_splits=2",
-            "cv.blend=weighted",
-            "tasks.emotion.threshold=tuned",
-            "trainer.max_epochs=1",
-        ],
-    )
-    train(cfg)
-    return out / cfg.run.name
+def exported(blended_export) -> Path:
+    """Three tasks, 2 folds, tuned emotion thresholds, the score-weighted blend (conftest)."""
+    return blended_export
 
 
 @pytest.fixture(scope="module")
-def exported(run) -> Path:
-    return export_run(run, quantize="int8")
+def run(exported) -> Path:
+    return exported.parent
 
 
 @pytest.fixture(scope="module")
