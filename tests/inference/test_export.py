@@ -181,13 +181,15 @@ def test_benchmark_serve_path_reports_speed_ratios_and_parity(run, exported, tmp
     assert bench_main(argv + ["--val-rows", "20", "--threads", "1", "--batch-size", "5"]) == 0
     result = json.loads(out.read_text())
     assert result["batch_size"] == 5
-    assert set(result["speed"]) == {"torch_fp32", "onnx_fp32", "onnx_int8"}
+    assert set(result["speed"]) == {"torch_fp32", "onnx_fp32", "onnx_int8", "portable_int8"}
     assert result["speed"]["torch_fp32"]["vs_torch_fp32"] == 1.0
     assert all(entry["texts_per_s"] > 0 for entry in result["speed"].values())
     assert set(result["parity"]) == {"toxicity", "emotion", "sentiment"}
     for entry in result["parity"].values():
         assert entry["rows"] == 20 and entry["fp32_max_abs_prob_diff_vs_torch"] <= 1e-4
         assert 0.0 <= entry["int8_label_agreement_vs_fp32"] <= 1.0
+        assert entry["portable_max_abs_prob_diff_vs_onnx_int8"] <= 1e-6
+        assert entry["portable_labels_equal_onnx_int8"]
     assert result["file_bytes"]["fold_0.int8.onnx"] < result["file_bytes"]["fold_0.onnx"]
 
 

@@ -3,7 +3,8 @@
     python scripts/benchmark.py --serve checkpoints/default --data-dir ../shared/data --out bench_serve.json
 
 On the same texts, in one process: `Predictor.from_run` (PyTorch fp32, batched, length-sorted,
-every fold blended), `OnnxPredictor` fp32 and int8 (export/ of the run; scripts/export.py).
+every fold blended), `OnnxPredictor` fp32 and int8 (export/ of the run; scripts/export.py), and
+the export folder's own runtime on int8 (`mtl_onnx.py`, loaded from the folder).
 Speed: texts/s of `predict_proba` (best of --repeats passes over --predict-texts texts, backends
 interleaved so that load from other processes hits them alike), ratios against PyTorch, file
 sizes. Parity on every task's val file (from --data-dir when it holds a file of that name, else
@@ -53,6 +54,16 @@ def agreement(a: list, b: list, multilabel: bool, classes: list) -> tuple[float,
     return float(np.mean(decisions)), per_text
 
 
+def folder_runtime(path: Path):
+    """The export folder's mtl_onnx.py as a module (the copy, not mtl.portable)."""
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("mtl_onnx_of_export", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
 def time_backends(backends: dict, texts: list[str], repeats: int) -> dict:
     """texts/s of each backend's `predict_proba(texts)`: best of `repeats` interleaved passes,
     with the ratio to backends["torch_fp32"]."""
@@ -88,6 +99,7 @@ def run_serve(
     batch_size: int | None = None,
     ablation: bool = False,
 ) -> dict:
+    from mtl.inference.export import RUNTIME_FILE
     from mtl.inference.onnx_predict import OnnxPredictor, export_folder
     from mtl.inference.predictor import Predictor
 
@@ -102,6 +114,11 @@ def run_serve(
         backends["onnx_int8"] = OnnxPredictor.from_export(
             folder, model="int8", threads=threads, **options
         )
+        runtime = folder / RUNTIME_FILE
+        if runtime.is_file():  # the folder's own runtime, as a machine without mtl runs it
+            backends["portable_int8"] = folder_runtime(runtime).ExportedModel(
+                folder, "int8", device="cpu", batch_size=batch_size, threads=threads
+            )
     reference = backends["torch_fp32"]
     files = {}
     for meta in reference.metas.values():
@@ -141,6 +158,13 @@ def run_serve(
             )
             entry["int8_metric_drop_vs_fp32"] = (
                 entry["score"]["onnx_fp32"] - entry["score"]["onnx_int8"]
+            )
+        if "portable_int8" in probs:
+            entry["portable_max_abs_prob_diff_vs_onnx_int8"] = float(
+                np.abs(probs["portable_int8"] - probs["onnx_int8"]).max()
+            )
+            entry["portable_labels_equal_onnx_int8"] = (
+                decided["portable_int8"] == decided["onnx_int8"]
             )
         parity[task] = entry
 
