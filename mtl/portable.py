@@ -77,11 +77,22 @@ def blend(
 
 
 def decide(probs: np.ndarray, classes: list, multilabel: bool, thresholds=None) -> list:
-    """Per row the argmax class, or for multi-label the list of classes at/over its threshold."""
-    if not multilabel:
-        return [classes[i] for i in np.asarray(probs).argmax(axis=1)]
-    cut = np.asarray(thresholds if thresholds is not None else 0.5)
-    return [[c for c, on in zip(classes, row, strict=True) if on] for row in probs >= cut]
+    """Per row: multi-label, the list of classes at/over their thresholds (default 0.5); a binary
+    task with a threshold [t], the second class where its probability is at/over t, else the
+    first; otherwise the argmax class."""
+    probs = np.asarray(probs)
+    if multilabel:
+        cut = np.asarray(thresholds if thresholds is not None else 0.5)
+        return [[c for c, on in zip(classes, row, strict=True) if on] for row in probs >= cut]
+    cut = np.asarray([] if thresholds is None else thresholds, dtype=np.float64).reshape(-1)
+    if cut.size == 0:
+        return [classes[i] for i in probs.argmax(axis=1)]
+    if len(classes) != 2 or cut.size != 1:
+        raise ValueError(
+            f"A decision threshold applies to a two-class task as one number (got {cut.tolist()} "
+            f"for classes {list(classes)})."
+        )
+    return [classes[1] if p >= cut[0] else classes[0] for p in probs[:, 1]]
 
 
 def plain(value):
@@ -208,7 +219,7 @@ class ExportedModel:
             for name, cut in (spec.get("thresholds") or {}).items()
         }
         for name, meta in spec["tasks"].items():
-            if self.tasks[name][1] and name not in self.thresholds:
+            if name not in self.thresholds and (self.tasks[name][1] or meta.get("threshold")):
                 self.thresholds[name] = np.asarray(meta.get("threshold") or 0.5, dtype=np.float64)
         self.blend_method = spec.get("blend", "mean")
         self.fold_scores = spec.get("fold_scores")

@@ -73,7 +73,8 @@ def tiny_cfg(tiny_backbone, data_dir, tmp_path):
 @pytest.fixture(scope="session")
 def blended_export(tiny_backbone, data_dir, tmp_path_factory) -> Path:
     """An int8 ONNX export of a tiny three-task run: 2 folds, the score-weighted blend, tuned
-    emotion thresholds, tweet preprocessing (RUN/export/; the run folder is its parent)."""
+    emotion thresholds and a tuned toxicity (binary) threshold, tweet preprocessing (RUN/export/;
+    the run folder is its parent)."""
     from helpers import REPO, tiny_overrides
 
     from mtl.config import load_config
@@ -88,6 +89,7 @@ def blended_export(tiny_backbone, data_dir, tmp_path_factory) -> Path:
             "cv.n_splits=2",
             "cv.blend=weighted",
             "tasks.emotion.threshold=tuned",
+            "tasks.toxicity.threshold=tuned",
             "data.preprocess=tweet",
             "trainer.max_epochs=1",
         ],

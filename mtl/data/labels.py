@@ -207,10 +207,26 @@ def class_weights(spec: Box, meta: TaskMeta, labels: np.ndarray) -> list[float] 
 
 
 def thresholds(spec: Box, meta: TaskMeta) -> list[float]:
-    """Per-class decision thresholds for multi-label tasks (`tuned` starts at 0.5 and is tuned later)."""
-    if not meta.multilabel:
-        return []
+    """Decision thresholds: per class for a multi-label task; for a binary task [t] on the second
+    class's probability, or [] (argmax) at the default 0.5. `tuned` starts at 0.5, tuned later."""
     value = spec.threshold
+    if meta.type == "binary":
+        if value == "tuned":
+            return [0.5]
+        number = value[0] if isinstance(value, list) and len(value) == 1 else value
+        if isinstance(number, list) or not 0.0 < float(number) < 1.0:
+            raise ConfigError(
+                f"Config key 'tasks.{meta.name}.threshold' must be one number in (0, 1) for a "
+                f"binary task (the cut on '{meta.classes[1]}'), or 'tuned'; got {value}."
+            )
+        return [] if float(number) == 0.5 else [float(number)]
+    if not meta.multilabel:
+        if value != 0.5:
+            raise ConfigError(
+                f"Config key 'tasks.{meta.name}.threshold' is {value!r}, but a {meta.type} task "
+                f"decides by argmax; thresholds apply to binary and multilabel tasks. Remove it."
+            )
+        return []
     if isinstance(value, list):
         if len(value) != meta.num_outputs:
             raise ConfigError(

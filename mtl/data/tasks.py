@@ -53,7 +53,8 @@ class TaskMeta:
     type: str
     classes: list  # class names; for multilabel the label columns
     class_weights: list[float] | None = None
-    threshold: list[float] = field(default_factory=list)  # per class, multilabel only
+    # multilabel: one per class; binary: [cut on the second class's probability], or [] for argmax
+    threshold: list[float] = field(default_factory=list)
 
     @property
     def num_outputs(self) -> int:
@@ -88,11 +89,13 @@ class TaskMeta:
         return [f"true_{c}" for c in self.classes] if self.multilabel else ["true"]
 
     def decide(self, probs: np.ndarray, thresholds: list[float] | None = None) -> list:
-        """Predicted labels: the argmax class, or for multi-label the list of classes over threshold."""
+        """Predicted labels: the argmax class (binary with a threshold: the second class where its
+        probability reaches it), or for multi-label the list of classes over threshold."""
         from mtl.portable import decide  # the rule ONNX exports carry (mtl/portable.py)
 
-        cut = thresholds if thresholds is not None else self.threshold or 0.5
-        return decide(probs, self.classes, self.multilabel, cut if self.multilabel else None)
+        if thresholds is None:
+            thresholds = self.threshold or (0.5 if self.multilabel else None)
+        return decide(probs, self.classes, self.multilabel, thresholds)
 
     def label_column(self, probs: np.ndarray, thresholds: list[float] | None = None) -> list:
         """`decide` as one table column: multi-label sets joined with "|" ("" when none)."""

@@ -123,9 +123,18 @@ def predictor_from_checkpoint(cls, path: str | Path, run_dir: str | Path | None,
 
 def label_thresholds(metas: dict, thresholds: dict | None) -> dict:
     """{multi-label task: (C,) float64 thresholds}: the run's tuned ones (results.json) where given,
-    else the checkpoint's, else 0.5; one number stands for every label."""
+    else the checkpoint's, else 0.5; one number stands for every label. A binary task appears
+    with its one threshold only when it has one (else its labels are the argmax)."""
     out: dict[str, np.ndarray] = {}
     for name, meta in metas.items():
+        if meta.type == "binary":
+            cut = (thresholds or {}).get(name) or meta.threshold
+            if cut:
+                cut = [float(c) for c in (cut if isinstance(cut, list | tuple) else [cut])]
+                if len(cut) != 1:
+                    raise PredictError(f"Task '{name}' is binary: one threshold, got {cut}.")
+                out[name] = np.asarray(cut, dtype=np.float64)
+            continue
         if not meta.multilabel:
             continue
         cut = (thresholds or {}).get(name) or meta.threshold or [0.5] * meta.num_outputs

@@ -68,7 +68,8 @@ def score_arrays(
     rank_scores: np.ndarray | None = None,
 ) -> dict[str, float]:
     """Every metric of the task from numpy arrays. `thresholds`: one per label, or (N, C) per row
-    (cross-fitted); `rank_scores`: scores for AUROC in place of `probs` (the rank blend)."""
+    (cross-fitted); for a binary task [t] or (N, 1) on the second class, none: argmax.
+    `rank_scores`: scores for AUROC in place of `probs` (the rank blend)."""
     if meta.multilabel:
         cut = np.asarray(thresholds if thresholds is not None else meta.threshold or 0.5)
         preds = (probs >= cut).astype(int)
@@ -81,7 +82,11 @@ def score_arrays(
         out.update({f"f1_{label}": v for label, v in zip(meta.classes, per_label, strict=True)})
         out["exact_match"] = float((preds == truth).all(axis=1).mean())
         return {k: float(v) for k, v in out.items()}
-    preds = probs.argmax(axis=1)
+    cut = np.asarray([] if thresholds is None else thresholds, dtype=np.float64).reshape(-1)
+    if cut.size and meta.num_outputs == 2:  # one cut on the second class, or one per row
+        preds = (probs[:, 1] >= cut).astype(int)
+    else:
+        preds = probs.argmax(axis=1)
     out = {
         "f1_macro": f1_score(
             labels, preds, average="macro", labels=range(meta.num_outputs), zero_division=0

@@ -18,7 +18,8 @@ from sklearn.metrics import f1_score
 from mtl.portable import BLEND_METHODS, blend
 
 __all__ = [
-    "BLEND_METHODS", "blend", "cross_fit_thresholds", "rank_blend", "tune_thresholds"
+    "BLEND_METHODS", "blend", "cross_fit_thresholds", "rank_blend", "tune_binary_threshold",
+    "tune_thresholds",
 ]  # fmt: skip
 
 
@@ -32,16 +33,39 @@ def rank_blend(fold_probs: list[np.ndarray]) -> np.ndarray:
     return (ranks / max(1, stack.shape[1] - 1)).mean(axis=0)
 
 
-def cross_fit_thresholds(probs: np.ndarray, labels: np.ndarray, fold: np.ndarray) -> np.ndarray:
-    """(N, C) per-row thresholds: the rows of fold k get thresholds tuned on the other folds' rows,
-    so the out-of-fold score is not measured on the rows that chose its thresholds. With one
-    fold alone there is nothing else to tune on: its rows get 0.5."""
-    cut = np.full(probs.shape, 0.5, dtype=np.float64)
+def cross_fit_thresholds(
+    probs: np.ndarray, labels: np.ndarray, fold: np.ndarray, tune=None
+) -> np.ndarray:
+    """Per-row thresholds, (N, C) multi-label or (N, 1) with `tune=tune_binary_threshold`: the
+    rows of fold k get thresholds tuned on the other folds' rows, so the out-of-fold score is not
+    measured on the rows that chose its thresholds. With one fold alone there is nothing else to
+    tune on: its rows get 0.5."""
+    tune = tune or tune_thresholds
+    width = probs.shape[1] if tune is tune_thresholds else 1
+    cut = np.full((len(probs), width), 0.5, dtype=np.float64)
     for k in np.unique(fold):
         mine = fold == k
         if (~mine).any():
-            cut[mine] = tune_thresholds(probs[~mine], labels[~mine])
+            cut[mine] = tune(probs[~mine], labels[~mine])
     return cut
+
+
+def tune_binary_threshold(
+    probs: np.ndarray, labels: np.ndarray, grid: np.ndarray | None = None
+) -> list[float]:
+    """[t]: the cut on the second class's probability (of (N, 2) `probs`; `labels` (N,) class
+    indices) that maximises macro-F1 over both classes, on `grid` (ties → closest to 0.5)."""
+    grid = np.round(np.arange(0.05, 0.951, 0.01), 2) if grid is None else grid
+    truth = np.asarray(labels).astype(int)
+    positive = np.asarray(probs)[:, 1]
+    scores = [
+        f1_score(
+            truth, (positive >= t).astype(int), average="macro", labels=[0, 1], zero_division=0
+        )
+        for t in grid
+    ]
+    top = np.flatnonzero(np.isclose(scores, max(scores)))
+    return [float(grid[top[np.argmin(np.abs(grid[top] - 0.5))]])]
 
 
 def tune_thresholds(

@@ -18,7 +18,13 @@ from mtl.data.tasks import TaskMeta
 from mtl.errors import MTLError, first_line
 from mtl.io import write_csv, write_json
 from mtl.model.metrics import majority_baseline, monitor_key, score_arrays
-from mtl.run.blend import blend, cross_fit_thresholds, rank_blend, tune_thresholds
+from mtl.run.blend import (
+    blend,
+    cross_fit_thresholds,
+    rank_blend,
+    tune_binary_threshold,
+    tune_thresholds,
+)
 
 log = logging.getLogger(__name__)
 
@@ -105,15 +111,19 @@ def collect(cfg: Box, run_dir: Path) -> dict:
         entry["overlap_with_training"] = overlap.get(name, {})
         oof = read_fold_frames(run_dir, folds, f"val_{name}.csv")
         probs, truth = (None, None) if oof is None else (_probs(oof, meta), _truth(oof, meta))
-        tuned = oof is not None and meta.multilabel and cfg.tasks[name].threshold == "tuned"
-        thresholds = tune_thresholds(probs, truth) if tuned else None
+        tunable = meta.multilabel or meta.type == "binary"
+        tuned = oof is not None and tunable and cfg.tasks[name].threshold == "tuned"
+        tune = tune_thresholds if meta.multilabel else tune_binary_threshold
+        thresholds = tune(probs, truth) if tuned else None
         thresholds = thresholds or meta.threshold or None
         if thresholds is not None:
             results["thresholds"][name] = thresholds
         if oof is not None and cfg.cv.n_splits > 1:
             # cross-fitted: fold k's rows are scored with thresholds tuned on the other folds
             cut = (
-                cross_fit_thresholds(probs, truth, oof["fold"].to_numpy()) if tuned else thresholds
+                cross_fit_thresholds(probs, truth, oof["fold"].to_numpy(), tune)
+                if tuned
+                else thresholds
             )
             entry["oof"] = score_arrays(meta, probs, truth, cut)
             entry["oof_rows"] = len(oof)

@@ -144,7 +144,7 @@ def markdown_table(results: dict) -> str:
     if results.get("thresholds"):
         lines += [
             "",
-            "Multi-label thresholds: "
+            "Decision thresholds (multi-label: per label; binary: on the second class): "
             + "; ".join(f"{t}: {v}" for t, v in results["thresholds"].items()),
         ]
     return "\n".join(lines) + "\n"

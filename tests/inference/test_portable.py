@@ -93,6 +93,9 @@ def test_the_exports_own_runtime_answers_as_onnx_predictor_without_mtl_or_torch(
 def test_the_runtime_is_listed_in_the_manifest_with_its_checksum(tweet_run):
     from mtl.io import file_sha256
 
+    spec = json.loads((tweet_run / "predictor.json").read_text())
+    assert len(spec["thresholds"]["toxicity"]) == 1  # a tuned binary threshold travels too
+    assert len(spec["thresholds"]["emotion"]) == 7
     manifest = json.loads((tweet_run / "manifest.json").read_text())
     assert manifest["files"][RUNTIME_FILE]["sha256"] == file_sha256(tweet_run / RUNTIME_FILE)
     assert (tweet_run / RUNTIME_FILE).read_text() == (REPO / "mtl" / "portable.py").read_text()

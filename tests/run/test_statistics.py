@@ -100,6 +100,81 @@ def test_kfold_oof_score_uses_cross_fitted_thresholds(tiny_cfg):
     assert results["thresholds"]["emotion"] == tune_thresholds(probs, truth)
 
 
+def test_binary_threshold_maximises_macro_f1_over_both_classes():
+    from mtl.run.blend import tune_binary_threshold
+
+    rng = np.random.default_rng(0)
+    truth = (rng.random(400) < 0.25).astype(int)  # a rare positive class, like toxicity
+    positive = np.clip(0.7 * truth + rng.normal(0.35, 0.12, 400), 0, 1)  # positives near 1.05
+    probs = np.stack([1 - positive, positive], axis=1)
+    [cut] = tune_binary_threshold(probs, truth)
+    grid = np.round(np.arange(0.05, 0.951, 0.01), 2)
+    meta = TaskMeta(name="t", type="binary", classes=["no", "yes"])
+    f1 = [score_arrays(meta, probs, truth, [t])["f1_macro"] for t in grid]
+    assert score_arrays(meta, probs, truth, [cut])["f1_macro"] == pytest.approx(max(f1))
+    assert cut > 0.55  # the argmax (0.5) would call the upper tail of the negatives positive
+    assert (
+        score_arrays(meta, probs, truth, [cut])["f1_macro"]
+        > score_arrays(meta, probs, truth)["f1_macro"]
+    )
+    assert meta.decide(probs[:3], [cut]) == ["yes" if p >= cut else "no" for p in positive[:3]]
+
+
+def test_a_tuned_binary_threshold_is_cross_fitted_oof_and_decides_the_blends(tiny_cfg):
+    from mtl.inference.predictor import Predictor
+    from mtl.run.blend import tune_binary_threshold
+    from mtl.run.train import train
+
+    cfg = tiny_cfg("cv.n_splits=3", "tasks.toxicity.threshold=tuned", "trainer.max_epochs=1")
+    results = train(cfg)
+    folder = Path(cfg.run.output_dir) / cfg.run.name
+    meta = TaskMeta(**json.loads((folder / "tasks.json").read_text())["toxicity"])
+    oof = pd.read_csv(folder / "oof_toxicity.csv", keep_default_na=False)
+    probs = oof[meta.prob_columns()].to_numpy()
+    truth = np.array([meta.classes.index(type(meta.classes[0])(t)) for t in oof["true"]])
+    cut = cross_fit_thresholds(probs, truth, oof.fold.to_numpy(), tune_binary_threshold)
+    assert cut.shape == (len(oof), 1)
+    expected = score_arrays(meta, probs, truth, cut)
+    assert results["tasks"]["toxicity"]["oof"]["f1_macro"] == pytest.approx(expected["f1_macro"])
+    assert results["thresholds"]["toxicity"] == tune_binary_threshold(probs, truth)
+    [t] = results["thresholds"]["toxicity"]
+    val = pd.read_csv(folder / "val_toxicity.csv", keep_default_na=False)
+    positive = val[meta.prob_columns()[1]].to_numpy()
+    expect = [str(meta.classes[1] if p >= t else meta.classes[0]) for p in positive]
+    assert val["toxicity_label"].astype(str).tolist() == expect
+    predictor = Predictor.from_run(folder)
+    probs = predictor.predict_proba(val["text"].tolist())
+    decided = predictor.labels(probs)["toxicity"]
+    assert decided == [
+        meta.classes[1] if p >= t else meta.classes[0] for p in probs["toxicity"][:, 1]
+    ]
+
+
+@pytest.mark.parametrize(
+    ("kind", "classes", "value", "expected"),
+    [
+        ("binary", ["no", "yes"], 0.5, []),  # the default: argmax
+        ("binary", ["no", "yes"], 0.3, [0.3]),
+        ("binary", ["no", "yes"], "tuned", [0.5]),  # tuned after training
+        ("binary", ["no", "yes"], [0.3, 0.7], "one number in"),
+        ("binary", ["no", "yes"], 1.0, "one number in"),
+        ("multiclass", ["a", "b", "c"], "tuned", "decides by argmax"),
+        ("multiclass", ["a", "b", "c"], 0.5, []),
+        ("multilabel", ["x", "y"], 0.4, [0.4, 0.4]),
+    ],
+)
+def test_thresholds_per_task_type(kind, classes, value, expected):
+    from mtl.data.labels import thresholds
+    from mtl.errors import ConfigError
+
+    meta = TaskMeta(name="t", type=kind, classes=classes)
+    if isinstance(expected, str):
+        with pytest.raises(ConfigError, match=expected):
+            thresholds(Box(threshold=value), meta)
+    else:
+        assert thresholds(Box(threshold=value), meta) == expected
+
+
 # --- 3. fold seeds by task name -------------------------------------------------------------------
 
 
