@@ -213,6 +213,10 @@ def check_tasks(cfg: dict) -> None:
                     f"reports). Use cv.selection=best, k-fold (cv.n_splits>1) or a fixed threshold."
                 )
         tasks[name] = spec
+    from mtl.model.optim import FUSED_FP16_CLIP, fused_allowed
+
+    if cfg["optim"].get("adamw_impl") == "fused" and not fused_allowed(cfg["trainer"]):
+        raise ConfigError(FUSED_FP16_CLIP)
     if not 0.0 <= cfg["data"]["val_fraction"] < 1.0:
         raise ConfigError(
             f"Config key 'data.val_fraction' must be in [0, 1) (the share of a training file held "

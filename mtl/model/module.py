@@ -20,7 +20,7 @@ from mtl.data.tasks import TaskMeta
 from mtl.model.losses import TaskLoss
 from mtl.model.metrics import TaskMetrics
 from mtl.model.network import MultiTaskModel, load_encoder
-from mtl.model.optim import build_optimizer, build_scheduler
+from mtl.model.optim import build_optimizer, build_scheduler, fused_allowed
 from mtl.model.weighting import build_weighting
 
 
@@ -223,10 +223,27 @@ class MultiTaskModule(L.LightningModule):
         ):
             self.trainer.model.clip_grad_norm_(gradient_clip_val)
             return
+        # Lightning refuses to clip a fused optimizer under any mixed precision, though only fp16's
+        # GradScaler (which the fused step unscales itself) is in the way; bf16-mixed has no
+        # scaler, so the gradients are clipped as they are (Lightning issue #21435). fp16 with
+        # clipping gets foreach AdamW instead (optim.fused_allowed).
+        if (
+            gradient_clip_val
+            and optimizer.defaults.get("fused")
+            and getattr(self.trainer.precision_plugin, "scaler", None) is None
+        ):
+            params = [p for group in optimizer.param_groups for p in group["params"]]
+            if (gradient_clip_algorithm or "norm") == "norm":
+                torch.nn.utils.clip_grad_norm_(params, gradient_clip_val)
+            else:
+                torch.nn.utils.clip_grad_value_(params, gradient_clip_val)
+            return
         super().configure_gradient_clipping(optimizer, gradient_clip_val, gradient_clip_algorithm)
 
     def configure_optimizers(self):
-        optimizer = build_optimizer(self.model, self.weighting, self.cfg.optim)
+        optimizer = build_optimizer(
+            self.model, self.weighting, self.cfg.optim, fused_allowed(self.cfg.trainer)
+        )
         scheduler = build_scheduler(
             optimizer, self.cfg.optim, self.trainer.estimated_stepping_batches
         )

@@ -60,7 +60,23 @@ def _fused_devices() -> set[str]:
     return set(supported())
 
 
-def adamw_kwargs(params: list[torch.Tensor], impl: str) -> dict:
+FP16_MIXED = ("16-mixed", "16")  # Lightning's fp16 autocast + GradScaler precision values
+FUSED_FP16_CLIP = (
+    "optim.adamw_impl=fused cannot be clipped under fp16 mixed precision (its GradScaler is "
+    "unscaled inside the fused step; Lightning issue #21435). Use optim.adamw_impl=auto or "
+    "foreach, trainer.precision=bf16-mixed, or trainer.gradient_clip_val=0."
+)
+
+
+def fused_allowed(trainer: Box) -> bool:
+    """False where Lightning cannot clip a fused AdamW's gradients: fp16 mixed precision (its
+    GradScaler is unscaled inside the fused step) with gradient clipping on. bf16-mixed is fine
+    (no scaler; mtl/model/module.py clips around Lightning's check, issue #21435)."""
+    clipping = bool(trainer.get("gradient_clip_val") or 0)
+    return not (clipping and str(trainer.get("precision")) in FP16_MIXED)
+
+
+def adamw_kwargs(params: list[torch.Tensor], impl: str, fused_ok: bool = True) -> dict:
     """`optim.adamw_impl` → AdamW's `fused` / `foreach` flags. `auto`: one fused kernel per step
     where torch has one for every parameter's device (CUDA, and CPU since torch 2.4), else the
     foreach (multi-tensor) path. torch's own default on CPU is the per-parameter Python loop, slow
@@ -68,6 +84,9 @@ def adamw_kwargs(params: list[torch.Tensor], impl: str) -> dict:
     Clipping needs no flag: Lightning's gradient_clip_val calls torch.nn.utils.clip_grad_norm_
     with foreach=None, which torch 2.13 runs as foreach kernels on CPU and CUDA tensors alike."""
     fusable = all(p.device.type in _fused_devices() and p.is_floating_point() for p in params)
+    fusable = fusable and fused_ok  # fused_ok: see fused_allowed
+    if impl == "fused" and not fused_ok:
+        raise ConfigError(FUSED_FP16_CLIP)
     if impl == "auto":
         impl = "fused" if fusable else "foreach"
     if impl == "fused" and not fusable:
@@ -79,10 +98,13 @@ def adamw_kwargs(params: list[torch.Tensor], impl: str) -> dict:
     return {"fused": impl == "fused", "foreach": impl == "foreach"}
 
 
-def build_optimizer(model: nn.Module, weighting: nn.Module, optim: Box) -> torch.optim.Optimizer:
+def build_optimizer(
+    model: nn.Module, weighting: nn.Module, optim: Box, fused_ok: bool = True
+) -> torch.optim.Optimizer:
+    """AdamW over param_groups; `fused_ok=False` (fused_allowed) keeps `auto` off the fused kernel."""
     groups = param_groups(model, weighting, optim)
     params = [p for g in groups for p in g["params"]]
-    impl = adamw_kwargs(params, optim.get("adamw_impl", "auto"))
+    impl = adamw_kwargs(params, optim.get("adamw_impl", "auto"), fused_ok)
     return torch.optim.AdamW(groups, betas=tuple(optim.betas), eps=optim.eps, **impl)
 
 

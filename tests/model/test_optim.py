@@ -143,3 +143,45 @@ def test_frozen_word_embeddings_leave_the_optimizer_and_do_not_move(tiny_cfg):
 def test_freeze_embeddings_must_be_a_bool(tiny_cfg):
     with pytest.raises(ConfigError, match="backbone.freeze_embeddings"):
         tiny_cfg("backbone.freeze_embeddings=3")
+
+
+def test_bf16_mixed_training_clips_a_fused_adamw_around_lightnings_refusal(tiny_cfg, monkeypatch):
+    # Lightning raises for any fused optimizer + clipping under mixed precision (its issue
+    # #21435), though bf16 has no GradScaler: the module clips these gradients itself
+    from mtl.run.train import train
+
+    calls = []
+    clip = torch.nn.utils.clip_grad_norm_
+
+    def counting(params, max_norm, *args, **kwargs):
+        calls.append(max_norm)
+        return clip(params, max_norm, *args, **kwargs)
+
+    monkeypatch.setattr(torch.nn.utils, "clip_grad_norm_", counting)
+    cfg = tiny_cfg("trainer.precision=bf16-mixed", "trainer.gradient_clip_val=0.5")
+    assert cfg.optim.adamw_impl == "auto"  # fused on this CPU (test above)
+    results = train(cfg)
+    assert calls and set(calls) == {0.5}
+    assert results["score"] is not None
+
+
+@pytest.mark.parametrize(
+    ("precision", "clip", "allowed"),
+    [
+        ("16-mixed", 1.0, False),
+        ("16-mixed", 0.0, True),
+        ("bf16-mixed", 1.0, True),
+        ("32-true", 1.0, True),
+    ],
+)
+def test_fp16_with_clipping_keeps_auto_off_the_fused_kernel(precision, clip, allowed, tiny_cfg):
+    from mtl.model.optim import fused_allowed
+
+    trainer = Box(precision=precision, gradient_clip_val=clip)
+    assert fused_allowed(trainer) is allowed
+    params = [torch.nn.Parameter(torch.zeros(2))]
+    flags = adamw_kwargs(params, "auto", fused_allowed(trainer))
+    assert flags["fused"] is allowed and flags["foreach"] is not allowed
+    if not allowed:
+        with pytest.raises(ConfigError, match="trainer.precision=bf16-mixed"):
+            tiny_cfg("optim.adamw_impl=fused", f"trainer.precision={precision}")

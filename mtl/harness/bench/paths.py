@@ -16,7 +16,7 @@ from mtl.errors import MTLError
 from mtl.harness.bench.meter import Meter, to_device
 from mtl.harness.bench.setup import PlainStep, Setup
 from mtl.model.module import MultiTaskModule
-from mtl.model.optim import build_optimizer, build_scheduler
+from mtl.model.optim import build_optimizer, build_scheduler, fused_allowed
 
 
 @dataclass(frozen=True)
@@ -112,7 +112,9 @@ class ContinuedModule(MultiTaskModule):
 
     def configure_optimizers(self):
         if self._kept is None:
-            optimizer = build_optimizer(self.model, self.weighting, self.cfg.optim)
+            optimizer = build_optimizer(
+                self.model, self.weighting, self.cfg.optim, fused_allowed(self.cfg.trainer)
+            )
             scheduler = build_scheduler(optimizer, self.cfg.optim, self.total_steps)
             self._kept = {
                 "optimizer": optimizer,
