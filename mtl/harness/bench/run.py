@@ -107,9 +107,7 @@ def benchmark(args: argparse.Namespace) -> dict:
 
             log.info("profiling %d steps of ours and of the seed pipeline", args.profile_step)
             result["profile"] = profile(setup, args.profile_step)
-            result["hardware"]["load_average_end"] = load_averages()
-            result["wall_seconds"] = round(time.perf_counter() - began, 1)
-            write_json(result["out"], result)
+            stamp(result, began)
             return result
         probe_module = setup.module()
         result["setup"]["layer_params"] = setup.layer_params(probe_module)
@@ -148,6 +146,11 @@ def finish(result: dict, began: float, complete: bool) -> None:
     result["ratios"] = ratios(result["paths"])
     result["ratio_spread"] = block_ratios(result["paths"])
     result["targets"] = check_targets(result)
+    stamp(result, began)
+
+
+def stamp(result: dict, began: float) -> None:
+    """The end-of-run load average and wall time, then the JSON at --out."""
     result["hardware"]["load_average_end"] = load_averages()
     result["wall_seconds"] = round(time.perf_counter() - began, 1)
     write_json(result["out"], result)
