@@ -252,7 +252,8 @@ class ExportedModel:
         """Texts → token ids as the run made them: preprocessing, then truncation at max_length."""
         if isinstance(texts, str):
             texts = [texts]
-        texts = ["" if t is None else str(t) for t in texts]
+        # as mtl.inference.tables.as_texts: None and NaN (an empty cell) are empty texts
+        texts = ["" if t is None or (isinstance(t, float) and t != t) else str(t) for t in texts]
         if self.preprocess is not None:
             texts = [self.preprocess(t) for t in texts]
         return [e.ids for e in self.tokenizer.encode_batch(texts)]

@@ -70,7 +70,7 @@ def tweet_run(blended_export) -> Path:
 @pytest.fixture(scope="module")
 def texts(data_dir) -> list[str]:
     rows = pd.read_csv(data_dir / "toxicity_val.csv")["text"].head(30).tolist()
-    return rows + ["", "@someone look www.example.com &amp; more", "idiot " * 300, "ok"]
+    return rows + ["", None, "@someone look www.example.com &amp; more", "idiot " * 300, "ok"]
 
 
 @pytest.mark.parametrize("model", ["fp32", "int8"])
