@@ -76,6 +76,23 @@ def blend(
     raise ValueError(f"unknown blend method '{method}'; use one of {BLEND_METHODS}")
 
 
+def single_label(probs: np.ndarray, thresholds=None, per_row: bool = False) -> np.ndarray:
+    """(N,) class indices of a single-label task: the argmax, or with a threshold on a two-class
+    task, 1 where the second class's probability is at/over it, else 0. One number, or with
+    `per_row` one per row (cross-fitted OOF scores). The one rule for labels (decide) and scores
+    (mtl.model.metrics.score_arrays)."""
+    probs = np.asarray(probs)
+    cut = np.asarray([] if thresholds is None else thresholds, dtype=np.float64).reshape(-1)
+    if cut.size == 0:
+        return probs.argmax(axis=1)
+    if probs.shape[1] != 2 or cut.size not in ((1, len(probs)) if per_row else (1,)):
+        raise ValueError(
+            f"A decision threshold applies to a two-class task as one number (got {cut.tolist()} "
+            f"for {probs.shape[1]} classes)."
+        )
+    return (probs[:, 1] >= cut).astype(int)
+
+
 def decide(probs: np.ndarray, classes: list, multilabel: bool, thresholds=None) -> list:
     """Per row: multi-label, the list of classes at/over their thresholds (default 0.5); a binary
     task with a threshold [t], the second class where its probability is at/over t, else the
@@ -84,15 +101,7 @@ def decide(probs: np.ndarray, classes: list, multilabel: bool, thresholds=None) 
     if multilabel:
         cut = np.asarray(thresholds if thresholds is not None else 0.5)
         return [[c for c, on in zip(classes, row, strict=True) if on] for row in probs >= cut]
-    cut = np.asarray([] if thresholds is None else thresholds, dtype=np.float64).reshape(-1)
-    if cut.size == 0:
-        return [classes[i] for i in probs.argmax(axis=1)]
-    if len(classes) != 2 or cut.size != 1:
-        raise ValueError(
-            f"A decision threshold applies to a two-class task as one number (got {cut.tolist()} "
-            f"for classes {list(classes)})."
-        )
-    return [classes[1] if p >= cut[0] else classes[0] for p in probs[:, 1]]
+    return [classes[i] for i in single_label(probs, thresholds)]
 
 
 def plain(value):
@@ -180,6 +189,16 @@ def pad(rows: list, pad_id: int) -> tuple[np.ndarray, np.ndarray]:
 # --- the exported model -----------------------------------------------------------------------
 
 
+def model_kind(files: dict, model: str, folder) -> str:
+    """fp32 or int8 from predictor.json's `files`; `auto`: int8 when the export has it."""
+    kind = ("int8" if "int8" in files else "fp32") if model == "auto" else model
+    if kind not in files:
+        raise ValueError(
+            f"The export in {folder} has no {kind} models (it has: {', '.join(files)})."
+        )
+    return kind
+
+
 class ExportedModel:
     """An export folder (predictor.json, fold_<k>[.int8].onnx, tokenizer/) ready to predict."""
 
@@ -196,12 +215,7 @@ class ExportedModel:
         self.folder = Path(folder)
         spec = json.loads((self.folder / "predictor.json").read_text(encoding="utf-8"))
         files = spec["files"]
-        self.model_kind = ("int8" if "int8" in files else "fp32") if model == "auto" else model
-        if self.model_kind not in files:
-            raise ValueError(
-                f"The export in {self.folder} has no {self.model_kind} models "
-                f"(it has: {', '.join(files)})."
-            )
+        self.model_kind = model_kind(files, model, self.folder)
         config = spec["config"]
         preprocess = config["data"].get("preprocess")
         if preprocess not in (None, "", "tweet"):

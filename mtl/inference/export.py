@@ -131,7 +131,7 @@ def fuse_attention(path: Path, encoder_config) -> dict[str, int]:
 
     ONNX Runtime's transformer optimizer, with every fusion but attention turned off: its
     SkipLayerNormalization, the fusion it would add next, is slower on a CPU than the ops it
-    replaces (mtl.inference.onnx_predict.SLOW_FUSIONS, which OnnxPredictor skips). The mask stays a
+    replaces (mtl.portable.SLOW_FUSIONS, which OnnxPredictor and mtl_onnx.py skip). The mask stays a
     (B, T) 0/1 tensor, so any padding side works. A graph the optimizer does not recognise is left
     as it is (counts of 0); a wrong fusion cannot pass the parity check that follows.
     """

@@ -92,13 +92,12 @@ class OnnxPredictor(Predictor):
             tasks = spec["tasks"]
         except (OSError, ValueError, KeyError, TypeError) as err:
             raise PredictError(f"Cannot read {folder / SPEC_FILE}: {first_line(err)}") from None
-        if model == "auto":
-            model = "int8" if "int8" in files else "fp32"
-        if model not in files:
+        try:
+            model = portable.model_kind(files, model, folder)
+        except ValueError as err:
             raise PredictError(
-                f"The export in {folder} has no {model} models (it has: {', '.join(files)}). "
-                f"Re-export with --quantize {model}, or pick one of those."
-            )
+                f"{err} Re-export with --quantize {model}, or pick one of those."
+            ) from None
         paths = [folder / name for name in files[model]]
         missing = [str(p) for p in paths if not p.is_file()]
         if missing:

@@ -23,6 +23,7 @@ from torch import nn
 from torchmetrics.aggregation import CatMetric
 
 from mtl.data.tasks import TaskMeta
+from mtl.portable import single_label
 
 
 def monitor_key(cfg: Box) -> str:
@@ -82,11 +83,7 @@ def score_arrays(
         out.update({f"f1_{label}": v for label, v in zip(meta.classes, per_label, strict=True)})
         out["exact_match"] = float((preds == truth).all(axis=1).mean())
         return {k: float(v) for k, v in out.items()}
-    cut = np.asarray([] if thresholds is None else thresholds, dtype=np.float64).reshape(-1)
-    if cut.size and meta.num_outputs == 2:  # one cut on the second class, or one per row
-        preds = (probs[:, 1] >= cut).astype(int)
-    else:
-        preds = probs.argmax(axis=1)
+    preds = single_label(probs, thresholds if meta.num_outputs == 2 else None, per_row=True)
     out = {
         "f1_macro": f1_score(
             labels, preds, average="macro", labels=range(meta.num_outputs), zero_division=0
