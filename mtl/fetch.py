@@ -284,10 +284,14 @@ def _unpack(spec: FetchSpec, paths: list[Path], tmp: Path) -> None:
     )
 
 
-def _put_in_place(tmp: Path, home: Path, spec: FetchSpec) -> None:
-    """Rename the finished folder into place; an incomplete (or --force'd) one is replaced only
-    now, so a failure before this leaves whatever was there."""
+def _put_in_place(tmp: Path, home: Path, spec: FetchSpec, force: bool) -> None:
+    """Rename the finished folder into place. An incomplete (or --force'd) one is replaced only
+    now, so a failure before this leaves whatever was there; a complete one that a concurrent
+    fetch put there meanwhile is kept (the same bytes), so its readers never see it vanish."""
     if home.exists():
+        if not force and _complete(home, spec):
+            shutil.rmtree(tmp, ignore_errors=True)
+            return
         stale = home.with_name(tmp_prefix(home.name) + "stale")  # remove_orphaned_tmp's pattern
         try:
             os.rename(home, stale)
@@ -300,7 +304,7 @@ def _put_in_place(tmp: Path, home: Path, spec: FetchSpec) -> None:
     except OSError:
         if not _complete(home, spec):
             raise
-        shutil.rmtree(tmp, ignore_errors=True)  # a concurrent fetch finished first: the same bytes
+        shutil.rmtree(tmp, ignore_errors=True)  # a concurrent fetch renamed its copy first
 
 
 def _write_error(spec: FetchSpec, folder: Path, err: OSError) -> MTLError:
@@ -341,7 +345,7 @@ def fetch(name: str, force: bool = False) -> Path:
         tmp = make_tmp_dir(home)
         try:
             _unpack(spec, paths, tmp)
-            _put_in_place(tmp, home, spec)
+            _put_in_place(tmp, home, spec, force)
         except BaseException:
             shutil.rmtree(tmp, ignore_errors=True)
             raise

@@ -215,6 +215,22 @@ def test_force_unpacks_again_and_a_failed_force_keeps_the_old_folder(fake, monke
     assert _leftovers(fake.home) == ["fake"]
 
 
+def test_two_fetches_at_once_keep_the_folder_the_first_one_finished(fake, monkeypatch):
+    real_unpack, first = F._unpack, {}
+
+    def racing(spec, paths, tmp):
+        real_unpack(spec, paths, tmp)
+        if not first:  # another process finishes its fetch while this one is still unpacking
+            first["started"] = True
+            first["folder"] = F.fetch("fake")
+            first["inode"] = (fake.home / F.MARKER).stat().st_ino
+
+    monkeypatch.setattr(F, "_unpack", racing)
+    assert F.fetch("fake") == first["folder"]
+    assert (fake.home / F.MARKER).stat().st_ino == first["inode"]  # never swapped under a reader
+    assert _leftovers(fake.home) == ["fake"]
+
+
 def test_too_little_free_space_is_refused_before_writing(fake, monkeypatch):
     monkeypatch.setattr(F.shutil, "disk_usage", lambda path: SimpleNamespace(free=1000))
     with pytest.raises(MTLError, match="disk .* is full.*MTL_CACHE_DIR"):
