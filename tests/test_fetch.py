@@ -158,16 +158,25 @@ def test_fetched_backbone_names_the_install_command_when_absent(fake):
         F.fetched_backbone("nope")
 
 
-def test_a_fetch_killed_mid_unpack_leaves_nothing_complete_and_a_rerun_repairs_it(fake):
-    spec = dataclasses.asdict(fake.spec)
-    (fake.tmp / "spec.json").write_text(json.dumps(spec))
+def _run_child(fake, body: str, **kwargs) -> subprocess.CompletedProcess:
+    """`body` in a fresh Python that sees the fake pieces and FETCHABLE['fake']."""
+    (fake.tmp / "spec.json").write_text(json.dumps(dataclasses.asdict(fake.spec)))
     child = (
         "import json, os, signal, sys, zipfile\n"
         "from mtl import fetch as F\n"
         "raw = json.load(open(sys.argv[1]))\n"
         "raw['parts'] = tuple(F.Part(**p) for p in raw['parts'])\n"
         "raw['required'] = tuple(raw['required'])\n"
-        "F.FETCHABLE['fake'] = F.FetchSpec(**raw)\n"
+        "F.FETCHABLE['fake'] = F.FetchSpec(**raw)\n" + body
+    )
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(fake.site), str(ROOT)])}
+    argv = [sys.executable, "-c", child, str(fake.tmp / "spec.json")]
+    return subprocess.run(argv, env=env, capture_output=True, text=True, **kwargs)
+
+
+def test_a_fetch_killed_mid_unpack_leaves_nothing_complete_and_a_rerun_repairs_it(fake):
+    done = _run_child(
+        fake,
         "real, calls = zipfile.ZipFile.extract, []\n"
         "def extract(self, *args, **kwargs):\n"
         "    calls.append(1)\n"
@@ -175,10 +184,8 @@ def test_a_fetch_killed_mid_unpack_leaves_nothing_complete_and_a_rerun_repairs_i
         "        os.kill(os.getpid(), signal.SIGKILL)\n"
         "    return real(self, *args, **kwargs)\n"
         "zipfile.ZipFile.extract = extract\n"
-        "F.fetch('fake')\n"
+        "F.fetch('fake')\n",
     )
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(fake.site), str(ROOT)])}
-    done = subprocess.run([sys.executable, "-c", child, str(fake.tmp / "spec.json")], env=env)
     assert done.returncode == -9
     left = _leftovers(fake.home)
     assert left and all(name.startswith(".fake~") for name in left)  # only a temp folder
@@ -186,6 +193,24 @@ def test_a_fetch_killed_mid_unpack_leaves_nothing_complete_and_a_rerun_repairs_i
         F.fetched_backbone("fake")
     assert F.fetch("fake") == F.fetched_backbone("fake")
     assert _leftovers(fake.home) == ["fake"]  # the killed fetch's temp folder is gone
+
+
+def test_a_file_size_limit_hit_mid_unpack_exits_2_with_one_paragraph_and_leaves_nothing(fake):
+    import resource
+
+    def limit():  # ulimit -f: writes past 10 kB fail (EFBIG); the fake weights are 20 kB
+        resource.setrlimit(resource.RLIMIT_FSIZE, (10_000, 10_000))
+
+    done = _run_child(
+        fake,
+        "from mtl.cli.fetch_backbone import main\nsys.exit(main(['fake']))\n",
+        preexec_fn=limit,
+    )
+    assert done.returncode == 2, done.stderr
+    assert "File too large" in done.stderr and "Nothing was left behind" in done.stderr
+    last = done.stderr.splitlines()[-1]  # the log lines before it are INFO
+    assert last.startswith("error: ") and "Traceback" not in done.stderr
+    assert _leftovers(fake.home) == []
 
 
 def test_an_incomplete_folder_is_not_taken_for_a_fetched_one_and_is_replaced(fake):
