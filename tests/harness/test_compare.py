@@ -85,7 +85,7 @@ def test_natural_proportion_configs_differ_only_in_each_task_s_row_budget():
 
 
 def test_full_data_configs_differ_only_in_weighting_and_tasks_and_select_off_the_val_files():
-    paths = sorted((BENCH / "full").glob("*.yaml"))
+    paths = sorted(p for p in (BENCH / "full").glob("*.yaml") if not p.stem.startswith("mpnet_"))
     assert {p.stem for p in paths} == {
         "mtl_equal",
         "mtl_uncertainty",
@@ -296,3 +296,25 @@ def test_the_frozen_embeddings_ablation_changes_one_key_of_mtl_equal():
     assert frozen["run"].pop("name") == "mtl_equal_frozen_embeddings"
     base["run"].pop("name")
     assert frozen == base
+
+
+def test_full_data_mpnet_configs_are_the_minilm_ones_with_the_base_model_backbone_lr_and_bf16():
+    full = BENCH / "full"
+    for mpnet in sorted(full.glob("mpnet_*.yaml")):
+        minilm = full / mpnet.name.replace("mpnet_single_", "single_").replace("mpnet_", "mtl_")
+        cfg, base = load_config(mpnet), load_config(minilm)
+        assert cfg.run.name == "full_" + mpnet.stem
+        assert (cfg.backbone.name, cfg.trainer.precision) == ("mpnet", "bf16-mixed")
+        assert 2e-5 <= cfg.optim.lr_backbone <= 5e-5  # the usual range for base-size encoders
+        cfg.run, cfg.backbone.name = base.run, base.backbone.name
+        cfg.optim.lr_backbone, cfg.trainer.precision = (
+            base.optim.lr_backbone,
+            base.trainer.precision,
+        )
+        assert cfg == base, mpnet.stem  # nothing else differs
+    assert {p.stem for p in full.glob("mpnet_*.yaml")} == {
+        "mpnet_equal",
+        "mpnet_single_toxicity",
+        "mpnet_single_emotion",
+        "mpnet_single_sentiment",
+    }
