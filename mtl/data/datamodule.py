@@ -25,6 +25,7 @@ from torch.utils.data import DataLoader
 
 from mtl.data.files import TaskData
 from mtl.data.folds import (
+    VAL_SET,
     drop_overlap,
     fold_assignments,
     fold_split,
@@ -32,6 +33,7 @@ from mtl.data.folds import (
     val_sets,
     warn_small_classes,
 )
+from mtl.data.labels import trained_class_weights
 from mtl.data.load import load_tasks
 from mtl.data.sampling import Collator, MultiTaskBatchSampler, MultiTaskDataset
 from mtl.data.tasks import TaskMeta
@@ -129,6 +131,18 @@ class MultiTaskDataModule(L.LightningDataModule):
         if cfg.data.drop_overlap:
             data = drop_overlap(data)
         self.folds = fold_assignments(cfg, data)
+        # the run's record (tasks.json): `auto` class weights over the rows that train in some
+        # fold, i.e. not the held-out val set nor, with one split, the selection slice (fold 0)
+        self.metas = trained_class_weights(
+            cfg.tasks,
+            self.metas,
+            {
+                name: data[name]["train"].labels[
+                    (folds != VAL_SET) & ((folds != 0) | (cfg.cv.n_splits > 1))
+                ]
+                for name, folds in self.folds.items()
+            },
+        )
         warn_small_classes(cfg, data, self.metas)
         self.overlap = overlap_counts(data, self.folds)
         for name, counts in self.overlap.items():
@@ -147,6 +161,13 @@ class MultiTaskDataModule(L.LightningDataModule):
         if not 0 <= k < max(1, self.cfg.cv.n_splits):
             raise ConfigError(f"fold {k} does not exist with cv.n_splits={self.cfg.cv.n_splits}.")
         self.fold = k
+
+    def fold_metas(self) -> dict[str, TaskMeta]:
+        """The tasks as the current fold trains them: `class_weights: auto` counted on the fold's
+        own training rows, not its validation rows (mtl/run/fit.py builds the fold's model)."""
+        train_parts, _ = self.fold_parts()
+        labels = {name: part.labels for name, part in train_parts.items()}
+        return trained_class_weights(self.cfg.tasks, self.metas, labels)
 
     def folds_frame(self) -> pd.DataFrame:
         """The fold assignment as saved in the run folder: task, row (in its file), fold."""

@@ -5,6 +5,7 @@ them with a logged count (`data.on_bad_rows: drop`); class weights and threshold
 from __future__ import annotations
 
 import logging
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -188,7 +189,8 @@ def _label_key(value) -> str:
 
 
 def class_weights(spec: Box, meta: TaskMeta, labels: np.ndarray) -> list[float] | None:
-    """`auto`: inverse class frequency (multi-class) or negatives/positives per label (multi-label)."""
+    """`auto`: inverse class frequency (multi-class) or negatives/positives per label (multi-label),
+    counted on `labels`: pass the rows that train (see `trained_class_weights`)."""
     weights = spec.class_weights
     if weights is None:
         return None
@@ -204,6 +206,18 @@ def class_weights(spec: Box, meta: TaskMeta, labels: np.ndarray) -> list[float] 
             f"(one per class {list(meta.classes)}), got {list(weights)}."
         )
     return [float(w) for w in weights]
+
+
+def trained_class_weights(
+    tasks: Box, metas: dict[str, TaskMeta], labels: dict[str, np.ndarray]
+) -> dict[str, TaskMeta]:
+    """Copies of `metas` whose class weights are counted on `labels[task]`, the labels of the rows
+    that train. `auto` counted on the whole training file also counted the rows that validate a
+    fold or are held out as the val set (issue 22 item 7)."""
+    return {
+        name: replace(meta, class_weights=class_weights(tasks[name], meta, labels[name]))
+        for name, meta in metas.items()
+    }
 
 
 def thresholds(spec: Box, meta: TaskMeta) -> list[float]:

@@ -17,7 +17,7 @@ from torchmetrics import MeanMetric
 
 from mtl.data.sampling import expected_rows_per_batch
 from mtl.data.tasks import TaskMeta
-from mtl.model.losses import TaskLoss
+from mtl.model.losses import TaskLoss, reduce_rows
 from mtl.model.metrics import TaskMetrics
 from mtl.model.network import MultiTaskModel, load_encoder
 from mtl.model.optim import build_optimizer, build_scheduler, fused_allowed
@@ -61,7 +61,8 @@ class MultiTaskModule(L.LightningModule):
         # each task's mean loss over an epoch's rows, synced across ranks by torchmetrics
         self.train_losses = torch.nn.ModuleDict({n: MeanMetric() for n in self.task_names})
         self.val_losses = torch.nn.ModuleDict({n: MeanMetric() for n in self.task_names})
-        self.expected_rows: dict[str, float] = {}  # set in setup("fit") when normalising by it
+        # set on_train_start under task_loss_norm: expected
+        self.expected_rows: dict[str, float] = {}
         for (
             param
         ) in self.parameters():  # FSDP later reshapes them into flat shards (mtl/model/optim.py)
@@ -79,7 +80,10 @@ class MultiTaskModule(L.LightningModule):
         self.set_expected_rows(getattr(self.trainer.train_dataloader, "dataset", None))
 
     def set_expected_rows(self, dataset) -> None:
-        """Each task's expected rows per batch of `dataset` (a MultiTaskDataset), for normalise()."""
+        """Each task's expected rows per batch of `dataset` (a MultiTaskDataset), for
+        `weighting.task_loss_norm: expected`: a task's loss is then its summed row losses over
+        this constant. Under length grouping a batch holds 0–32 rows of a task; a batch mean
+        would weigh each of 2 rows 16× one of 32."""
         if self.cfg.weighting.task_loss_norm != "expected" or not hasattr(dataset, "task_sizes"):
             return
         sizes = dict(zip(dataset.task_names, dataset.task_sizes().tolist(), strict=True))
@@ -92,34 +96,27 @@ class MultiTaskModule(L.LightningModule):
         )
         self.expected_rows = dict(zip(self.task_names, expected.tolist(), strict=True))
 
-    def normalise(self, losses: dict[str, torch.Tensor], batch: dict) -> dict[str, torch.Tensor]:
-        """`weighting.task_loss_norm: expected`: a task's batch-mean loss × its rows in the batch /
-        its expected rows per batch, i.e. its summed loss over a constant. Under length grouping a
-        batch holds 0–32 rows of a task; a batch mean would weigh each of 2 rows 16× one of 32."""
-        if not self.expected_rows:
-            return losses
-        return {
-            name: loss * (batch["index"][name].numel() / max(self.expected_rows[name], 1e-12))
-            for name, loss in losses.items()
-        }
-
     # --- the shared step ------------------------------------------------------------------------
+
+    def task_losses(self, logits: dict, batch: dict, stage: str) -> dict[str, torch.Tensor]:
+        """Each task's loss for the step, by the one reduction path (mtl/model/losses.py): its
+        per-row losses (class weights applied) summed over its expected rows per batch when
+        training under `weighting.task_loss_norm: expected`, else their mean. The same rows feed
+        the task's epoch loss, a mean over the epoch's rows."""
+        epoch_losses = self.train_losses if stage == "train" else self.val_losses
+        out = {}
+        for name in self.task_names:
+            rows = self.losses[name](logits[name], batch["targets"][name])  # (n,)
+            if rows.numel():
+                epoch_losses[name].update(rows.detach())
+            expected = self.expected_rows.get(name) if stage == "train" else None
+            out[name] = reduce_rows(rows, expected)
+        return out
 
     def model_step(self, batch: dict, stage: str) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
         logits = self(batch["input_ids"], batch["attention_mask"], batch["index"])
-        losses = {
-            name: self.losses[name](logits[name], batch["targets"][name])
-            for name in self.task_names
-        }
+        losses = self.task_losses(logits, batch, stage)
         present = {name: batch["index"][name].numel() > 0 for name in self.task_names}
-        epoch_losses = self.train_losses if stage == "train" else self.val_losses
-        for name in self.task_names:
-            if present[name]:  # weighted by the task's rows in the batch: a mean over rows
-                epoch_losses[name].update(
-                    losses[name].detach().float(), batch["index"][name].numel()
-                )
-        if stage == "train":
-            losses = self.normalise(losses, batch)
         return self.weighting(losses, present), logits
 
     def training_step(self, batch: dict, batch_idx: int) -> torch.Tensor:

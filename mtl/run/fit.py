@@ -17,6 +17,7 @@ import sys
 from pathlib import Path
 
 import lightning as L
+import numpy as np
 from box import Box
 from lightning.pytorch.callbacks import EarlyStopping, LearningRateMonitor, ModelCheckpoint
 from lightning.pytorch.loggers import CSVLogger, TensorBoardLogger
@@ -177,6 +178,13 @@ def _trainer(cfg, fold_dir, run_dir, fold, callbacks, strategy) -> L.Trainer:
     )
 
 
+def fold_seed(seed: int, fold: int) -> int:
+    """Fold `fold`'s training seed (initial weights of the heads, dropout, ...), drawn from
+    (seed, fold) by numpy's SeedSequence: `seed + fold` made fold 1 at seed 42 start exactly like
+    fold 0 at seed 43, so runs at neighbouring seeds shared folds' starts (issue 22 item 7)."""
+    return int(np.random.SeedSequence([seed, fold]).generate_state(1)[0])
+
+
 def fit_fold(
     cfg: Box, fold: int, run_dir: Path, dm: MultiTaskDataModule, callbacks: list | None = None
 ) -> dict:
@@ -186,12 +194,12 @@ def fit_fold(
     if done.is_file():
         log.info("fold %d already finished: %s", fold, done)
         return finished_metrics(done, fold)
-    L.seed_everything(cfg.seed + fold, workers=True, verbose=False)
+    L.seed_everything(fold_seed(cfg.seed, fold), workers=True, verbose=False)
     dm.set_fold(fold)
     train_parts, _ = dm.fold_parts()
     log.info("fold %d: training on %s rows", fold, {n: len(p) for n, p in train_parts.items()})
     module = MultiTaskModule(
-        to_dict(cfg), {name: meta.to_dict() for name, meta in dm.metas.items()}
+        to_dict(cfg), {name: meta.to_dict() for name, meta in dm.fold_metas().items()}
     )
     trainer = make_trainer(cfg, fold_dir, run_dir, fold, callbacks)
     trainer.fit(module, datamodule=dm, ckpt_path=resume_from(trainer, fold_dir, fold))

@@ -10,7 +10,7 @@ import torch.nn.functional as F
 
 from mtl.config import DEFAULT_CONFIG, load_config
 from mtl.data.tasks import TaskMeta
-from mtl.model.losses import TaskLoss, focal_bce, focal_loss
+from mtl.model.losses import TaskLoss, focal_bce, focal_loss, reduce_rows
 from mtl.model.weighting import (
     DWAWeighting,
     FixedWeighting,
@@ -43,39 +43,44 @@ def meta(kind: str = "multiclass", n: int = 3, class_weights=None) -> TaskMeta:
     return TaskMeta(name="t", type=kind, classes=classes, class_weights=class_weights)
 
 
-# --- focal and cross-entropy --------------------------------------------------------------------
+# --- focal and cross-entropy: one loss per row, class weights applied per row -------------------
 
 
 def test_focal_loss_with_gamma_zero_equals_cross_entropy(logits_targets):
     logits, targets = logits_targets
-    expected = F.cross_entropy(logits, targets)
+    expected = F.cross_entropy(logits, targets, reduction="none")
     assert torch.allclose(focal_loss(logits, targets, gamma=0.0), expected, atol=1e-6)
 
 
-def test_focal_loss_with_gamma_zero_equals_weighted_cross_entropy(logits_targets):
+def test_focal_loss_with_gamma_zero_equals_weighted_cross_entropy_per_row(logits_targets):
+    # issue 22 item 2: per row w[y]·ℓ (torch's reduction="none"); the old test compared torch's
+    # mean, Σwℓ / Σw, whose denominator depends on the batch's class mix
     logits, targets = logits_targets
     weight = torch.tensor([0.5, 2.0, 3.0])
-    expected = F.cross_entropy(logits, targets, weight=weight)
+    expected = F.cross_entropy(logits, targets, weight=weight, reduction="none")
     got = focal_loss(logits, targets, gamma=0.0, weight=weight)
     assert torch.allclose(got, expected, atol=1e-6)
-    assert not torch.allclose(got, F.cross_entropy(logits, targets), atol=1e-4)
+    assert not torch.allclose(got, F.cross_entropy(logits, targets, reduction="none"), atol=1e-4)
 
 
 def test_focal_loss_down_weights_easy_examples(logits_targets):
     logits, targets = logits_targets
-    assert focal_loss(logits, targets, gamma=2.0) < F.cross_entropy(logits, targets)
+    focal = focal_loss(logits, targets, gamma=2.0)
+    assert (focal < F.cross_entropy(logits, targets, reduction="none")).all()
 
 
 def test_focal_bce_with_gamma_zero_equals_bce(multilabel):
     logits, targets = multilabel
-    expected = F.binary_cross_entropy_with_logits(logits, targets)
+    expected = F.binary_cross_entropy_with_logits(logits, targets, reduction="none").mean(1)
     assert torch.allclose(focal_bce(logits, targets, gamma=0.0), expected, atol=1e-6)
 
 
 def test_focal_bce_with_gamma_zero_equals_bce_with_pos_weight(multilabel):
     logits, targets = multilabel
     pos_weight = torch.tensor([1.0, 2.0, 0.5, 4.0])
-    expected = F.binary_cross_entropy_with_logits(logits, targets, pos_weight=pos_weight)
+    expected = F.binary_cross_entropy_with_logits(
+        logits, targets, pos_weight=pos_weight, reduction="none"
+    ).mean(1)
     got = focal_bce(logits, targets, gamma=0.0, pos_weight=pos_weight)
     assert torch.allclose(got, expected, atol=1e-6)
 
@@ -88,33 +93,37 @@ def test_task_loss_focal_gamma_zero_matches_ce_task_loss(logits_targets):
     assert torch.allclose(focal, ce, atol=1e-6)
 
 
-def test_task_loss_uses_class_weights(logits_targets):
+def test_task_loss_weighs_each_row_by_its_class_weight(logits_targets):
     logits, targets = logits_targets
     weights = [1.0, 2.0, 0.5]
     got = TaskLoss(meta(class_weights=weights), "ce")(logits, targets)
-    expected = F.cross_entropy(logits, targets, weight=torch.tensor(weights))
-    assert torch.allclose(got, expected, atol=1e-6)
+    plain = F.cross_entropy(logits, targets, reduction="none")
+    assert got.shape == (len(targets),)
+    assert torch.allclose(got, torch.tensor(weights)[targets] * plain, atol=1e-6)
+    # the batch mean is Σwℓ / n, not torch's Σwℓ / Σw
+    assert reduce_rows(got).item() == pytest.approx((torch.tensor(weights)[targets] * plain).mean())
 
 
 def test_label_smoothing_changes_ce_exactly_as_torch_does(logits_targets):
     logits, targets = logits_targets
     smoothed = TaskLoss(meta(), "ce", label_smoothing=0.1)(logits, targets)
-    expected = F.cross_entropy(logits, targets, label_smoothing=0.1)
+    expected = F.cross_entropy(logits, targets, label_smoothing=0.1, reduction="none")
     assert torch.allclose(smoothed, expected, atol=1e-6)
-    assert not torch.allclose(smoothed, F.cross_entropy(logits, targets), atol=1e-4)
+    assert not torch.allclose(smoothed, F.cross_entropy(logits, targets, reduction="none"))
 
 
 def test_label_smoothing_with_focal_gamma_zero_matches_torch(logits_targets):
     logits, targets = logits_targets
     got = TaskLoss(meta(), "focal", gamma=0.0, label_smoothing=0.2)(logits, targets)
-    assert torch.allclose(got, F.cross_entropy(logits, targets, label_smoothing=0.2), atol=1e-6)
+    expected = F.cross_entropy(logits, targets, label_smoothing=0.2, reduction="none")
+    assert torch.allclose(got, expected, atol=1e-6)
 
 
 def test_multilabel_label_smoothing_moves_targets_towards_half(multilabel):
     logits, targets = multilabel
     got = TaskLoss(meta("multilabel", 4), "bce", label_smoothing=0.2)(logits, targets)
-    expected = F.binary_cross_entropy_with_logits(logits, targets * 0.8 + 0.1)
-    assert torch.allclose(got, expected, atol=1e-6)
+    expected = F.binary_cross_entropy_with_logits(logits, targets * 0.8 + 0.1, reduction="none")
+    assert torch.allclose(got, expected.mean(1), atol=1e-6)
 
 
 def test_multilabel_task_loss_is_bce_with_pos_weight(multilabel):
@@ -122,25 +131,138 @@ def test_multilabel_task_loss_is_bce_with_pos_weight(multilabel):
     pos_weight = [1.0, 2.0, 0.5, 4.0]
     got = TaskLoss(meta("multilabel", 4, pos_weight), "bce")(logits, targets)
     expected = F.binary_cross_entropy_with_logits(
-        logits, targets, pos_weight=torch.tensor(pos_weight)
-    )
+        logits, targets, pos_weight=torch.tensor(pos_weight), reduction="none"
+    ).mean(1)
     assert torch.allclose(got, expected, atol=1e-6)
+    assert reduce_rows(got).item() == pytest.approx(
+        F.binary_cross_entropy_with_logits(logits, targets, pos_weight=torch.tensor(pos_weight))
+    )
 
 
 @pytest.mark.parametrize(
     "kind,loss,shape", [("multiclass", "ce", (0,)), ("multilabel", "bce", (0, 4))]
 )
-def test_task_loss_on_empty_selection_is_exact_zero_that_keeps_the_graph(kind, loss, shape):
+@pytest.mark.parametrize("expected_rows", [None, 8.0])
+def test_task_loss_on_empty_selection_is_exact_zero_that_keeps_the_graph(
+    kind, loss, shape, expected_rows
+):
     head = torch.nn.Linear(5, 4 if kind == "multilabel" else 3)
     logits = head(torch.randn(0, 5))
     targets = torch.zeros(shape, dtype=torch.long if kind == "multiclass" else torch.float32)
-    value = TaskLoss(meta(kind, logits.shape[1]), loss)(logits, targets)
+    value = reduce_rows(TaskLoss(meta(kind, logits.shape[1]), loss)(logits, targets), expected_rows)
     assert value.item() == 0.0
     assert value.dim() == 0
     assert value.grad_fn is not None
     value.backward()
     assert head.weight.grad is not None
     assert torch.count_nonzero(head.weight.grad) == 0
+
+
+def test_reduce_rows_sums_over_the_expected_rows_or_takes_the_batch_mean():
+    rows = torch.tensor([1.0, 2.0, 3.0])
+    assert reduce_rows(rows, 4.0).item() == pytest.approx(6.0 / 4.0)
+    assert reduce_rows(rows).item() == pytest.approx(2.0)
+
+
+# --- issue 22 item 2: a row's gradient does not depend on the rows that share its batch ----------
+
+EMOTIONS = ["anger", "disgust", "fear", "joy", "sadness", "surprise", "neutral"]
+
+
+def weighted_module(tiny_cfg, norm: str):
+    """The three tasks with class weights: toxicity CE with label smoothing, sentiment focal,
+    emotion BCE with pos_weight; every head's logits are handed in by `row_gradients`."""
+    from mtl.model.module import MultiTaskModule
+
+    cfg = tiny_cfg(
+        f"weighting.task_loss_norm={norm}",
+        "loss_weighting=equal",
+        "tasks.toxicity.label_smoothing=0.1",
+        "tasks.sentiment.loss=focal",
+        "tasks.sentiment.gamma=2",
+    )
+    metas = {
+        "toxicity": TaskMeta("toxicity", "binary", [0, 1], class_weights=[1.0, 3.0]),
+        "emotion": TaskMeta(
+            "emotion", "multilabel", EMOTIONS, class_weights=[0.5, 4, 1, 2, 3, 1, 6]
+        ),
+        "sentiment": TaskMeta("sentiment", "binary", [0, 1], class_weights=[0.5, 2.0]),
+    }
+    module = MultiTaskModule(cfg.to_dict(), {n: m.to_dict() for n, m in metas.items()})
+    if norm == "expected":  # what on_train_start derives from the training loader
+        module.expected_rows = {"toxicity": 4.0, "emotion": 4.0, "sentiment": 4.0}
+    return module
+
+
+def row_gradients(module, first_rows: dict, first_targets: dict, others: dict, seed: int) -> dict:
+    """model_step on a batch whose first row of each task is given and whose other rows have the
+    targets `others[task]`; returns the gradient of each task's first-row logits."""
+    gen = torch.Generator().manual_seed(seed)
+    logits, targets, index, start = {}, {}, {}, 0
+    for name, row in first_rows.items():
+        n = 1 + len(others[name])
+        rest = torch.randn(n - 1, row.shape[-1], generator=gen) * 2
+        logits[name] = torch.cat([row[None], rest]).requires_grad_()
+        targets[name] = torch.cat([first_targets[name][None], others[name]])
+        index[name] = torch.arange(start, start + n)
+        start += n
+    batch = {
+        "input_ids": torch.zeros((start, 1), dtype=torch.long),
+        "attention_mask": torch.ones((start, 1), dtype=torch.long),
+        "index": index,
+        "targets": targets,
+    }
+    module.forward = lambda *args, **kwargs: logits  # the heads' outputs, as leaves
+    total, _ = module.model_step(batch, "train")
+    total.backward()
+    return {name: leaf.grad[0] for name, leaf in logits.items()}
+
+
+@pytest.mark.parametrize("norm", ["expected", "batch"])
+def test_a_rows_gradient_does_not_depend_on_the_class_mix_of_its_batch(tiny_cfg, norm):
+    """Under the old Σwℓ/Σw reduction a positive toxicity row's gradient changed with how many
+    positives shared its batch (issue 22 item 2); now each row counts as its class weight."""
+    module = weighted_module(tiny_cfg, norm)
+    gen = torch.Generator().manual_seed(0)
+    first = {"toxicity": torch.randn(2, generator=gen), "emotion": torch.randn(7, generator=gen)}
+    first["sentiment"] = torch.randn(2, generator=gen)
+    target = {
+        "toxicity": torch.tensor(1),
+        "sentiment": torch.tensor(1),
+        "emotion": torch.tensor([1.0, 0, 0, 1, 0, 0, 0]),
+    }
+
+    def batch_of(label: int) -> dict:  # three more rows of each task, all of one class
+        return {
+            "toxicity": torch.full((3,), label),
+            "sentiment": torch.full((3,), label),
+            "emotion": torch.full((3, 7), float(label)),
+        }
+
+    negatives = row_gradients(module, first, target, batch_of(0), seed=1)
+    positives = row_gradients(module, first, target, batch_of(1), seed=2)
+    for name in first:
+        assert torch.count_nonzero(negatives[name]) > 0
+        assert torch.allclose(negatives[name], positives[name], atol=1e-6), name
+    if norm == "expected":  # nor on how many rows of its task the batch holds
+        alone = row_gradients(module, first, target, {n: v[:0] for n, v in batch_of(0).items()}, 3)
+        for name in first:
+            assert torch.allclose(alone[name], negatives[name], atol=1e-6), name
+
+
+def test_expected_norm_gives_each_row_its_class_weight_over_the_expected_rows(tiny_cfg):
+    module = weighted_module(tiny_cfg, "expected")
+    logits = torch.tensor([[0.3, -0.2], [1.0, 0.5], [-0.4, 0.9]])
+    targets = torch.tensor([1, 0, 1])
+    heads = {"toxicity": logits, "emotion": torch.zeros(0, 7), "sentiment": torch.zeros(0, 2)}
+    batch = {
+        "targets": {"toxicity": targets, "emotion": torch.zeros(0, 7), "sentiment": torch.zeros(0)}
+    }
+    loss = module.task_losses(heads, batch, "train")  # the other tasks have no rows
+    plain = F.cross_entropy(logits, targets, reduction="none", label_smoothing=0.1)
+    expected = (torch.tensor([1.0, 3.0])[targets] * plain).sum() / 4.0
+    assert loss["toxicity"].item() == pytest.approx(expected.item(), rel=1e-6)
+    assert loss["emotion"].item() == 0.0 and loss["sentiment"].item() == 0.0
 
 
 # --- uncertainty weighting ----------------------------------------------------------------------
