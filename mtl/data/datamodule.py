@@ -23,6 +23,7 @@ import torch
 from box import Box
 from torch.utils.data import DataLoader
 
+from mtl.backbone import check_pooling, load_tokenizer, position_limit
 from mtl.data.files import TaskData
 from mtl.data.folds import (
     VAL_SET,
@@ -38,7 +39,6 @@ from mtl.data.load import load_tasks
 from mtl.data.sampling import Collator, MultiTaskBatchSampler, MultiTaskDataset
 from mtl.data.tasks import TaskMeta
 from mtl.errors import ConfigError
-from mtl.model.network import load_tokenizer, position_limit
 
 log = logging.getLogger("mtl")
 
@@ -126,6 +126,7 @@ class MultiTaskDataModule(L.LightningDataModule):
             return
         cfg = self.cfg
         check_max_length(cfg)
+        check_pooling(cfg.backbone)
         self.tokenizer = load_tokenizer(cfg.backbone.name)
         data, self.metas = load_tasks(cfg, self.tokenizer)
         if cfg.data.drop_overlap:

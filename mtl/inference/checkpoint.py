@@ -96,16 +96,22 @@ def build_model(ckpt: dict, path: str | Path) -> tuple[torch.nn.Module, dict, di
     from mtl.model.module import MultiTaskModule
 
     hparams = ckpt["hyper_parameters"]
+    stored = hparams["backbone_config"]
     try:
         with torch.random.fork_rng(devices=[]), warnings.catch_warnings():
             warnings.simplefilter("ignore")
-            module = MultiTaskModule(
-                hparams["config"], hparams["tasks"], hparams["backbone_config"]
-            )
-        module.load_state_dict(clean_state_dict(ckpt["state_dict"]))
-    except MTLError as err:
+            module = MultiTaskModule(hparams["config"], hparams["tasks"], stored)
+    except MTLError as err:  # e.g. an encoder this transformers cannot build: says what failed
         raise CheckpointError(f"Checkpoint {path}: {err}") from None
-    except (RuntimeError, KeyError, TypeError, ValueError, AttributeError) as err:
+    except (RuntimeError, KeyError, TypeError, ValueError, AttributeError, ImportError) as err:
+        raise CheckpointError(
+            f"Checkpoint {path}: its model ({stored.get('model_type', 'unknown model type')}, "
+            f"attention {stored.get('attn_implementation') or 'unrecorded'}) cannot be rebuilt "
+            f"with the installed libraries: {type(err).__name__}: {first_line(err)}"
+        ) from None
+    try:
+        module.load_state_dict(clean_state_dict(ckpt["state_dict"]))
+    except (RuntimeError, KeyError, TypeError, ValueError) as err:
         raise CheckpointError(
             f"Checkpoint {path} does not describe a model its weights fit: "
             f"{type(err).__name__}: {first_line(err)}"

@@ -31,7 +31,7 @@ def load_run_tokenizer(folder: Path | None, backbone_name: str):
             raise PredictError(
                 f"Cannot load the tokenizer in {folder}: {first_line(err)}"
             ) from None
-    from mtl.model.network import load_tokenizer
+    from mtl.backbone import load_tokenizer
 
     return load_tokenizer(backbone_name)
 

@@ -6,8 +6,6 @@ weight/<task>, and learning rates per parameter group (LearningRateMonitor).
 
 from __future__ import annotations
 
-import json
-
 import lightning as L
 import numpy as np
 import torch
@@ -15,11 +13,12 @@ from box import Box
 from lightning.pytorch.strategies import FSDPStrategy
 from torchmetrics import MeanMetric
 
+from mtl.backbone import encoder_record, load_encoder
 from mtl.data.sampling import expected_rows_per_batch
 from mtl.data.tasks import TaskMeta
 from mtl.model.losses import TaskLoss, reduce_rows
 from mtl.model.metrics import TaskMetrics
-from mtl.model.network import MultiTaskModel, load_encoder
+from mtl.model.network import MultiTaskModel
 from mtl.model.optim import build_optimizer, build_scheduler, fused_allowed
 from mtl.model.weighting import build_weighting
 
@@ -34,8 +33,9 @@ class MultiTaskModule(L.LightningModule):
         self.cfg = Box(config, default_box=False)
         self.metas = {name: TaskMeta(**meta) for name, meta in tasks.items()}
         encoder = load_encoder(self.cfg.backbone, backbone_config)
-        # the checkpoint carries the encoder's architecture, so rebuilding needs no download
-        self.hparams.backbone_config = json.loads(encoder.config.to_json_string(use_diff=False))
+        # the checkpoint carries the encoder's architecture and attention, so rebuilding needs
+        # no download and asks for the attention it was trained with
+        self.hparams.backbone_config = encoder_record(encoder)
         bb = self.cfg.backbone
         self.model = MultiTaskModel(
             encoder,

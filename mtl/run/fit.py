@@ -24,6 +24,7 @@ from lightning.pytorch.loggers import CSVLogger, TensorBoardLogger
 from lightning.pytorch.plugins.io import TorchCheckpointIO
 from lightning.pytorch.strategies import DDPStrategy, FSDPStrategy
 
+from mtl.backbone import backbone_path
 from mtl.config import to_dict
 from mtl.data.datamodule import MultiTaskDataModule
 from mtl.errors import CheckpointError, MTLError
@@ -31,7 +32,6 @@ from mtl.inference.checkpoint import load_checkpoint
 from mtl.io import atomic_write, read_json_object, write_json
 from mtl.model.metrics import monitor_key
 from mtl.model.module import MultiTaskModule
-from mtl.model.network import backbone_path
 from mtl.run.writer import FoldPredictionWriter
 
 log = logging.getLogger(__name__)

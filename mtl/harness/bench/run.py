@@ -55,7 +55,7 @@ def benchmark(args: argparse.Namespace) -> dict:
         backbone_config = None
         model_label = cfg.backbone.name
         if args.bert_base or args.smoke:
-            from mtl.model.network import load_tokenizer
+            from mtl.backbone import load_tokenizer
 
             tokenizer = load_tokenizer(cfg.backbone.name)
             sizes = SMOKE_BERT if args.smoke else BERT_BASE

@@ -107,8 +107,8 @@ class Setup:
     def __init__(self, cfg: Box, backbone_config: dict | None):
         import lightning as L
 
+        from mtl.backbone import load_tokenizer
         from mtl.data.load import load_tasks
-        from mtl.model.network import load_tokenizer
 
         self.cfg = cfg
         self.backbone_config = backbone_config
