@@ -170,7 +170,8 @@ def build(reference, folder: Path, run_dir: Path, quantize, exporter: str, fuse:
         "fold_scores": reference.fold_scores,
         "thresholds": {name: cut.tolist() for name, cut in reference.thresholds.items()},
         "files": files,
-        "tokenizer": {"truncation_side": reference.tokenizer.truncation_side},
+        # the side the tokenizer cuts texts over max_length; mtl_onnx.py cuts on the same one
+        "tokenizer": {"truncation_side": getattr(reference.tokenizer, "truncation_side", "right")},
         "config": to_dict(reference.cfg),
     }
     write_json(folder / SPEC_FILE, spec)
@@ -221,8 +222,10 @@ def self_check(reference, folder: Path, tolerance: float) -> dict:
             )
         try:
             own = runtime.ExportedModel(folder, model, device="cpu").predict_proba(PROBE_TEXTS)
-        except ValueError as err:
-            raise PredictError(f"The export's own {RUNTIME_FILE} cannot load it: {err}") from None
+        except (ValueError, KeyError, OSError) as err:
+            raise PredictError(
+                f"The export's own {RUNTIME_FILE} cannot load it: {first_line(err)}"
+            ) from None
         own_diff = max(float(np.abs(own[t] - got[t]).max()) for t in got)
         if not own_diff <= RUNTIME_TOLERANCE:
             raise PredictError(

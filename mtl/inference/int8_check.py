@@ -49,17 +49,21 @@ def _candidates(cfg, run_dir: Path, name: str):
 
 
 def val_texts(cfg, run_dir: Path, tasks: list[str]) -> tuple[list, dict[str, str]]:
-    """Up to ROWS_PER_TASK texts per task, and where each task's came from: the task's val file
-    (from the run's config), else the run's report rows (RUN/val_<task>.csv: the val file or the
-    rows held out of training), else the folds' selection rows (fold_<k>/val_<task>.csv)."""
+    """Up to ROWS_PER_TASK texts per task (a seeded sample of larger files, in file order), and
+    where each task's came from: the task's val file (from the run's config), else the run's
+    report rows (RUN/val_<task>.csv: the val file or the rows held out of training), else the
+    folds' selection rows (fold_<k>/val_<task>.csv)."""
     texts, sources = [], {}
     for name in tasks:
         for read, column, what in _candidates(cfg, run_dir, name):
             try:
-                found = read()[column].tolist()[:ROWS_PER_TASK]
+                texts_here = read()[column]
             except (MTLError, OSError, ValueError, KeyError) as err:
                 log.info("int8 check: cannot use the %s (%s)", what, err)
                 continue
+            if len(texts_here) > ROWS_PER_TASK:  # a seeded sample: a file may be sorted by label
+                texts_here = texts_here.sample(n=ROWS_PER_TASK, random_state=0).sort_index()
+            found = texts_here.tolist()
             if found:
                 texts += found
                 sources[name] = f"{len(found)} texts of the {what}"

@@ -41,7 +41,7 @@ def export_folder(path: str | Path, model: str | None = None) -> Path:
             if model is not None:
                 required += read_spec(candidate)["files"][chosen_kind(candidate, model)]
             manifest = verify(candidate, required)
-            run = path if candidate != path else recorded_run(candidate, manifest)
+            run = recorded_run(candidate, manifest) if candidate == path else run_folder(path)
             problem = None if run is None else stale_export(run, manifest)
             if problem is not None:
                 raise PredictError(
@@ -82,6 +82,13 @@ def verify(folder: Path, required: list[str]) -> dict:
         return portable.verify_export(folder, required)
     except ValueError as err:
         raise PredictError(str(err)) from None
+
+
+def run_folder(path: Path) -> Path | None:
+    """`path` when it is a training run's folder (a folder that merely holds a copied export/ is
+    not, and its export is not compared with anything)."""
+    marks = ("fingerprint.json", "config.yaml", "tasks.json")
+    return path if any((path / m).is_file() for m in marks) or any(path.glob("fold_*/")) else None
 
 
 def recorded_run(folder: Path, manifest: dict) -> Path | None:

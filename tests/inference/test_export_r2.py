@@ -157,6 +157,10 @@ def test_a_swapped_fold_model_is_refused_by_every_loader(run, tmp_path, capsys):
 
     with pytest.raises(PredictError, match="fold_1.int8.onnx"):
         load_predictor(run, "onnx", "cpu")  # serve.py's worker loads through OnnxPredictor
+    from mtl.cli.serve import main as serve_main
+
+    assert serve_main([str(run), "--backend", "onnx"]) == 2  # refused before a server starts
+    assert "fold_1.int8.onnx" in capsys.readouterr().err
     with pytest.raises(PredictError, match="fold_1.int8.onnx"):
         OnnxPredictor.from_export(export, model="fp32")  # one changed file: the export is suspect
 
@@ -190,6 +194,8 @@ def test_an_export_older_than_the_runs_folds_is_refused_on_the_run_folder(run, c
     assert "older than the run" in capsys.readouterr().err
     copy = shutil.copytree(run / "export", run.parent / "shipped")
     assert OnnxPredictor.from_export(copy).models  # a copy elsewhere is its own thing
+    holder = shutil.copytree(run / "export", run.parent / "srv" / "export")
+    assert OnnxPredictor.from_export(holder.parent).models  # so is a folder that just holds one
 
 
 def test_an_export_whose_checkpoint_changed_since_is_refused(run):
@@ -260,3 +266,16 @@ def test_int8_check_falls_back_to_the_runs_report_rows(run):
     )
     assert sources["sentiment"].startswith("40 texts of the val file")
     assert texts[40 : 40 + len(selection)] == selection["text"].tolist()
+
+
+def test_int8_check_samples_a_large_val_file_with_a_seed(run, tmp_path):
+    from mtl.inference.int8_check import ROWS_PER_TASK, val_texts
+
+    big = tmp_path / "big.csv"
+    pd.DataFrame({"text": [f"row {i}" for i in range(1000)], "label": 0}).to_csv(big, index=False)
+    cfg = Predictor.from_run(run).cfg
+    cfg.tasks.toxicity.val = str(big)  # sorted files (all of one label first) are common
+    texts, _ = val_texts(cfg, run, ["toxicity"])
+    assert len(texts) == ROWS_PER_TASK and texts != [f"row {i}" for i in range(ROWS_PER_TASK)]
+    assert texts == sorted(texts, key=lambda t: int(t.split()[1]))  # in file order
+    assert val_texts(cfg, run, ["toxicity"])[0] == texts  # the same sample every export
