@@ -1,31 +1,23 @@
-"""Predictions from an mtl ONNX export with nothing but numpy, onnxruntime and tokenizers.
+"""The torch-free core of an mtl ONNX export: what mtl and the export's own runtime share.
 
-`scripts/export.py` copies this file into the export folder as `mtl_onnx.py`, so the folder runs
-where neither mtl nor PyTorch, Lightning or transformers is installed:
-
-    pip install numpy onnxruntime tokenizers
-    python export/mtl_onnx.py --text "I love this" --text "you idiot"       # JSON lines
-    python export/mtl_onnx.py --input texts.txt --model fp32                 # one text per line
-
-    import sys; sys.path.insert(0, "export")
-    from mtl_onnx import ExportedModel
-    model = ExportedModel("export")                       # int8 if exported, else fp32
-    model.predict(["I love this", "you idiot"])           # per text, per task: probabilities, label(s)
+`scripts/export.py` copies this file into the export folder as `mtl_onnx_core.py`, beside
+`mtl_onnx.py` (a copy of mtl/portable_model.py, which runs the folder), so the folder predicts
+where neither mtl nor PyTorch, Lightning or transformers is installed (docs/serving.md).
 
 mtl uses the same functions (the tweet preprocessing, the blend, label decisions, the records of
-`predict.py --format json`, the ONNX Runtime session settings), so the folder answers exactly as
-`OnnxPredictor` does; tests/inference/test_portable.py runs this file with torch, transformers and
-mtl unimportable and compares. Hence the rule for this file: import nothing from mtl, and nothing
-beyond the standard library, numpy, onnxruntime and tokenizers.
+`predict.py --format json`, the ONNX Runtime session settings, the check of an export against
+its manifest), so the folder answers exactly as `OnnxPredictor` does;
+tests/inference/test_portable.py runs the copies with torch, transformers and mtl unimportable
+and compares. Hence the rule for this file: import nothing from mtl, and nothing beyond the
+standard library, numpy, onnxruntime and tokenizers.
 """
 
 from __future__ import annotations
 
-import argparse
+import hashlib
 import json
 import os
 import re
-import sys
 from pathlib import Path
 
 import numpy as np
@@ -39,6 +31,12 @@ BLEND_METHODS = ("mean", "rank", "weighted")
 # `scripts/benchmark.py --serve RUN --onnx-ablation` (docs/serving.md).
 SLOW_FUSIONS = ["SkipLayerNormFusion"]
 CPU_BATCH_SIZE = 16  # length-sorted batches of 16 were fastest on a CPU (docs/performance.md)
+SPEC_FILE = "predictor.json"
+MANIFEST_FILE = "manifest.json"
+TRUNCATION_SIDES = ("right", "left")
+REEXPORT = (
+    "re-export the run (mtl's scripts/export.py RUN --format onnx) instead of editing an export"
+)
 
 # --- text preprocessing (data.preprocess: tweet) ---------------------------------------------
 
@@ -186,7 +184,7 @@ def pad(rows: list, pad_id: int) -> tuple[np.ndarray, np.ndarray]:
     return ids, mask
 
 
-# --- the exported model -----------------------------------------------------------------------
+# --- the export folder: manifest, tokenizer ----------------------------------------------------
 
 
 def model_kind(files: dict, model: str, folder) -> str:
@@ -199,146 +197,90 @@ def model_kind(files: dict, model: str, folder) -> str:
     return kind
 
 
-class ExportedModel:
-    """An export folder (predictor.json, fold_<k>[.int8].onnx, tokenizer/) ready to predict."""
-
-    def __init__(
-        self,
-        folder: str | Path,
-        model: str = "auto",
-        device: str | None = "cpu",
-        batch_size: int | None = None,
-        threads: int | None = None,
-    ):
-        from tokenizers import Tokenizer
-
-        self.folder = Path(folder)
-        spec = json.loads((self.folder / "predictor.json").read_text(encoding="utf-8"))
-        files = spec["files"]
-        self.model_kind = model_kind(files, model, self.folder)
-        config = spec["config"]
-        preprocess = config["data"].get("preprocess")
-        if preprocess not in (None, "", "tweet"):
-            raise ValueError(
-                f"The run preprocesses texts with its own hook '{preprocess}', which this file "
-                "cannot run; use mtl's OnnxPredictor where that hook is importable."
-            )
-        self.preprocess = normalize_tweet if preprocess == "tweet" else None
-        self.tasks = {
-            name: (list(meta["classes"]), meta["type"] == "multilabel")
-            for name, meta in spec["tasks"].items()
-        }
-        self.thresholds = {
-            name: np.asarray(cut, dtype=np.float64)
-            for name, cut in (spec.get("thresholds") or {}).items()
-        }
-        for name, meta in spec["tasks"].items():
-            if name not in self.thresholds and (self.tasks[name][1] or meta.get("threshold")):
-                self.thresholds[name] = np.asarray(meta.get("threshold") or 0.5, dtype=np.float64)
-        self.blend_method = spec.get("blend", "mean")
-        self.fold_scores = spec.get("fold_scores")
-        tokenizer_file = self.folder / "tokenizer" / "tokenizer.json"
-        if not tokenizer_file.is_file():
-            raise ValueError(f"{tokenizer_file} is missing: this file needs a fast tokenizer.")
-        self.tokenizer = Tokenizer.from_file(str(tokenizer_file))
-        self.tokenizer.no_padding()
-        self.tokenizer.enable_truncation(int(config["data"]["max_length"]))
-        self.pad_id = self._pad_id()
-        chosen = providers(device)
-        self.device = "cuda" if chosen[0] == "CUDAExecutionProvider" else "cpu"
-        configured = int(config["data"]["eval_batch_size"])
-        self.batch_size = int(
-            batch_size or (min(configured, CPU_BATCH_SIZE) if self.device == "cpu" else configured)
-        )
-        self.sessions = [session(self.folder / f, chosen, threads) for f in files[self.model_kind]]
-        self.outputs = [f"probs_{i}" for i in range(len(self.tasks))]
-
-    def _pad_id(self) -> int:
-        special = self.folder / "tokenizer" / "tokenizer_config.json"
-        token = None
-        if special.is_file():
-            token = json.loads(special.read_text(encoding="utf-8")).get("pad_token")
-            token = token.get("content") if isinstance(token, dict) else token
-        found = self.tokenizer.token_to_id(token) if token else None
-        return 0 if found is None else int(found)
-
-    def encode(self, texts: list[str]) -> list[list[int]]:
-        """Texts → token ids as the run made them: preprocessing, then truncation at max_length."""
-        if isinstance(texts, str):
-            texts = [texts]
-        # as mtl.inference.tables.as_texts: None and NaN (an empty cell) are empty texts
-        texts = ["" if t is None or (isinstance(t, float) and t != t) else str(t) for t in texts]
-        if self.preprocess is not None:
-            texts = [self.preprocess(t) for t in texts]
-        return [e.ids for e in self.tokenizer.encode_batch(texts)]
-
-    def fold_probabilities(self, texts: list[str]) -> list[dict[str, np.ndarray]]:
-        """Per fold, {task: (N, C) float32 probabilities} in the order of `texts`."""
-        ids = self.encode(texts)
-        out = [
-            {name: np.zeros((len(ids), len(classes)), np.float32) for name, (classes, _) in self.tasks.items()}
-            for _ in self.sessions
-        ]  # fmt: skip
-        for index in sorted_batches([len(x) for x in ids], self.batch_size):
-            input_ids, mask = pad([ids[i] for i in index], self.pad_id)
-            feed = {"input_ids": input_ids, "attention_mask": mask}
-            for fold, probs in zip(self.sessions, out, strict=True):
-                values = fold.run(self.outputs, feed)
-                for name, value in zip(self.tasks, values, strict=True):
-                    probs[name][index] = value
-        return out
-
-    def predict_proba(self, texts: list[str]) -> dict[str, np.ndarray]:
-        """{task: (N, C) float64} blended over the folds as the run blends them."""
-        folds = self.fold_probabilities(texts)
-        return {
-            name: blend([f[name] for f in folds], self.blend_method, self.fold_scores)
-            for name in self.tasks
-        }
-
-    def labels(self, probs: dict[str, np.ndarray]) -> dict[str, list]:
-        return {
-            name: decide(probs[name], classes, multilabel, self.thresholds.get(name))
-            for name, (classes, multilabel) in self.tasks.items()
-        }
-
-    def predict(self, texts: list[str]) -> list[dict]:
-        """Per text: {"text", <task>: {"probabilities": {class: p}, "label" or "labels"}}."""
-        texts = [texts] if isinstance(texts, str) else list(texts)
-        probs = self.predict_proba(texts)
-        labels = self.labels(probs)
-        return [record(t, self.tasks, probs, labels, i) for i, t in enumerate(texts)]
+def file_sha256(path) -> str:
+    """SHA-256 of a file's bytes in 1 MiB blocks (mtl.io.file_sha256; this file imports no mtl)."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        for block in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
 
 
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(
-        description="Predict with an mtl ONNX export; prints one JSON record per text."
-    )
-    parser.add_argument(
-        "folder", nargs="?", default=str(Path(__file__).resolve().parent), help="the export folder"
-    )
-    parser.add_argument("--text", action="append", default=[], help="a text (repeatable)")
-    parser.add_argument("--input", type=Path, help="a UTF-8 file, one text per line")
-    parser.add_argument("--model", choices=("auto", "fp32", "int8"), default="auto")
-    parser.add_argument("--device", default="cpu", help="cpu, cuda or auto")
-    parser.add_argument("--batch-size", type=int, default=None)
-    args = parser.parse_args(argv)
-    texts = list(args.text)
-    if args.input is not None:
-        texts += args.input.read_text(encoding="utf-8").splitlines()
-    if not texts:
-        parser.error("give --text or --input")
-    if args.batch_size is not None and args.batch_size < 1:
-        parser.error("--batch-size must be at least 1")
+def verify_export(folder, required: list[str]) -> dict:
+    """The export's manifest, once every file it lists that is here (and each of `required`, the
+    files this load reads) has the sha256 recorded at export; a ValueError naming the file if not.
+
+    The runtime's own .py files are code, not data a load reads, so they are not checked; an export
+    shipped with one model kind removed still loads the other. The tokenizer is read as a folder,
+    so a file there that the export did not write is refused too."""
+    folder = Path(folder)
+    path = folder / MANIFEST_FILE
     try:
-        model = ExportedModel(args.folder, args.model, args.device, args.batch_size)
-    except (OSError, ValueError, KeyError) as err:
-        print(f"error: {err}", file=sys.stderr)
-        return 2
-    for item in model.predict(texts):
-        print(json.dumps(item, ensure_ascii=False))
-    return 0
+        manifest = json.loads(path.read_text(encoding="utf-8"))
+        listed = manifest["files"]
+        if not isinstance(listed, dict):
+            raise TypeError("'files' is not an object")
+    except (OSError, ValueError, KeyError, TypeError) as err:
+        raise ValueError(
+            f"Cannot check the export in {folder}: {MANIFEST_FILE} is missing or unreadable "
+            f"({type(err).__name__}: {err}); an export is only used with the manifest that "
+            f"lists its files' checksums, so {REEXPORT}."
+        ) from None
+    extra = [
+        p.relative_to(folder).as_posix()
+        for p in sorted((folder / "tokenizer").rglob("*"))
+        if p.is_file() and p.relative_to(folder).as_posix() not in listed
+    ]
+    for name in sorted(set(required) | set(listed)) + extra:
+        target = folder / name
+        if name in extra or name not in listed:
+            problem = f"is not among the files its {MANIFEST_FILE} lists"
+        elif name.endswith(".py") or not (target.is_file() or name in required):
+            continue
+        elif not target.is_file():
+            problem = "is missing"
+        elif file_sha256(target) != (listed[name] if isinstance(listed[name], dict) else {}).get(
+            "sha256"
+        ):
+            problem = f"does not match the sha256 in {MANIFEST_FILE} (changed since the export)"
+        else:
+            continue
+        raise ValueError(f"{name} in the export {folder} {problem}; {REEXPORT}.")
+    return manifest
 
 
-if __name__ == "__main__":
-    sys.exit(main())
+def truncation_side(spec: dict, folder) -> str:
+    """Where the run's tokenizer cuts texts over max_length: predictor.json records it (exports of
+    mtl before it did: tokenizer_config.json's `truncation_side`, default right)."""
+    side = (spec.get("tokenizer") or {}).get("truncation_side")
+    config = Path(folder) / "tokenizer" / "tokenizer_config.json"
+    if side is None and config.is_file():
+        side = json.loads(config.read_text(encoding="utf-8")).get("truncation_side")
+    side = side or "right"
+    if side not in TRUNCATION_SIDES:
+        raise ValueError(
+            f"Unknown truncation side '{side}' in {folder}; one of {TRUNCATION_SIDES}."
+        )
+    return side
+
+
+def load_tokenizer(folder, spec: dict):
+    """(the export's fast tokenizer, truncating as the run did at its max_length, its pad id)."""
+    from tokenizers import Tokenizer
+
+    folder = Path(folder)
+    tokenizer_file = folder / "tokenizer" / "tokenizer.json"
+    if not tokenizer_file.is_file():
+        raise ValueError(f"{tokenizer_file} is missing: this file needs a fast tokenizer.")
+    tokenizer = Tokenizer.from_file(str(tokenizer_file))
+    tokenizer.no_padding()
+    tokenizer.enable_truncation(
+        int(spec["config"]["data"]["max_length"]), direction=truncation_side(spec, folder)
+    )
+    special = folder / "tokenizer" / "tokenizer_config.json"
+    token = None
+    if special.is_file():
+        token = json.loads(special.read_text(encoding="utf-8")).get("pad_token")
+        token = token.get("content") if isinstance(token, dict) else token
+    found = tokenizer.token_to_id(token) if token else None
+    return tokenizer, 0 if found is None else int(found)

@@ -14,41 +14,48 @@ RUN/export/
   predictor.json       what the blend needs: tasks and classes, blend method, fold scores (the
                        `weighted` blend's weights), multi-label thresholds, the run's config
                        (max_length, preprocessing, eval batch size)
-  manifest.json        the source checkpoints and every exported file with sha256, versions,
-                       and the parity check the export ran on itself
-  mtl_onnx.py          a copy of mtl/portable.py: predicts from this folder with numpy,
-                       onnxruntime and tokenizers alone (no mtl, torch or transformers)
+  manifest.json        the source checkpoints (sha256, size, mtime) and every exported file
+                       with sha256, versions, the parity checks the export ran on itself, and
+                       with int8 its label agreement with fp32 on the run's val texts. Loaders
+                       check the files against it (mtl.portable.verify_export)
+  mtl_onnx.py          a copy of mtl/portable_model.py and, beside it, mtl_onnx_core.py, a copy
+                       of mtl/portable.py: predict from this folder with numpy, onnxruntime and
+                       tokenizers alone (no mtl, torch or transformers)
 
 The models come from `Predictor.from_run`, so the export holds exactly the folds, thresholds and
 blend the PyTorch predictor uses; `mtl.inference.onnx_predict.OnnxPredictor` reads the folder and blends
-through Predictor's own code.
+through Predictor's own code. The folder is built beside its destination and swapped in only when
+every check passed (mtl/inference/export_target.py says which destinations are refused).
 """
 
 from __future__ import annotations
 
+import json
 import logging
 import shutil
 import time
-import warnings
-from contextlib import contextmanager
 from pathlib import Path
 
 import numpy as np
 import torch
 
-from mtl import portable
+from mtl import portable, portable_model
 from mtl.errors import PredictError, first_line
+from mtl.inference import int8_check
+from mtl.inference.export_target import check_target, publish, staging_folder
+from mtl.inference.onnx_graph import EXPORTERS, OPSET, export_onnx, fuse_attention, quantize_int8
 from mtl.io import file_sha256, write_json
 
 log = logging.getLogger(__name__)
 
-OPSET = 18  # LayerNormalization is one op; ONNX Runtime runs it on CPU and CUDA
-EXPORTERS = ("torchscript", "dynamo")
 QUANTIZE = ("int8",)
-SPEC_FILE = "predictor.json"
-MANIFEST_FILE = "manifest.json"
-RUNTIME_FILE = "mtl_onnx.py"  # mtl/portable.py, copied
-# texts the export runs through both backends to check parity before it is published
+SPEC_FILE = portable.SPEC_FILE
+MANIFEST_FILE = portable.MANIFEST_FILE
+RUNTIME_FILE = "mtl_onnx.py"  # mtl/portable_model.py, copied
+CORE_FILE = portable_model.CORE_FILE  # mtl/portable.py, copied
+# texts the export runs through every backend to check parity before it is published; the last
+# is longer than any max_length (512 tokens and more), its two halves opposite in tone, so a
+# runtime that cut it on the wrong side would answer differently
 PROBE_TEXTS = [
     "I love this, thank you so much!",
     "you idiot, shut up",
@@ -58,123 +65,9 @@ PROBE_TEXTS = [
     "What a wonderful, happy day :)",
     "I am scared and sad about the news.",
     "gross",
+    "I love this, what a wonderful happy day. " * 80 + "You idiot, shut up, I hate you. " * 80,
 ]
-
-
-class Probabilities(torch.nn.Module):
-    """A MultiTaskModel whose outputs are the tasks' probabilities, a tuple in task order."""
-
-    def __init__(self, model: torch.nn.Module, metas: dict):
-        super().__init__()
-        self.model = model
-        self.metas = metas
-
-    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> tuple:
-        logits = self.model(input_ids, attention_mask)
-        return tuple(meta.probabilities(logits[name]) for name, meta in self.metas.items())
-
-
-@contextmanager
-def eager_attention(model: torch.nn.Module, enabled: bool = True):
-    """Hugging Face encoders inside `model` use eager attention while the block runs.
-
-    SDPA traces into a MatMul/Softmax graph with NaN guards (IsNaN, Where) that ONNX Runtime cannot
-    fuse; eager attention traces into the pattern its transformer optimizer fuses into `Attention`.
-    The two compute the same thing (export's parity check holds both to the PyTorch predictor).
-    """
-    from transformers import PreTrainedModel
-
-    encoders = [m for m in model.modules() if isinstance(m, PreTrainedModel)] if enabled else []
-    # no public getter; transformers' attention-interface docs read config._attn_implementation
-    before = [m.config._attn_implementation for m in encoders]
-    for m in encoders:
-        m.set_attn_implementation("eager")
-    try:
-        yield
-    finally:
-        for m, name in zip(encoders, before, strict=True):
-            m.set_attn_implementation(name)
-
-
-def export_onnx(
-    model: torch.nn.Module, metas: dict, path: Path, exporter: str, eager: bool = True
-) -> None:
-    """One fold's network → `path` (fp32, dynamic batch and sequence axes). `eager`: trace with
-    eager attention (what fuse_attention needs); else with the model's own (SDPA by default)."""
-    wrapper = Probabilities(model.cpu().eval(), metas).eval()
-    ids = torch.tensor([[2, 7, 9, 3], [2, 8, 3, 0]], dtype=torch.long)  # (B=2, T=4), one padded
-    mask = (ids != 0).long()
-    names = dict(
-        input_names=["input_ids", "attention_mask"],
-        output_names=[f"probs_{i}" for i in range(len(metas))],
-        opset_version=OPSET,
-    )
-    with warnings.catch_warnings(), torch.no_grad(), eager_attention(model, eager):
-        warnings.simplefilter("ignore")  # tracer warnings about shape-dependent Python branches
-        if exporter == "dynamo":
-            batch, seq = torch.export.Dim("batch", min=1), torch.export.Dim("seq", min=1)
-            axes = {"input_ids": {0: batch, 1: seq}, "attention_mask": {0: batch, 1: seq}}
-            torch.onnx.export(
-                wrapper, (ids, mask), str(path), dynamo=True, dynamic_shapes=axes,
-                external_data=False, **names,
-            )  # fmt: skip
-        else:
-            axes = {n: {0: "batch", 1: "sequence"} for n in names["input_names"]}
-            axes.update({n: {0: "batch"} for n in names["output_names"]})
-            torch.onnx.export(
-                wrapper, (ids, mask), str(path), dynamo=False, dynamic_axes=axes, **names
-            )
-
-
-def fuse_attention(path: Path, encoder_config) -> dict[str, int]:
-    """Rewrite `path` with each attention block fused into one `Attention` op; returns the counts.
-
-    ONNX Runtime's transformer optimizer, with every fusion but attention turned off: its
-    SkipLayerNormalization, the fusion it would add next, is slower on a CPU than the ops it
-    replaces (mtl.portable.SLOW_FUSIONS, which OnnxPredictor and mtl_onnx.py skip). The mask stays a
-    (B, T) 0/1 tensor, so any padding side works. A graph the optimizer does not recognise is left
-    as it is (counts of 0); a wrong fusion cannot pass the parity check that follows.
-    """
-    from onnxruntime.transformers.fusion_options import AttentionMaskFormat, FusionOptions
-    from onnxruntime.transformers.optimizer import optimize_model
-
-    options = FusionOptions("bert")
-    for name in ("gelu", "bias_gelu", "layer_norm", "skip_layer_norm", "bias_skip_layer_norm",
-                 "embed_layer_norm", "rotary_embeddings", "qordered_matmul"):  # fmt: skip
-        setattr(options, f"enable_{name}", False)
-    options.attention_mask_format = AttentionMaskFormat.AttentionMask
-    logging.disable(logging.INFO)  # the optimizer logs every fusion it tries at INFO
-    try:
-        optimized = optimize_model(
-            str(path),
-            model_type="bert",
-            num_heads=int(getattr(encoder_config, "num_attention_heads", 0) or 0),
-            hidden_size=int(getattr(encoder_config, "hidden_size", 0) or 0),
-            opt_level=0,  # only the Python fusions; ONNX Runtime adds its own at session start
-            optimization_options=options,
-        )
-    finally:
-        logging.disable(logging.NOTSET)
-    fused = {k: v for k, v in optimized.get_fused_operator_statistics().items() if v}
-    if fused.get("Attention"):
-        optimized.save_model_to_file(str(path))
-    return {"Attention": fused.get("Attention", 0)}
-
-
-def quantize_int8(source: Path, target: Path) -> None:
-    """ONNX Runtime's dynamic quantization: int8 weights, activations quantized per batch."""
-    from onnx import TensorProto
-    from onnxruntime.quantization import QuantType, quantize_dynamic
-
-    logging.getLogger("root").setLevel(logging.ERROR)  # its "consider pre-processing" warning
-    quantize_dynamic(
-        str(source),
-        str(target),
-        weight_type=QuantType.QInt8,
-        per_channel=True,
-        # shape inference cannot type the outputs of com.microsoft ops (the fused Attention)
-        extra_options={"DefaultTensorType": TensorProto.FLOAT},
-    )
+RUNTIME_TOLERANCE = 1e-5  # mtl_onnx.py against OnnxPredictor on one model: the same sessions
 
 
 def export_run(
@@ -185,6 +78,9 @@ def export_run(
     exporter: str = "torchscript",
     tolerance: float = 1e-4,
     fuse: bool = True,
+    overwrite: bool = False,
+    min_int8_agreement: float = int8_check.MIN_AGREEMENT,
+    force: bool = False,
 ) -> Path:
     """Export every finished fold of `run_dir` to `out` (default RUN/export/); returns `out`.
 
@@ -192,22 +88,48 @@ def export_run(
     default), no `Attention` op; for measuring what the fusion buys
     (`scripts/benchmark.py --serve RUN --onnx-ablation`).
 
-    The folder is built beside `out` and renamed into place only after the fp32 models have
-    matched Predictor within `tolerance` (max abs probability) on a few probe texts.
+    The folder is built beside `out` and swapped into place only after the fp32 models matched
+    Predictor within `tolerance` (max abs probability) and the folder's own runtime matched
+    OnnxPredictor on the probe texts, and, with `quantize`, the int8 models agreed with fp32 on
+    at least `min_int8_agreement` of each task's label decisions on the run's val texts (or
+    `force`). `out` must be new, empty or an mtl export (anything else with `overwrite`; a run
+    folder never).
     """
-    from mtl.config import to_dict
     from mtl.inference.predictor import Predictor
 
     if quantize not in (None, *QUANTIZE):
         raise PredictError(f"Unknown quantization '{quantize}'; use one of {', '.join(QUANTIZE)}.")
     if exporter not in EXPORTERS:
         raise PredictError(f"Unknown exporter '{exporter}'; use one of {', '.join(EXPORTERS)}.")
+    if not 0.0 <= min_int8_agreement <= 1.0:
+        raise PredictError(
+            f"--min-int8-agreement is {min_int8_agreement}; give a share between 0 and 1 "
+            f"(default {int8_check.MIN_AGREEMENT})."
+        )
     run_dir = Path(run_dir)
     out = Path(out) if out is not None else run_dir / "export"
+    check_target(out, run_dir, overwrite)
     reference = Predictor.from_run(run_dir, device="cpu")
-    tmp = out.with_name(out.name + ".tmp")
-    shutil.rmtree(tmp, ignore_errors=True)
-    tmp.mkdir(parents=True)
+    staged = staging_folder(out)
+    try:
+        build(reference, staged, run_dir, quantize, exporter, fuse)
+        manifest = self_check(reference, staged, tolerance)
+        if quantize:
+            manifest["int8_agreement"] = check_int8(
+                reference, staged, run_dir, min_int8_agreement, force
+            )
+            write_json(staged / MANIFEST_FILE, manifest)
+        publish(staged, out)
+    except BaseException:
+        shutil.rmtree(staged, ignore_errors=True)
+        raise
+    return out
+
+
+def build(reference, folder: Path, run_dir: Path, quantize, exporter: str, fuse: bool) -> None:
+    """The export's files in `folder`, and a manifest that lists them with their checksums."""
+    from mtl.config import to_dict
+
     began = time.perf_counter()
     files: dict[str, list[str]] = {"fp32": []}
     if quantize:
@@ -216,15 +138,14 @@ def export_run(
     fused: dict[str, dict[str, int]] = {}
     for path, model in zip(reference.sources, reference.models, strict=True):
         fold = path.parent.name  # fold_<k>
-        fp32 = tmp / f"{fold}.onnx"
+        fp32 = folder / f"{fold}.onnx"
         try:
             export_onnx(model, reference.metas, fp32, exporter, eager=fuse)
             if fuse:
                 fused[fold] = fuse_attention(fp32, getattr(model.encoder, "config", None))
             if quantize:
-                quantize_int8(fp32, tmp / f"{fold}.{quantize}.onnx")
+                quantize_int8(fp32, folder / f"{fold}.{quantize}.onnx")
         except Exception as err:  # the exporters raise many types; name the fold and the cause
-            shutil.rmtree(tmp, ignore_errors=True)
             raise PredictError(
                 f"ONNX export of {path} failed ({exporter} exporter): "
                 f"{type(err).__name__}: {first_line(err)}"
@@ -232,10 +153,15 @@ def export_run(
         files["fp32"].append(fp32.name)
         if quantize:
             files[quantize].append(f"{fold}.{quantize}.onnx")
-        sources.append({"fold": fold, "checkpoint": str(path), "sha256": file_sha256(path)})
+        stat = path.stat()
+        sources.append(
+            {"fold": fold, "checkpoint": str(path), "sha256": file_sha256(path),
+             "bytes": stat.st_size, "mtime_ns": stat.st_mtime_ns}
+        )  # fmt: skip
         log.info("exported %s", fold)
-    reference.tokenizer.save_pretrained(str(tmp / "tokenizer"))
-    shutil.copyfile(portable.__file__, tmp / RUNTIME_FILE)
+    reference.tokenizer.save_pretrained(str(folder / "tokenizer"))
+    shutil.copyfile(portable_model.__file__, folder / RUNTIME_FILE)
+    shutil.copyfile(portable.__file__, folder / CORE_FILE)
     spec = {
         "format": "onnx",
         "tasks": {name: meta.to_dict() for name, meta in reference.metas.items()},
@@ -244,11 +170,13 @@ def export_run(
         "fold_scores": reference.fold_scores,
         "thresholds": {name: cut.tolist() for name, cut in reference.thresholds.items()},
         "files": files,
+        # the side the tokenizer cuts texts over max_length; mtl_onnx.py cuts on the same one
+        "tokenizer": {"truncation_side": getattr(reference.tokenizer, "truncation_side", "right")},
         "config": to_dict(reference.cfg),
     }
-    write_json(tmp / SPEC_FILE, spec)
-    parity = check_parity(reference, tmp, files, tolerance)
+    write_json(folder / SPEC_FILE, spec)
     manifest = {
+        "made_by": "mtl scripts/export.py",
         "run": str(run_dir.resolve()),
         "created_utc": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
         "exporter": exporter,
@@ -256,29 +184,28 @@ def export_run(
         "quantize": quantize,
         "fused_operators": fused,
         "sources": sources,
-        "parity_on_probe_texts": parity,
         "export_seconds": round(time.perf_counter() - began, 1),
         "versions": versions(),
         "files": {
-            str(p.relative_to(tmp)): {"bytes": p.stat().st_size, "sha256": file_sha256(p)}
-            for p in sorted(tmp.rglob("*"))
+            p.relative_to(folder).as_posix(): {"bytes": p.stat().st_size, "sha256": file_sha256(p)}
+            for p in sorted(folder.rglob("*"))
             if p.is_file()
         },
     }
-    write_json(tmp / MANIFEST_FILE, manifest)
-    if out.exists():
-        shutil.rmtree(out)
-    tmp.rename(out)
-    return out
+    write_json(folder / MANIFEST_FILE, manifest)
 
 
-def check_parity(reference, folder: Path, files: dict, tolerance: float) -> dict:
-    """Probe texts through Predictor and the exported models; fp32 beyond `tolerance` is an error."""
-    from mtl.inference.onnx_predict import OnnxPredictor
+def self_check(reference, folder: Path, tolerance: float) -> dict:
+    """The probe texts through Predictor, OnnxPredictor and the folder's own mtl_onnx.py, on every
+    model kind: fp32 beyond `tolerance` of Predictor, or the runtime off OnnxPredictor, is an
+    error. Returns the manifest with the results as `parity_on_probe_texts`."""
+    from mtl.inference.onnx_predict import OnnxPredictor, load_runtime
 
     expected = reference.predict_proba(PROBE_TEXTS)
+    manifest = portable.verify_export(folder, [SPEC_FILE])
+    runtime = load_runtime(folder)
     report = {}
-    for model in files:
+    for model in json.loads((folder / SPEC_FILE).read_text(encoding="utf-8"))["files"]:
         onnx = OnnxPredictor.from_export(folder, model=model, device="cpu")
         got = onnx.predict_proba(PROBE_TEXTS)
         diff = max(float(np.abs(got[t] - expected[t]).max()) for t in expected)
@@ -288,14 +215,49 @@ def check_parity(reference, folder: Path, files: dict, tolerance: float) -> dict
                 onnx.labels(got).values(), reference.labels(expected).values(), strict=True
             )
         ]
-        report[model] = {"max_abs_prob_diff": diff, "label_agreement": float(np.mean(same))}
         if model == "fp32" and not diff <= tolerance:
-            shutil.rmtree(folder, ignore_errors=True)
             raise PredictError(
                 f"The exported fp32 models differ from the PyTorch predictor by {diff:.2e} "
                 f"(max abs probability, over {tolerance:.0e}); nothing was written."
             )
-    return report
+        try:
+            own = runtime.ExportedModel(folder, model, device="cpu").predict_proba(PROBE_TEXTS)
+        except (ValueError, KeyError, OSError) as err:
+            raise PredictError(
+                f"The export's own {RUNTIME_FILE} cannot load it: {first_line(err)}"
+            ) from None
+        own_diff = max(float(np.abs(own[t] - got[t]).max()) for t in got)
+        if not own_diff <= RUNTIME_TOLERANCE:
+            raise PredictError(
+                f"The export's own {RUNTIME_FILE} differs from OnnxPredictor on the {model} "
+                f"models by {own_diff:.2e} (max abs probability, over {RUNTIME_TOLERANCE:.0e}) "
+                "on the probe texts; nothing was written."
+            )
+        report[model] = {
+            "max_abs_prob_diff": diff,
+            "label_agreement": float(np.mean(same)),
+            "runtime_max_abs_prob_diff": own_diff,
+        }
+    manifest["parity_on_probe_texts"] = report
+    write_json(folder / MANIFEST_FILE, manifest)
+    return manifest
+
+
+def check_int8(reference, folder: Path, run_dir: Path, minimum: float, force: bool) -> dict:
+    """int8 against fp32 on the run's val texts (mtl/inference/int8_check.py); logs the result,
+    refuses below `minimum` unless `force`."""
+    from mtl.inference.onnx_predict import OnnxPredictor
+
+    texts, sources = int8_check.val_texts(reference.cfg, run_dir, list(reference.metas))
+    if not texts:
+        texts = PROBE_TEXTS
+        sources = {"all": "no val file, report rows or selection rows found: the probe texts"}
+    fp32, int8 = (
+        OnnxPredictor.from_export(folder, model=m, device="cpu") for m in ("fp32", "int8")
+    )
+    agreement = int8_check.gate(int8_check.measure(fp32, int8, texts, sources, minimum), force)
+    log.info(int8_check.summary(agreement))
+    return agreement
 
 
 def versions() -> dict:

@@ -26,19 +26,121 @@ from mtl.inference.runs import load_run_tokenizer
 
 log = logging.getLogger(__name__)
 
-SPEC_FILE = "predictor.json"
+SPEC_FILE = portable.SPEC_FILE
 
 
-def export_folder(path: str | Path) -> Path:
-    """An export folder itself, or the run folder that holds one in export/."""
+def export_folder(path: str | Path, model: str | None = None) -> Path:
+    """An export folder itself, or the run folder that holds one in export/; checked before use:
+    every file its manifest lists that is here has its recorded sha256 (with `model`, fp32 / int8
+    / auto, that kind's models must be here too), and an export inside the run it was made from
+    was made from the run's current finished folds (`stale_export`)."""
     path = Path(path)
     for candidate in (path, path / "export"):
         if (candidate / SPEC_FILE).is_file():
+            required = [SPEC_FILE]
+            if model is not None:
+                required += read_spec(candidate)["files"][chosen_kind(candidate, model)]
+            manifest = verify(candidate, required)
+            run = recorded_run(candidate, manifest) if candidate == path else run_folder(path)
+            problem = None if run is None else stale_export(run, manifest)
+            if problem is not None:
+                raise PredictError(
+                    f"The export in {candidate} is older than the run {run}: {problem}. "
+                    f"Re-export it: python scripts/export.py {run} --format onnx"
+                    + (f" --quantize {manifest['quantize']}" if manifest.get("quantize") else "")
+                )
             return candidate
     raise PredictError(
         f"No ONNX export in {path} (no {SPEC_FILE} there or in {path / 'export'}). "
         f"Run: python scripts/export.py {path} --format onnx"
     )
+
+
+def read_spec(folder: Path) -> dict:
+    try:
+        spec = json.loads((folder / SPEC_FILE).read_text(encoding="utf-8"))
+        if not isinstance(spec.get("files"), dict) or not isinstance(spec.get("tasks"), dict):
+            raise KeyError("files or tasks")
+    except (OSError, ValueError, KeyError, TypeError, AttributeError) as err:
+        raise PredictError(f"Cannot read {folder / SPEC_FILE}: {first_line(err)}") from None
+    return spec
+
+
+def chosen_kind(folder: Path, model: str) -> str:
+    """fp32 or int8 (`auto`: int8 when exported), as a clear error when the export lacks it."""
+    try:
+        return portable.model_kind(read_spec(folder)["files"], model, folder)
+    except ValueError as err:
+        raise PredictError(
+            f"{err} Re-export with --quantize {model}, or pick one of those."
+        ) from None
+
+
+def verify(folder: Path, required: list[str]) -> dict:
+    """`mtl.portable.verify_export` (the one check both runtimes run), as mtl's error."""
+    try:
+        return portable.verify_export(folder, required)
+    except ValueError as err:
+        raise PredictError(str(err)) from None
+
+
+def run_folder(path: Path) -> Path | None:
+    """`path` when it is a training run's folder (a folder that merely holds a copied export/ is
+    not, and its export is not compared with anything)."""
+    marks = ("fingerprint.json", "config.yaml", "tasks.json")
+    return path if any((path / m).is_file() for m in marks) or any(path.glob("fold_*/")) else None
+
+
+def recorded_run(folder: Path, manifest: dict) -> Path | None:
+    """The run an export was made from, while the export sits inside it (a copy elsewhere is
+    its own thing and is not compared)."""
+    run = manifest.get("run")
+    return folder.parent if run and folder.parent.resolve() == Path(run).resolve() else None
+
+
+def stale_export(run_dir: Path, manifest: dict) -> str | None:
+    """None when the export's source checkpoints are the run's finished folds' checkpoints now,
+    else what changed. Size and mtime as recorded spare reading a checkpoint; otherwise (an older
+    manifest, a copied run) its sha256 decides."""
+    from mtl.inference.runs import fold_checkpoint
+    from mtl.io import file_sha256
+    from mtl.run.cv import finished_folds
+
+    recorded = {s.get("fold"): s for s in manifest.get("sources") or [] if isinstance(s, dict)}
+    current = {
+        f"fold_{k}": fold_checkpoint(run_dir, k, m) for k, m in finished_folds(run_dir).items()
+    }
+    if set(recorded) != set(current):
+        return (
+            f"it holds {', '.join(sorted(map(str, recorded))) or 'no folds'}, the run's finished "
+            f"folds are now {', '.join(sorted(current)) or 'none'}"
+        )
+    for fold, path in current.items():
+        source = recorded[fold]
+        if Path(str(source.get("checkpoint"))).name != path.name:
+            return (
+                f"{fold} now predicts with {path.name}, the export has {source.get('checkpoint')}"
+            )
+        if not path.is_file():
+            return f"{path} is missing"
+        stat = path.stat()
+        if (source.get("bytes"), source.get("mtime_ns")) == (stat.st_size, stat.st_mtime_ns):
+            continue
+        if file_sha256(path) != source.get("sha256"):
+            return f"{path} changed after the export (its sha256 differs from the manifest's)"
+    return None
+
+
+def load_runtime(folder: Path):
+    """The export folder's own mtl_onnx.py as a module (the copy, not mtl.portable_model), for the
+    export's self-check and the serving benchmark."""
+    import importlib.util
+
+    path = Path(folder) / "mtl_onnx.py"
+    spec = importlib.util.spec_from_file_location(f"mtl_onnx_{abs(hash(str(path)))}", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
 
 
 def providers(device: str | None) -> list[str]:
@@ -85,29 +187,19 @@ class OnnxPredictor(Predictor):
         mtl.portable.SLOW_FUSIONS)."""
         from mtl.config import config_from_dict
 
-        folder = export_folder(folder)
-        try:
-            spec = json.loads((folder / SPEC_FILE).read_text(encoding="utf-8"))
-            files = spec["files"]
-            tasks = spec["tasks"]
-        except (OSError, ValueError, KeyError, TypeError) as err:
-            raise PredictError(f"Cannot read {folder / SPEC_FILE}: {first_line(err)}") from None
-        try:
-            model = portable.model_kind(files, model, folder)
-        except ValueError as err:
-            raise PredictError(
-                f"{err} Re-export with --quantize {model}, or pick one of those."
-            ) from None
-        paths = [folder / name for name in files[model]]
-        missing = [str(p) for p in paths if not p.is_file()]
-        if missing:
-            raise PredictError(f"The export in {folder} lacks {', '.join(missing)}; re-export.")
+        folder = export_folder(folder, model)
+        spec = read_spec(folder)
+        model = chosen_kind(folder, model)
+        paths = [folder / name for name in spec["files"][model]]
         cfg = config_from_dict(spec["config"])
+        tokenizer = load_run_tokenizer(folder / "tokenizer", cfg.backbone.name)
+        # the side the run cut texts on, as mtl_onnx.py reads it (portable.truncation_side)
+        tokenizer.truncation_side = portable.truncation_side(spec, folder)
         return cls(
             [str(p) for p in paths],
-            tasks,
+            spec["tasks"],
             cfg,
-            load_run_tokenizer(folder / "tokenizer", cfg.backbone.name),
+            tokenizer,
             thresholds=spec.get("thresholds"),
             blend_method=spec.get("blend", "mean"),
             fold_scores=spec.get("fold_scores"),

@@ -51,6 +51,15 @@ def _run_results(run_dir: Path | None) -> dict:
     return _read_json(path) if path is not None and path.is_file() else {}
 
 
+def fold_checkpoint(run_dir: Path, k: int, metrics: dict) -> Path:
+    """The checkpoint finished fold k predicts with (and exports): its best, else last.ckpt."""
+    folder = run_dir / f"fold_{k}"
+    path = folder / str(metrics.get("best_checkpoint") or "best.ckpt")
+    if not path.is_file() and (folder / "last.ckpt").is_file():
+        path = folder / "last.ckpt"
+    return path
+
+
 def predictor_from_run(cls, run_dir: str | Path, blend: str | None, **options):
     """`cls` (a Predictor class) over every finished fold of a run folder: `Predictor.from_run`.
     `options` (device, batch_size, precision) go to `cls` as they are."""
@@ -70,10 +79,7 @@ def predictor_from_run(cls, run_dir: str | Path, blend: str | None, **options):
         )
     models, metas, configs, paths, scores = [], None, None, [], []
     for k, metrics in folds.items():
-        folder = run_dir / f"fold_{k}"
-        path = folder / str(metrics.get("best_checkpoint") or "best.ckpt")
-        if not path.is_file() and (folder / "last.ckpt").is_file():
-            path = folder / "last.ckpt"
+        path = fold_checkpoint(run_dir, k, metrics)
         model, fold_metas, config = build_model(load_checkpoint(path), path)
         if metas is None:
             metas, configs = fold_metas, config

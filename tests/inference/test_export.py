@@ -99,7 +99,7 @@ def test_bert_attention_is_fused_into_one_op_per_layer(run, exported):
 
 
 def test_export_leaves_the_models_attention_as_it_was(run):
-    from mtl.inference.export import eager_attention
+    from mtl.inference.onnx_graph import eager_attention
 
     model = Predictor.from_run(run).models[0]
     before = model.encoder.config._attn_implementation
@@ -113,6 +113,9 @@ def test_export_folder_works_when_copied_elsewhere(run, exported, texts, tmp_pat
     spec = json.loads((copy / "predictor.json").read_text())
     spec["config"]["backbone"]["name"] = "/nonexistent/backbone"  # nothing read from the run side
     (copy / "predictor.json").write_text(json.dumps(spec))
+    manifest = json.loads((copy / "manifest.json").read_text())  # as if exported so: re-signed
+    manifest["files"]["predictor.json"]["sha256"] = file_sha256(copy / "predictor.json")
+    (copy / "manifest.json").write_text(json.dumps(manifest))
     here = OnnxPredictor.from_export(exported, model="fp32").predict_proba(texts)
     there = OnnxPredictor.from_export(copy, model="fp32").predict_proba(texts)
     for task in here:

@@ -1,5 +1,6 @@
-"""The export's own runtime, mtl_onnx.py (a copy of mtl/portable.py): it must answer exactly as
-OnnxPredictor does, with mtl, torch, transformers, pandas and scikit-learn unimportable."""
+"""The export's own runtime, mtl_onnx.py and mtl_onnx_core.py (copies of mtl/portable_model.py and
+mtl/portable.py): it must answer exactly as OnnxPredictor does, with mtl, torch, transformers,
+pandas and scikit-learn unimportable."""
 
 from __future__ import annotations
 
@@ -14,7 +15,7 @@ import pandas as pd
 import pytest
 from helpers import REPO
 
-from mtl.inference.export import RUNTIME_FILE
+from mtl.inference.export import CORE_FILE, RUNTIME_FILE
 from mtl.inference.onnx_predict import OnnxPredictor
 
 # A meta path finder that refuses the training stack: what a machine with only numpy,
@@ -97,8 +98,9 @@ def test_the_runtime_is_listed_in_the_manifest_with_its_checksum(tweet_run):
     assert len(spec["thresholds"]["toxicity"]) == 1  # a tuned binary threshold travels too
     assert len(spec["thresholds"]["emotion"]) == 7
     manifest = json.loads((tweet_run / "manifest.json").read_text())
-    assert manifest["files"][RUNTIME_FILE]["sha256"] == file_sha256(tweet_run / RUNTIME_FILE)
-    assert (tweet_run / RUNTIME_FILE).read_text() == (REPO / "mtl" / "portable.py").read_text()
+    for name, source in ((RUNTIME_FILE, "portable_model.py"), (CORE_FILE, "portable.py")):
+        assert manifest["files"][name]["sha256"] == file_sha256(tweet_run / name)
+        assert (tweet_run / name).read_text() == (REPO / "mtl" / source).read_text()
 
 
 def test_the_runtime_command_line(tweet_run, tmp_path):

@@ -23,6 +23,8 @@ import pandas as pd
 import torch
 
 from mtl.errors import PredictError
+from mtl.inference.int8_check import label_agreement as agreement
+from mtl.inference.onnx_predict import load_runtime as folder_runtime
 from mtl.io import write_json
 from mtl.model.metrics import score_arrays
 
@@ -43,25 +45,6 @@ def val_rows(cfg, meta, data_dir: Path | None, limit: int) -> tuple[Path, list[s
         return path, texts, frame[list(task.label_columns)].to_numpy(dtype=int)
     index = {str(c): i for i, c in enumerate(meta.classes)}
     return path, texts, np.array([index[str(v)] for v in frame[task.label_columns[0]]])
-
-
-def agreement(a: list, b: list, multilabel: bool, classes: list) -> tuple[float, float]:
-    """(share of label decisions that agree, share of texts whose whole answer agrees)."""
-    per_text = float(np.mean([x == y for x, y in zip(a, b, strict=True)]))
-    if not multilabel:
-        return per_text, per_text
-    decisions = [(c in x) == (c in y) for x, y in zip(a, b, strict=True) for c in classes]
-    return float(np.mean(decisions)), per_text
-
-
-def folder_runtime(path: Path):
-    """The export folder's mtl_onnx.py as a module (the copy, not mtl.portable)."""
-    import importlib.util
-
-    spec = importlib.util.spec_from_file_location("mtl_onnx_of_export", path)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
 
 
 def time_backends(backends: dict, texts: list[str], repeats: int) -> dict:
@@ -116,7 +99,7 @@ def run_serve(
         )
         runtime = folder / RUNTIME_FILE
         if runtime.is_file():  # the folder's own runtime, as a machine without mtl runs it
-            backends["portable_int8"] = folder_runtime(runtime).ExportedModel(
+            backends["portable_int8"] = folder_runtime(folder).ExportedModel(
                 folder, "int8", device="cpu", batch_size=batch_size, threads=threads
             )
     reference = backends["torch_fp32"]
