@@ -13,10 +13,11 @@ from pathlib import Path
 
 from mtl.errors import MTLError
 from mtl.inference.checks import as_texts, refuse_overwriting_input
+from mtl.inference.outputs import output_format, write_table
 from mtl.inference.predictor import Predictor
 from mtl.inference.records import render_json, render_table
 from mtl.inference.runs import PRECISIONS
-from mtl.inference.tables import DEFAULT_CHUNK_SIZE, output_format, write_table
+from mtl.inference.tables import DEFAULT_CHUNK_SIZE
 from mtl.runtime import setup_logging
 
 
