@@ -94,19 +94,19 @@ def _pid_alive(pid: int) -> bool:
     return True
 
 
-def remove_orphaned_tmp(folder: Path, prefix: str = ".") -> list[Path]:
+def remove_orphaned_tmp(folder: Path, only: str | None = None) -> list[Path]:
     """Delete temp files / folders in `folder` left by a writer that was killed mid-write.
 
     An orphan: its writer is this host and no longer running; or it belongs to another host (or
-    has no writer in its name) and is older than STALE_AFTER_S. `prefix`: only names that start
-    with it (`tmp_prefix`'s form, e.g. ".export~", in a folder that is not mtl's own). Returns
+    has no writer in its name) and is older than STALE_AFTER_S. `only`: just the temp files of
+    the file of that name (in a user's folder, where other hidden files are not ours). Returns
     what was removed."""
     removed = []
     if not folder.is_dir():
         return removed
     now = time.time()
     for entry in folder.iterdir():
-        if not entry.name.startswith(prefix):
+        if not entry.name.startswith(f".{only}~" if only is not None else "."):
             continue
         match = _TMP_NAME.match(entry.name)
         legacy = entry.name.endswith(".tmp") or entry.name.startswith(".tokenizer.")

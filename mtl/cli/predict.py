@@ -12,16 +12,12 @@ import sys
 from pathlib import Path
 
 from mtl.errors import MTLError
+from mtl.inference.checks import as_texts, refuse_overwriting_input
+from mtl.inference.outputs import output_format, write_table
 from mtl.inference.predictor import Predictor
 from mtl.inference.records import render_json, render_table
 from mtl.inference.runs import PRECISIONS
-from mtl.inference.tables import (
-    DEFAULT_CHUNK_SIZE,
-    as_texts,
-    output_format,
-    refuse_overwriting_input,
-    write_frames,
-)
+from mtl.inference.tables import DEFAULT_CHUNK_SIZE
 from mtl.runtime import setup_logging
 
 
@@ -47,6 +43,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--text-column", default="text", help="text column of --input")
     parser.add_argument(
         "--output", type=Path, help="file to write (csv/tsv/parquet/jsonl); needed with --input"
+    )
+    parser.add_argument(
+        "--prefix",
+        default="",
+        help="put before every prediction column's name (e.g. pred_: pred_toxicity_label); an "
+        "input column with a prediction column's name is refused, never replaced",
     )
     parser.add_argument("--format", choices=("table", "json"), default="table", help="for --text")
     parser.add_argument("--device", default=None, help="cpu, cuda or cuda:<i> (default: auto)")
@@ -89,8 +91,14 @@ def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     setup_logging(logging.WARNING)
     try:
-        if args.input is not None:  # before the models load: a quick, clear refusal
+        # before the models load: a quick, clear refusal
+        if args.input is not None:
             refuse_overwriting_input(args.input, args.output)
+            texts = None
+        else:
+            texts = as_texts(args.text, where=lambda i: f"--text number {i + 1}")
+            if args.output is not None:
+                output_format(args.output)
         if args.backend == "onnx":
             from mtl.inference.onnx_predict import OnnxPredictor
 
@@ -119,18 +127,15 @@ def main(argv: list[str] | None = None) -> int:
                 args.text_column,
                 chunk_size=args.chunk_size,
                 progress=False if args.no_progress else None,
+                prefix=args.prefix,
             )
             print(f"wrote {rows} rows to {args.output}", file=sys.stderr)
             return 0
-        texts = as_texts(args.text)
         probs = predictor.predict_proba(texts)
         if args.output is not None:
-            from mtl.io import atomic_write
-
-            frame = predictor.frame(probs)
+            frame = predictor.frame(probs).add_prefix(args.prefix)
             frame.insert(0, "text", texts)
-            fmt = output_format(args.output)
-            atomic_write(args.output, lambda tmp: write_frames(tmp, fmt, [frame]))
+            write_table(args.output, [frame])
             print(f"wrote {len(texts)} rows to {args.output}", file=sys.stderr)
         render = render_json if args.format == "json" else render_table
         sys.stdout.write(render(texts, predictor, probs))

@@ -4,12 +4,61 @@ from __future__ import annotations
 
 import argparse
 import logging
+import multiprocessing
+import os
+import signal
 import sys
+import threading
+from contextlib import contextmanager
 from pathlib import Path
 
 from mtl.errors import MTLError
 from mtl.inference.serve import BACKENDS, Limits, serve
 from mtl.runtime import setup_logging
+
+
+@contextmanager
+def children_stop_with_server():
+    """On SIGTERM, as on Ctrl+C, stop the processes the server starts, and free its port.
+
+    LitServe 0.2.19 shuts its API servers and inference workers down on KeyboardInterrupt only:
+    a SIGTERM killed the main process and left its workers answering on the port. Here SIGTERM
+    becomes KeyboardInterrupt, and every child started inside the block that is still alive
+    afterwards (say, one started before LitServe's own shutdown could run) is terminated, then
+    killed. Signal handlers can only be set in the main thread; elsewhere only the sweep runs.
+    """
+    main = os.getpid()
+    before = set(multiprocessing.active_children())
+    in_main_thread = threading.current_thread() is threading.main_thread()
+
+    def interrupt(signum, frame):
+        if os.getpid() != main:  # a forked API server inherits this handler: die as before
+            signal.signal(signum, signal.SIG_DFL)
+            os.kill(os.getpid(), signum)
+            return
+        signal.signal(signal.SIGTERM, signal.SIG_IGN)  # one shutdown, not a second mid-way
+        raise KeyboardInterrupt
+
+    if in_main_thread:
+        previous = signal.signal(signal.SIGTERM, interrupt), signal.getsignal(signal.SIGINT)
+    try:
+        yield
+    except KeyboardInterrupt:
+        pass
+    finally:
+        if in_main_thread:
+            signal.signal(signal.SIGINT, signal.SIG_IGN)  # the sweep below runs to its end
+        children = [c for c in multiprocessing.active_children() if c not in before]
+        for child in children:
+            child.terminate()
+        for child in children:
+            child.join(5)
+            if child.is_alive():
+                child.kill()
+                child.join(5)
+        if in_main_thread:
+            signal.signal(signal.SIGTERM, previous[0])
+            signal.signal(signal.SIGINT, previous[1])
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -41,17 +90,18 @@ def main(argv: list[str] | None = None) -> int:
         parser.error("--max-batch-size and the limits must be positive")
     setup_logging(logging.WARNING)
     try:
-        serve(
-            args.run_dir,
-            backend=args.backend,
-            onnx_model=args.onnx_model,
-            host=args.host,
-            port=args.port,
-            accelerator=args.accelerator,
-            max_batch_size=args.max_batch_size,
-            batch_timeout=args.batch_timeout,
-            limits=Limits(args.max_texts, args.max_chars, args.max_body_bytes),
-        )
+        with children_stop_with_server():
+            serve(
+                args.run_dir,
+                backend=args.backend,
+                onnx_model=args.onnx_model,
+                host=args.host,
+                port=args.port,
+                accelerator=args.accelerator,
+                max_batch_size=args.max_batch_size,
+                batch_timeout=args.batch_timeout,
+                limits=Limits(args.max_texts, args.max_chars, args.max_body_bytes),
+            )
     except MTLError as err:
         print(f"error: {err}", file=sys.stderr)
         return 2

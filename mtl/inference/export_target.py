@@ -111,7 +111,7 @@ def staging_folder(out: Path) -> Path:
     """An empty hidden folder beside `out` to build the export in; leftovers of killed exports to
     the same `out` are removed first."""
     out.parent.mkdir(parents=True, exist_ok=True)
-    remove_orphaned_tmp(out.parent, prefix=f".{out.name}~")
+    remove_orphaned_tmp(out.parent, only=out.name)
     return make_tmp_dir(out)
 
 

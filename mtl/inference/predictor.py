@@ -30,6 +30,14 @@ import torch
 
 from mtl import portable
 from mtl.errors import PredictError
+from mtl.inference.checks import (
+    NAN_MODEL,
+    as_texts,
+    empty_positions,
+    refuse_non_finite,
+    refuse_overwriting_input,
+    warn_empty_texts,
+)
 from mtl.inference.runs import (
     PRECISIONS,
     label_thresholds,
@@ -37,15 +45,7 @@ from mtl.inference.runs import (
     predictor_from_run,
     resolve_device,
 )
-from mtl.inference.tables import (
-    DEFAULT_CHUNK_SIZE,
-    TableSource,
-    as_texts,
-    empty_positions,
-    predict_table,
-    refuse_overwriting_input,
-    warn_empty_texts,
-)
+from mtl.inference.tables import DEFAULT_CHUNK_SIZE, TableSource, predict_table
 from mtl.run.blend import BLEND_METHODS, blend
 
 # On a CPU, length-sorted batches of 16 texts ran 1.7× (PyTorch) to 2.4× (ONNX int8) faster than
@@ -68,18 +68,10 @@ class Predictor:
     """Per-task probabilities and labels for raw texts, from one or several (blended) models.
 
     Build it with `Predictor.from_run(run_dir)` or `Predictor.from_checkpoint(path)`.
-
-    predict_proba(texts) → {task: (N, C) float64 array}; columns in `classes[task]` order.
-        Single-label tasks: softmax probabilities. Multi-label: per-label sigmoid probabilities.
-        The `rank` blend gives the mean blend's probabilities (ranks only serve rank metrics
-        over a whole file, see mtl/run/blend.py), so a text gets the same label alone or in a batch.
-    predict(texts) → pandas DataFrame, one row per text: `text`, then per task the
-        `<task>_<class>` probability columns (class names as str) and `<task>_label`: the argmax
-        class for binary / multiclass tasks, the labels at or over their threshold joined with
-        "|" for multi-label tasks ("" if none).
-    labels(probs) → {task: list}: per text the class, or for multi-label the list of classes.
-    predict_file(input, output, text_column="text") → rows written: the input's columns plus the
-        prediction columns, streamed in chunks, written atomically.
+    Single-label tasks get softmax probabilities, multi-label tasks per-label sigmoids; the
+    `rank` blend gives the mean blend's probabilities (ranks only serve rank metrics over a
+    whole file, see mtl/run/blend.py), so a text gets the same label alone or in a batch.
+    Non-finite probabilities are never returned: `NonFiniteError` names the model and texts.
     """
 
     def __init__(
@@ -232,12 +224,18 @@ class Predictor:
             for index in portable.sorted_batches([len(x) for x in ids], size):
                 batch = collate([(0, ids[i], None, int(i)) for i in index])
                 inputs = self._inputs(batch["input_ids"], batch["attention_mask"])
-                for model, probs in zip(self.models, out, strict=True):
+                for k, (model, probs) in enumerate(zip(self.models, out, strict=True)):
                     for name, values in self._model_probabilities(model, inputs).items():
+                        what = f"{self._model_name(k)}, task '{name}',"
+                        refuse_non_finite(values, what, NAN_MODEL, index)
                         probs[name][index] = values
                 if progress is not None:
                     progress(len(index))
         return out
+
+    def _model_name(self, k: int) -> str:
+        source = f" ({self.sources[k]})" if k < len(self.sources) else ""
+        return f"Model {k + 1} of {len(self.models)}{source}"
 
     # --- the backend: PyTorch here; mtl.inference.onnx_predict.OnnxPredictor overrides these four --------
 
@@ -270,10 +268,13 @@ class Predictor:
 
     def blend(self, fold_probs: list[dict[str, np.ndarray]]) -> dict[str, np.ndarray]:
         """Per-model probabilities → {task: (N, C) float64}, with the run's blend method."""
-        return {
-            name: blend([p[name] for p in fold_probs], self.blend_method, self.fold_scores)
-            for name in self.metas
-        }
+        out = {}
+        for name in self.metas:
+            out[name] = blend([p[name] for p in fold_probs], self.blend_method, self.fold_scores)
+            what = f"The {self.blend_method} blend, task '{name}',"
+            why = f"the folds' scores, its weights, are {self.fold_scores}: retrain the folds."
+            refuse_non_finite(out[name], what, why)
+        return out
 
     def predict_proba(
         self, texts: Iterable, batch_size: int | None = None
@@ -300,7 +301,9 @@ class Predictor:
         return pd.DataFrame(columns)
 
     def predict(self, texts: Iterable, batch_size: int | None = None) -> pd.DataFrame:
-        """One row per text: `text`, then per task `<task>_<class>` probabilities and `<task>_label`."""
+        """One row per text: `text`, then per task the `<task>_<class>` probabilities (class
+        names as str) and `<task>_label`: the argmax class, or for multi-label tasks the labels
+        at or over their threshold joined with "|" ("" if none)."""
         texts = as_texts(texts)
         frame = self.frame(self.predict_proba(texts, batch_size))
         frame.insert(0, "text", texts)
@@ -315,14 +318,16 @@ class Predictor:
         chunk_size: int = DEFAULT_CHUNK_SIZE,
         batch_size: int | None = None,
         progress: bool | None = None,
+        prefix: str = "",
     ) -> int:
         """Predict every row of a CSV / TSV / Parquet / JSON Lines file; returns the row count.
 
         The output (format from its extension) keeps the input's columns and adds the
-        prediction columns. Both files are streamed `chunk_size` rows at a time; the output
-        appears only when complete (temp file + rename).
+        prediction columns, named `prefix` + `<task>_<class>` / `<task>_label`; an input column
+        of such a name is refused, never replaced. Both files are streamed `chunk_size` rows at
+        a time; the output appears only when complete (temp file + rename).
         `progress`: a tqdm bar (None: only when stderr is a terminal).
         """
         refuse_overwriting_input(input_path, output_path)
         source = TableSource(input_path, text_column, chunk_size)
-        return predict_table(self, source, Path(output_path), batch_size, progress)
+        return predict_table(self, source, Path(output_path), batch_size, progress, prefix)

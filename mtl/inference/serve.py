@@ -11,9 +11,11 @@ up to `max_batch_size` requests); each request is blended on its own (`Predictor
 no blend method can make its answer depend on what it was batched with.
 
 A request is checked before it reaches the model (`RequestGuard`): a body over `max_body_bytes`
-is refused with 413 as soon as it is that long, malformed JSON gets 400, a wrong shape 422, too
-many texts or too long a text 413; each as {"error": "..."} naming the problem. A bad request
-never joins a batch, so it cannot fail its batchmates' requests.
+is refused with 413 as soon as it is that long, malformed JSON gets 400, a wrong shape or a text
+that is not Unicode (a lone surrogate, "\ud800") 422, too many texts or too long a text 413;
+each as {"error": "..."} naming the problem. A bad request never joins a batch. Should a batch
+fail anyway, each of its requests is predicted alone, so only the one that fails alone gets an
+error (`RunAPI.predict`). `scripts/serve.py` stops every process it started on SIGTERM too.
 """
 
 from __future__ import annotations
@@ -24,6 +26,9 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import litserve as ls
+
+from mtl.errors import PredictError, first_line
+from mtl.inference.checks import NonFiniteError, lone_surrogate
 
 log = logging.getLogger(__name__)
 
@@ -66,6 +71,9 @@ def check_request(body: bytes, limits: Limits) -> tuple[int, str] | None:
             return 422, f"texts[{i}] is a {type(text).__name__}; every text must be a string."
         if len(text) > limits.max_chars:
             return 413, (f"texts[{i}] has {len(text)} characters; the limit is {limits.max_chars}.")
+        problem = lone_surrogate(text)
+        if problem is not None:
+            return 422, f"texts[{i}] is not Unicode text: {problem}. Send UTF-8 text."
     return None
 
 
@@ -168,6 +176,18 @@ class RunAPI(ls.LitAPI):
     def predict(self, requests):
         single = self.max_batch_size == 1  # then LitServe hands one request, not a list
         requests = [requests] if single else requests
+        try:
+            answers = self.answer(requests)
+        except Exception:
+            # LitServe fails every request of a batch that raises (Lightning-AI/LitServe#340), so
+            # a batch that fails is predicted request by request: only a request that fails
+            # alone gets an error.
+            if len(requests) > 1:
+                log.warning("a batch of %d requests failed; predicting each alone", len(requests))
+            answers = [self.answer_alone(request) for request in requests]
+        return answers[0] if single else answers
+
+    def answer(self, requests: list[list[str]]) -> list[list[dict]]:
         texts = [t for request in requests for t in request]
         fold_probs = self.predictor.fold_probabilities(texts)  # one pass over every request
         answers, start = [], 0
@@ -176,13 +196,41 @@ class RunAPI(ls.LitAPI):
             part = [{name: p[name][rows] for name in p} for p in fold_probs]
             answers.append(records(self.predictor, request, part))
             start += len(request)
-        return answers[0] if single else answers
+        return answers
+
+    def answer_alone(self, request: list[str]) -> list[dict] | Failure:
+        try:
+            return self.answer([request])[0]
+        except NonFiniteError as err:  # the model's fault, not the request's
+            log.error("%s", err)  # names the model's files: for the log, not for clients
+            return Failure(
+                500,
+                "The model gave non-finite probabilities (NaN or inf) for these texts, so there "
+                "is no answer to give; the server's log names the model.",
+            )
+        except PredictError as err:
+            return Failure(422, str(err))
+        except Exception as err:
+            log.exception("a request failed on its own")
+            return Failure(500, f"Prediction failed: {type(err).__name__}: {first_line(err)}")
 
     def unbatch(self, output):
         return output
 
     def encode_response(self, output):
+        if isinstance(output, Failure):  # a Response, not a raise: a raise fails the whole batch
+            from starlette.responses import JSONResponse
+
+            return JSONResponse({"error": output.message}, status_code=output.status)
         return {"predictions": output}
+
+
+@dataclass(frozen=True)
+class Failure:
+    """One request's error, answered as {"error": message} with `status`."""
+
+    status: int
+    message: str
 
 
 def serve(

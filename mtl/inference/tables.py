@@ -1,92 +1,40 @@
-"""Input and output tables for prediction, read and written in chunks (CSV, TSV, Parquet, JSON Lines)."""
+"""Input tables for prediction, read in chunks (CSV, TSV, Parquet, JSON Lines), and the loop of
+`predict_file` (its output side: mtl/inference/outputs.py)."""
 
 from __future__ import annotations
 
-import logging
-import math
-import os
-from collections.abc import Iterable, Iterator
+import csv
+from collections.abc import Iterator
 from pathlib import Path
 
 import pandas as pd
 
-from mtl.errors import PredictError, first_line, first_rows
+from mtl.errors import PredictError, first_line
+from mtl.inference.checks import (
+    as_texts,  # noqa: F401  (mtl/portable.py's comments point here)
+    empty_positions,
+    refuse_column_clashes,
+    warn_empty_texts,
+)
+from mtl.inference.outputs import (
+    output_format,
+    span,
+    write_frames,  # noqa: F401  (mtl/harness/bench imports it from here)
+    write_table,
+)
 from mtl.io import FILE_FORMATS, undecodable_at
 
-log = logging.getLogger(__name__)
-
-
 DEFAULT_CHUNK_SIZE = 10_000  # rows read, predicted and written at a time by predict_file
-
-
-def as_texts(texts: Iterable) -> list[str]:
-    """A list of str: a lone string is one text; None / NaN become ""."""
-    if isinstance(texts, str):
-        return [texts]
-    out = []
-    for t in texts:
-        if t is None or (isinstance(t, float) and math.isnan(t)):
-            out.append("")
-        else:
-            out.append(t if isinstance(t, str) else str(t))
-    return out
-
-
-def empty_positions(texts: list[str]) -> list[int]:
-    """0-based positions of texts that are empty or only whitespace."""
-    return [i for i, t in enumerate(texts) if not t.strip()]
-
-
-def warn_empty_texts(positions: list[int], total: int, source: str) -> None:
-    """An empty text still gets probabilities (the model's prior), which look like a confident
-    prediction about nothing: say so, with the numbers."""
-    if positions:
-        log.warning(
-            "%d of %d texts %s are empty or whitespace only (rows %s, 1-based): the model still "
-            "assigns them labels, which say nothing about any text. Remove those rows, or ignore "
-            "their predictions.",
-            len(positions),
-            total,
-            source,
-            first_rows(p + 1 for p in positions),
-        )
-
-
-def refuse_overwriting_input(input_path: str | Path, output_path: str | Path) -> None:
-    """Writing predictions over the input file would silently replace the user's data."""
-    source, target = Path(input_path), Path(output_path)
-    same = source.resolve() == target.resolve()
-    if not same and source.exists() and target.exists():
-        same = os.path.samefile(source, target)  # a hard link or another path to the same file
-    if same:
-        suggestion = target.with_name(f"{target.stem}_predictions{target.suffix}")
-        raise PredictError(
-            f"--output {target} is the input file {source}: writing the predictions there would "
-            f"replace your input. Pass another output path, e.g. --output {suggestion}."
-        )
-
-
-def join_columns(chunk: pd.DataFrame, predictions: pd.DataFrame) -> pd.DataFrame:
-    """Input columns, then prediction columns (a same-named input column is replaced)."""
-    kept = chunk.drop(columns=[c for c in predictions.columns if c in chunk.columns])
-    return pd.concat([kept, predictions.set_axis(chunk.index)], axis=1)
-
-
-def output_format(path: Path) -> str:
-    fmt = FILE_FORMATS.get(path.suffix.lower())
-    if fmt is None:
-        raise PredictError(
-            f"Cannot write {path}: unknown extension '{path.suffix}'. "
-            f"Use one of {', '.join(FILE_FORMATS)}."
-        )
-    return fmt
 
 
 class TableSource:
     """An input file read in chunks of `chunk_size` rows; can be read more than once.
 
     CSV / TSV cells are kept as text, exactly as in the file (empty cells stay ""); a blank
-    line is a row with an empty text (that is how a one-column file stores one).
+    line is a row with an empty text (that is how a one-column file stores one). Every chunk
+    has the first chunk's columns, in its order: a JSON Lines chunk without a key the first
+    chunk has gets empty cells (as one chunk of the whole file would); one without the text
+    column or with a key the first chunk lacks is refused.
     """
 
     def __init__(self, path: str | Path, text_column: str, chunk_size: int = DEFAULT_CHUNK_SIZE):
@@ -115,12 +63,29 @@ class TableSource:
                 ) from None
             self.total_rows = meta.num_rows
             self._check_columns(meta.schema.to_arrow_schema().names)
+        elif self.format in ("csv", "tsv"):
+            self._check_columns(self._csv_header(), missing_ok=True)  # pandas renames a, a → a.1
 
-    def _check_columns(self, columns) -> None:
-        if self.text_column not in columns:
+    def _csv_header(self) -> list[str]:
+        try:
+            with open(self.path, encoding="utf-8-sig", newline="") as handle:
+                return next(csv.reader(handle, delimiter="," if self.format == "csv" else "\t"), [])
+        except (UnicodeDecodeError, csv.Error):
+            return []  # chunks() says what is wrong with the file
+
+    def _check_columns(self, columns, missing_ok: bool = False) -> None:
+        columns = list(columns)
+        repeated = sorted({c for c in columns if c and columns.count(c) > 1})
+        if repeated:
+            raise PredictError(
+                f"Input file {self.path} has more than one column named {repeated}: the output "
+                "would keep only one of them, or rename the others. Give every column its own "
+                "name."
+            )
+        if self.text_column not in columns and not missing_ok:
             raise PredictError(
                 f"Input file {self.path} has no column '{self.text_column}' (the text column); "
-                f"its columns are {list(columns)}. Pass --text-column with one of them."
+                f"its columns are {columns}. Pass --text-column with one of them."
             )
 
     def _raw_chunks(self) -> Iterator[pd.DataFrame]:
@@ -146,9 +111,10 @@ class TableSource:
             if empty:
                 yield handle.schema_arrow.empty_table().to_pandas()
 
-    def chunks(self) -> Iterator[pd.DataFrame]:
+    def chunks(self) -> Iterator[tuple[int, pd.DataFrame]]:
+        """(0-based row of the chunk's first row, chunk), with the first chunk's columns."""
         reader = self._raw_chunks()
-        first = True
+        columns, start = None, 0
         while True:
             try:
                 chunk = next(reader)
@@ -167,73 +133,61 @@ class TableSource:
                 ) from None
             except (ValueError, pd.errors.ParserError, OSError) as err:
                 raise PredictError(f"Cannot parse {self.path}: {first_line(err)}") from None
-            if first:
+            if columns is None:
                 self._check_columns(chunk.columns)
-                first = False
-            yield chunk
-        if first:
+                columns = list(chunk.columns)
+            else:
+                chunk = self._conform(chunk, columns, start)
+            yield start, chunk
+            start += len(chunk)
+        if columns is None:
             raise PredictError(
                 f"Input file {self.path} is empty: it has no rows and no '{self.text_column}' column."
             )
 
-    def texts(self, chunk: pd.DataFrame) -> list[str]:
-        return as_texts(chunk[self.text_column].tolist())
+    def _conform(self, chunk: pd.DataFrame, columns: list[str], start: int) -> pd.DataFrame:
+        rows = f"{span(start, len(chunk))} of {self.path} (1-based)"
+        fix = (
+            f"Give every row the same keys, or pass a --chunk-size above the file's row count "
+            f"(now {self.chunk_size}) to read it as one chunk."
+        )
+        if self.text_column not in chunk.columns:
+            raise PredictError(
+                f"The text column '{self.text_column}' is missing from {rows}, a later chunk "
+                f"of the file. {fix}"
+            )
+        new = [c for c in chunk.columns if c not in columns]
+        if new:
+            raise PredictError(
+                f"Key(s) {new} first appear in {rows}: the output's columns are set by the "
+                f"first chunk of {self.chunk_size} rows. {fix}"
+            )
+        return chunk.reindex(columns=columns)  # a missing key: empty cells
 
-
-def write_frames(tmp: str, fmt: str, frames: Iterable[pd.DataFrame]) -> int:
-    """Write frames one after the other to `tmp` as one csv / tsv / jsonl / parquet file."""
-    rows = 0
-    if fmt == "parquet":
-        import pyarrow as pa
-        import pyarrow.parquet as pq
-
-        writer = None
-        try:
-            for frame in frames:
-                table = pa.Table.from_pandas(frame, preserve_index=False)
-                if writer is None:
-                    writer = pq.ParquetWriter(tmp, table.schema)
-                else:
-                    table = table.cast(writer.schema)
-                writer.write_table(table)
-                rows += len(frame)
-        finally:
-            if writer is not None:
-                writer.close()
-        return rows
-    with open(tmp, "w", encoding="utf-8", newline="") as handle:
-        for i, frame in enumerate(frames):
-            if fmt == "jsonl":
-                if len(frame):
-                    handle.write(
-                        frame.to_json(orient="records", lines=True, force_ascii=False).rstrip("\n")
-                        + "\n"
-                    )
-            else:
-                frame.to_csv(handle, index=False, header=i == 0, sep="," if fmt == "csv" else "\t")
-            rows += len(frame)
-    return rows
+    def texts(self, chunk: pd.DataFrame, start: int = 0) -> list[str]:
+        """The chunk's texts; `start`: its first row's 0-based row in the file, for errors."""
+        column = self.text_column
+        return as_texts(
+            chunk[column].tolist(),
+            where=lambda i: f"row {start + i + 1} of {self.path} (column '{column}')",
+        )
 
 
 def predict_table(
-    predictor, source: TableSource, output_path: Path, batch_size: int | None, progress: bool | None
+    predictor,
+    source: TableSource,
+    output_path: Path,
+    batch_size: int | None,
+    progress: bool | None,
+    prefix: str = "",
 ) -> int:
     """`Predictor.predict_file`: every chunk of `source` through `predictor`, the input's columns
-    plus the prediction columns written to `output_path` atomically; returns the row count."""
+    plus the prediction columns (named with `prefix`) written to `output_path` atomically;
+    returns the row count."""
     from tqdm.auto import tqdm
 
-    from mtl.io import atomic_write
-
     empty: list[int] = []  # positions of empty texts over the whole file
-    seen = [0]
-
-    def texts_of(chunk: pd.DataFrame) -> list[str]:
-        texts = source.texts(chunk)
-        empty.extend(seen[0] + i for i in empty_positions(texts))
-        seen[0] += len(texts)
-        return texts
-
-    fmt = output_format(output_path)
+    output_format(output_path)  # an unknown extension: refused before any work
     bar = tqdm(
         total=source.total_rows,
         unit="rows",
@@ -242,16 +196,19 @@ def predict_table(
     )
 
     def chunks() -> Iterator[pd.DataFrame]:
-        for chunk in source.chunks():
-            probs = predictor.blend(
-                predictor.fold_probabilities(texts_of(chunk), batch_size, bar.update)
-            )
-            yield join_columns(chunk, predictor.frame(probs))
+        outputs = [prefix + c for c in predictor.output_columns()]
+        for start, chunk in source.chunks():
+            if start == 0:  # the first chunk; later ones have its columns
+                refuse_column_clashes(source.path, list(chunk.columns), outputs, prefix)
+            texts = source.texts(chunk, start)
+            empty.extend(start + i for i in empty_positions(texts))
+            probs = predictor.blend(predictor.fold_probabilities(texts, batch_size, bar.update))
+            predictions = predictor.frame(probs).add_prefix(prefix).set_axis(chunk.index)
+            yield pd.concat([chunk, predictions], axis=1)
 
     try:
-        rows = []
-        atomic_write(output_path, lambda tmp: rows.append(write_frames(tmp, fmt, chunks())))
+        rows = write_table(output_path, chunks())
     finally:
         bar.close()
-    warn_empty_texts(empty, seen[0], f"in {source.path}")
-    return rows[0]
+    warn_empty_texts(empty, rows, f"in {source.path}")
+    return rows
