@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import sys
 from pathlib import Path
 
@@ -111,10 +112,7 @@ class ExportedModel:
     def encode(self, texts: list[str]) -> list[list[int]]:
         """Texts → token ids as the run made them: preprocessing, then truncation at max_length
         on the side the run's tokenizer cuts."""
-        if isinstance(texts, str):
-            texts = [texts]
-        # as mtl.inference.tables.as_texts: None and NaN (an empty cell) are empty texts
-        texts = ["" if t is None or (isinstance(t, float) and t != t) else str(t) for t in texts]
+        texts = as_texts(texts)  # the rule mtl's backends apply (mtl/inference/checks.py)
         if self.preprocess is not None:
             texts = [self.preprocess(t) for t in texts]
         return [e.ids for e in self.tokenizer.encode_batch(texts)]
@@ -177,18 +175,71 @@ def read_lines(path: Path) -> list[str]:
         ) from None
 
 
-def check_texts(texts: list[str]) -> list[str]:
-    """--text values as given; one that holds bytes the shell could not decode (non-UTF-8, which
-    Python keeps as lone surrogates) is a ValueError naming it, not a tokenizer traceback."""
-    for i, text in enumerate(texts, start=1):
-        try:
-            text.encode("utf-8")
-        except UnicodeEncodeError:
-            raise ValueError(
-                f"--text number {i} is not valid UTF-8 (the shell passed bytes that are not "
-                "UTF-8 text); pass it as UTF-8, or put the texts in a UTF-8 file for --input."
-            ) from None
-    return texts
+def lone_surrogate(text: str) -> str | None:
+    """None for Unicode text; else where it stops being Unicode. Python keeps a byte that is not
+    UTF-8 on the command line as a lone surrogate (U+DC80–U+DCFF), and JSON's unpaired "\\ud800"
+    escapes become one too; no tokenizer can read them (they raise deep inside it)."""
+    if text.isascii():
+        return None
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError as err:
+        code = ord(text[err.start])
+        origin = (
+            f"the byte 0x{code - 0xDC00:02x}, which is not UTF-8"
+            if 0xDC80 <= code <= 0xDCFF
+            else 'an unpaired escape such as "\\ud800"'
+        )
+        return f"character {err.start + 1} is U+{code:04X}, a lone surrogate ({origin})"
+    return None
+
+
+def _missing(value) -> bool:
+    """An empty cell: None, NaN (pandas' and numpy's float NaN), pandas.NA."""
+    if value is None or (isinstance(value, float) and math.isnan(value)):
+        return True
+    return type(value).__name__ == "NAType"  # pandas.NA, without importing pandas here
+
+
+def _listed(problems: list[str], limit: int = 3) -> str:
+    more = f" (and {len(problems) - limit} more)" if len(problems) > limit else ""
+    return "; ".join(problems[:limit]) + more
+
+
+def as_texts(texts, where=lambda i: f"text {i + 1}") -> list[str]:
+    """A list of str: a lone string is one text; an empty cell (None, NaN) is "".
+
+    Anything else is refused, naming its position (`where(i)` for 0-based `i`): a number or an
+    object (JSON Lines, Parquet) is not stringified into a text the model was never trained on,
+    as training refuses it too; a string that is not Unicode (a lone surrogate) cannot be
+    tokenized.
+    """
+    if isinstance(texts, str):
+        texts = [texts]
+    out, wrong_type, not_unicode = [], [], []
+    for i, text in enumerate(texts):
+        if isinstance(text, str):
+            problem = lone_surrogate(text)
+            if problem is not None:
+                not_unicode.append(f"{where(i)}: {problem}")
+            out.append(text)
+        elif _missing(text):
+            out.append("")
+        else:
+            wrong_type.append(f"{where(i)} is of type {type(text).__name__} ({str(text)[:40]!r})")
+    if wrong_type:
+        raise ValueError(
+            f"{len(wrong_type)} text(s) are not strings: {_listed(wrong_type)}. Only "
+            "strings are texts (numbers and objects are not turned into text, as in training): "
+            "make those cells strings, or choose the right text column."
+        )
+    if not_unicode:
+        raise ValueError(
+            f"{len(not_unicode)} text(s) are not Unicode: {_listed(not_unicode)}. Give "
+            "the texts as UTF-8 (on a command line, check the terminal's encoding: LANG, "
+            "LC_ALL), e.g. in a UTF-8 file with --input."
+        )
+    return out
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -207,7 +258,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.batch_size is not None and args.batch_size < 1:
         parser.error("--batch-size must be at least 1")
     try:
-        texts = check_texts(list(args.text)) + (
+        texts = as_texts(args.text, where=lambda i: f"--text number {i + 1}") + (
             [] if args.input is None else read_lines(args.input)
         )
         if not texts:

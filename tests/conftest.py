@@ -95,4 +95,6 @@ def blended_export(tiny_backbone, data_dir, tmp_path_factory) -> Path:
         ],
     )
     train(cfg)
-    return export_run(out / cfg.run.name, quantize="int8")
+    # a one-epoch tiny random model sits near its cuts, so int8 may flip a few labels: this
+    # fixture serves parity and serving tests; the agreement gate has its own (test_export_r2)
+    return export_run(out / cfg.run.name, quantize="int8", force=True)

@@ -4,7 +4,6 @@ probabilities), for every backend, the CLI, files and the HTTP API alike."""
 from __future__ import annotations
 
 import logging
-import math
 import os
 from collections.abc import Callable, Iterable
 from pathlib import Path
@@ -12,75 +11,20 @@ from pathlib import Path
 import numpy as np
 
 from mtl.errors import PredictError, first_rows
+from mtl.portable_model import as_texts as portable_texts
 
 log = logging.getLogger(__name__)
 
 
-def lone_surrogate(text: str) -> str | None:
-    """None for Unicode text; else where it stops being Unicode. Python keeps a byte that is not
-    UTF-8 on the command line as a lone surrogate (U+DC80–U+DCFF), and JSON's unpaired "\\ud800"
-    escapes become one too; no tokenizer can read them (they raise deep inside it)."""
-    if text.isascii():
-        return None
-    try:
-        text.encode("utf-8")
-    except UnicodeEncodeError as err:
-        code = ord(text[err.start])
-        origin = (
-            f"the byte 0x{code - 0xDC00:02x}, which is not UTF-8"
-            if 0xDC80 <= code <= 0xDCFF
-            else 'an unpaired escape such as "\\ud800"'
-        )
-        return f"character {err.start + 1} is U+{code:04X}, a lone surrogate ({origin})"
-    return None
-
-
-def _missing(value) -> bool:
-    """An empty cell: None, NaN (pandas' and numpy's float NaN), pandas.NA."""
-    if value is None or (isinstance(value, float) and math.isnan(value)):
-        return True
-    return type(value).__name__ == "NAType"  # pandas.NA, without importing pandas here
-
-
-def _listed(problems: list[str], limit: int = 3) -> str:
-    more = f" (and {len(problems) - limit} more)" if len(problems) > limit else ""
-    return "; ".join(problems[:limit]) + more
-
-
 def as_texts(texts: Iterable, where: Callable[[int], str] = lambda i: f"text {i + 1}") -> list[str]:
-    """A list of str: a lone string is one text; an empty cell (None, NaN) is "".
-
-    Anything else is refused, naming its position (`where(i)` for 0-based `i`): a number or an
-    object (JSON Lines, Parquet) is not stringified into a text the model was never trained on,
-    as training refuses it too; a string that is not Unicode (a lone surrogate) cannot be
-    tokenized.
-    """
-    if isinstance(texts, str):
-        texts = [texts]
-    out, wrong_type, not_unicode = [], [], []
-    for i, text in enumerate(texts):
-        if isinstance(text, str):
-            problem = lone_surrogate(text)
-            if problem is not None:
-                not_unicode.append(f"{where(i)}: {problem}")
-            out.append(text)
-        elif _missing(text):
-            out.append("")
-        else:
-            wrong_type.append(f"{where(i)} is of type {type(text).__name__} ({str(text)[:40]!r})")
-    if wrong_type:
-        raise PredictError(
-            f"{len(wrong_type)} text(s) are not strings: {_listed(wrong_type)}. Only "
-            "strings are texts (numbers and objects are not turned into text, as in training): "
-            "make those cells strings, or choose the right text column."
-        )
-    if not_unicode:
-        raise PredictError(
-            f"{len(not_unicode)} text(s) are not Unicode: {_listed(not_unicode)}. Give "
-            "the texts as UTF-8 (on a command line, check the terminal's encoding: LANG, "
-            "LC_ALL), e.g. in a UTF-8 file with --input."
-        )
-    return out
+    """A list of str: a lone string is one text; an empty cell (None, NaN) is "". Numbers,
+    objects and strings that are not Unicode are refused naming their position (`where(i)` for
+    0-based `i`). The rule is mtl/portable_model.py's, so the export's own runtime applies the
+    very same one."""
+    try:
+        return portable_texts(texts, where)
+    except ValueError as err:
+        raise PredictError(str(err)) from None
 
 
 def empty_positions(texts: list[str]) -> list[int]:

@@ -28,7 +28,8 @@ from pathlib import Path
 import litserve as ls
 
 from mtl.errors import PredictError, first_line
-from mtl.inference.checks import NonFiniteError, lone_surrogate
+from mtl.inference.checks import NonFiniteError
+from mtl.portable_model import lone_surrogate
 
 log = logging.getLogger(__name__)
 

@@ -111,8 +111,23 @@ def test_a_missing_or_non_utf8_input_file_is_a_clear_error(blended_export, tmp_p
     assert b"not UTF-8 text: byte 0xe9 on line 2" in bad.stderr and b"iconv" in bad.stderr
     assert bad.stdout == b""
     text = run_cli(blended_export, b"--text", b"caf\xe9")  # bytes the shell passed as they were
-    assert text.returncode == 2 and b"--text number 1 is not valid UTF-8" in text.stderr
+    assert text.returncode == 2 and b"--text number 1: character 4 is U+DCE9" in text.stderr
     assert b"Traceback" not in text.stderr
+
+
+@pytest.mark.parametrize("bad", [7, {"text": "hi"}, ["a"], "fine \ud800"])
+def test_the_exports_runtime_refuses_what_onnx_predictor_refuses(bad, blended_export):
+    """Numbers, objects and lone surrogates: one rule (mtl/portable_model.as_texts) for every
+    backend, so the copied runtime never stringifies a cell mtl's own predictors refuse."""
+    from mtl.inference.onnx_predict import load_runtime
+
+    with pytest.raises(PredictError, match="text 2") as ours:
+        OnnxPredictor.from_export(blended_export).predict_proba(["ok", bad])
+    runtime = load_runtime(blended_export).ExportedModel(str(blended_export), model="fp32")
+    with pytest.raises(ValueError, match="text 2") as theirs:
+        runtime.predict(["ok", bad])
+    assert str(theirs.value) == str(ours.value)
+    assert len(runtime.predict(["ok", None])) == 2  # an empty cell is an empty text, as in mtl
 
 
 def test_the_runtime_travels_as_two_files_and_says_so_when_one_is_missing(blended_export, tmp_path):

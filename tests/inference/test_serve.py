@@ -40,7 +40,9 @@ def run(tiny_backbone, data_dir, tmp_path_factory) -> Path:
     )
     train(cfg)
     run = out / cfg.run.name
-    export_run(run, quantize="int8")
+    # a one-epoch tiny random model sits near its cuts, so int8 may flip a few labels: this
+    # fixture serves parity and serving tests; the agreement gate has its own (test_export_r2)
+    export_run(run, quantize="int8", force=True)
     return run
 
 
