@@ -8,6 +8,7 @@ ran as separate jobs (`--folds 0,2`) and say which are missing.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import math
@@ -21,7 +22,7 @@ from box import Box
 
 from mtl.data.tasks import TaskMeta
 from mtl.errors import MTLError, first_line, first_rows
-from mtl.io import _to_builtin, default_mode, tmp_prefix
+from mtl.io import _to_builtin, default_mode, remove_orphaned_tmp, tmp_prefix
 from mtl.run.runfolder import run_lock
 from mtl.run.summary import KINDS, FoldFrames, summarise
 
@@ -87,6 +88,8 @@ def collect(cfg: Box, run_dir: Path) -> dict:
     from mtl.run.report import report_files
 
     with run_lock(run_dir):
+        with contextlib.suppress(OSError):  # a read-only folder is refused by the write below
+            remove_orphaned_tmp(run_dir)  # the staged files of a blend that was killed
         metas = read_metas(run_dir)
         folds = finished_folds(run_dir)
         if not folds:

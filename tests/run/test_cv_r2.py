@@ -262,6 +262,22 @@ def test_a_write_that_fails_midway_leaves_every_old_file_and_no_temp_file(
     assert snapshot(folder) == before  # every old file as it was, no temp file left
 
 
+def test_a_rerun_blend_removes_the_staged_files_of_a_killed_blend(run_copy, capsys):
+    from mtl.cli.blend import main
+    from mtl.io import tmp_prefix
+
+    _, folder = run_copy
+    dead = subprocess.run(
+        [sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True
+    ).stdout.strip()
+    host = tmp_prefix("x").split("@")[1].rstrip("~")
+    staged = folder / f".results.json~{dead}@{host}~abc123.tmp"  # kill -9 mid-blend
+    staged.write_text("partial")
+    assert main([str(folder)]) == 0
+    assert not staged.exists()
+    assert not [p.name for p in folder.iterdir() if p.name.endswith(".tmp")]
+
+
 def test_blend_on_a_read_only_mount_exits_2_with_nothing_written(run_copy):
     """The real thing where the kernel lets us bind-mount the folder read-only (root here);
     the monkeypatched tests above cover the same error path everywhere."""
