@@ -9,7 +9,6 @@ from pathlib import Path
 from mtl.config import load_config
 from mtl.errors import MTLError
 from mtl.run.cv import collect, headline
-from mtl.run.report import write_report
 from mtl.runtime import setup_logging
 
 
@@ -28,11 +27,11 @@ def main(argv: list[str] | None = None) -> int:
                 f"{args.run_dir} is not a run folder (no config.yaml / tasks.json). Pass checkpoints/<run>."
             )
         cfg = load_config(args.run_dir / "config.yaml")
+        # results.json, blended CSVs and report written together, or none (read-only, disk full)
         results = collect(cfg, args.run_dir)
-    except (MTLError, FileNotFoundError) as err:
+    except MTLError as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
-    write_report(args.run_dir, results)
     missing = results["missing_folds"]
     print(
         f"blended folds {results['folds']}"

@@ -11,15 +11,14 @@ weighted  average weighted by each fold's validation score
 from __future__ import annotations
 
 import numpy as np
-from sklearn.metrics import f1_score
 
 # blend() itself lives in mtl/portable.py, the file ONNX exports carry, so an export blends as the
 # run does; rank: decisions from the calibrated mean (see rank_blend)
 from mtl.portable import BLEND_METHODS, blend
 
 __all__ = [
-    "BLEND_METHODS", "blend", "cross_fit_thresholds", "rank_blend", "tune_binary_threshold",
-    "tune_thresholds",
+    "BLEND_METHODS", "blend", "cross_fit_thresholds", "fold_thresholds", "rank_blend",
+    "tune_binary_threshold", "tune_thresholds",
 ]  # fmt: skip
 
 
@@ -33,21 +32,50 @@ def rank_blend(fold_probs: list[np.ndarray]) -> np.ndarray:
     return (ranks / max(1, stack.shape[1] - 1)).mean(axis=0)
 
 
+def fold_thresholds(
+    probs: np.ndarray, labels: np.ndarray, fold: np.ndarray, tune=None
+) -> dict[int, list[float] | None]:
+    """Per fold k, the thresholds tuned on the other folds' rows (`tune`: tune_thresholds for
+    multi-label, tune_binary_threshold for binary); None for a fold alone, with nothing else to
+    tune on. The rule behind every fold and OOF score of a task with tuned thresholds."""
+    tune = tune or tune_thresholds
+    out: dict[int, list[float] | None] = {}
+    for k in np.unique(fold):
+        others = fold != k
+        out[int(k)] = tune(probs[others], labels[others]) if others.any() else None
+    return out
+
+
 def cross_fit_thresholds(
     probs: np.ndarray, labels: np.ndarray, fold: np.ndarray, tune=None
 ) -> np.ndarray:
     """Per-row thresholds, (N, C) multi-label or (N, 1) with `tune=tune_binary_threshold`: the
-    rows of fold k get thresholds tuned on the other folds' rows, so the out-of-fold score is not
-    measured on the rows that chose its thresholds. With one fold alone there is nothing else to
-    tune on: its rows get 0.5."""
+    rows of fold k get thresholds tuned on the other folds' rows (`fold_thresholds`), so the
+    out-of-fold score is not measured on the rows that chose its thresholds. With one fold alone
+    there is nothing else to tune on: its rows get 0.5."""
     tune = tune or tune_thresholds
     width = probs.shape[1] if tune is tune_thresholds else 1
     cut = np.full((len(probs), width), 0.5, dtype=np.float64)
-    for k in np.unique(fold):
-        mine = fold == k
-        if (~mine).any():
-            cut[mine] = tune(probs[~mine], labels[~mine])
+    for k, tuned in fold_thresholds(probs, labels, fold, tune).items():
+        if tuned is not None:
+            cut[fold == k] = tuned
     return cut
+
+
+def f1_rows(truth: np.ndarray, preds: np.ndarray) -> np.ndarray:
+    """(G,) F1 of the positive class for each row of `preds` (G, N) against `truth` (N,); 0 where
+    it is undefined: scikit-learn's f1_score with zero_division=0, as 2·tp / (2·tp + fp + fn),
+    for a whole threshold grid at once (the grid search would make thousands of sklearn calls)."""
+    truth = np.asarray(truth).astype(bool)
+    tp = (preds & truth).sum(axis=1)
+    wrong = (preds != truth).sum(axis=1)  # fp + fn
+    return np.where(tp + wrong > 0, 2 * tp / np.maximum(2 * tp + wrong, 1), 0.0)
+
+
+def _best_cut(scores: np.ndarray, grid: np.ndarray) -> float:
+    """The cut with the highest score; ties (np.isclose) → the one closest to 0.5."""
+    top = np.flatnonzero(np.isclose(scores, scores.max()))
+    return float(grid[top[np.argmin(np.abs(grid[top] - 0.5))]])
 
 
 def tune_binary_threshold(
@@ -55,28 +83,19 @@ def tune_binary_threshold(
 ) -> list[float]:
     """[t]: the cut on the second class's probability (of (N, 2) `probs`; `labels` (N,) class
     indices) that maximises macro-F1 over both classes, on `grid` (ties → closest to 0.5)."""
-    grid = np.round(np.arange(0.05, 0.951, 0.01), 2) if grid is None else grid
-    truth = np.asarray(labels).astype(int)
-    positive = np.asarray(probs)[:, 1]
-    scores = [
-        f1_score(
-            truth, (positive >= t).astype(int), average="macro", labels=[0, 1], zero_division=0
-        )
-        for t in grid
-    ]
-    top = np.flatnonzero(np.isclose(scores, max(scores)))
-    return [float(grid[top[np.argmin(np.abs(grid[top] - 0.5))]])]
+    grid = np.round(np.arange(0.05, 0.951, 0.01), 2) if grid is None else np.asarray(grid)
+    truth = np.asarray(labels).astype(int) == 1
+    preds = np.asarray(probs)[:, 1][None, :] >= grid[:, None]  # (G, N): second class called
+    return [_best_cut((f1_rows(truth, preds) + f1_rows(~truth, ~preds)) / 2, grid)]
 
 
 def tune_thresholds(
     probs: np.ndarray, labels: np.ndarray, grid: np.ndarray | None = None
 ) -> list[float]:
     """Per label, the threshold on `grid` that maximises that label's F1 (ties → closest to 0.5)."""
-    grid = np.round(np.arange(0.05, 0.951, 0.01), 2) if grid is None else grid
-    best = []
-    for c in range(probs.shape[1]):
-        truth = labels[:, c].astype(int)
-        scores = [f1_score(truth, (probs[:, c] >= t).astype(int), zero_division=0) for t in grid]
-        top = np.flatnonzero(np.isclose(scores, max(scores)))
-        best.append(float(grid[top[np.argmin(np.abs(grid[top] - 0.5))]]))
-    return best
+    grid = np.round(np.arange(0.05, 0.951, 0.01), 2) if grid is None else np.asarray(grid)
+    probs, labels = np.asarray(probs), np.asarray(labels)
+    return [
+        _best_cut(f1_rows(labels[:, c], probs[:, c][None, :] >= grid[:, None]), grid)
+        for c in range(probs.shape[1])
+    ]

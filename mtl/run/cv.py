@@ -1,4 +1,6 @@
-"""After the folds: out-of-fold predictions, tuned thresholds, blended test predictions, results.
+"""After the folds: read the run folder, blend what is finished, write results.json, the blended
+CSVs and the report, all or none, under the run lock. The arithmetic (thresholds, cross-fitting,
+blends, scores) is mtl/run/summary.py, which touches no file.
 
 Works from the run folder alone, so `scripts/blend.py checkpoints/<run>` can combine folds that
 ran as separate jobs (`--folds 0,2`) and say which are missing.
@@ -6,8 +8,12 @@ ran as separate jobs (`--folds 0,2`) and say which are missing.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
+import math
+import os
+import tempfile
 from pathlib import Path
 
 import numpy as np
@@ -15,16 +21,10 @@ import pandas as pd
 from box import Box
 
 from mtl.data.tasks import TaskMeta
-from mtl.errors import MTLError, first_line
-from mtl.io import write_csv, write_json
-from mtl.model.metrics import majority_baseline, monitor_key, score_arrays
-from mtl.run.blend import (
-    blend,
-    cross_fit_thresholds,
-    rank_blend,
-    tune_binary_threshold,
-    tune_thresholds,
-)
+from mtl.errors import MTLError, first_line, first_rows
+from mtl.io import _to_builtin, default_mode, remove_orphaned_tmp, tmp_prefix
+from mtl.run.runfolder import run_lock
+from mtl.run.summary import KINDS, FoldFrames, summarise
 
 log = logging.getLogger(__name__)
 
@@ -49,10 +49,17 @@ def finished_folds(run_dir: Path) -> dict[int, dict]:
 
 
 def read_metas(run_dir: Path) -> dict[str, TaskMeta]:
-    return {
-        name: TaskMeta(**meta)
-        for name, meta in json.loads((run_dir / "tasks.json").read_text()).items()
-    }
+    path = run_dir / "tasks.json"
+    try:
+        return {
+            name: TaskMeta(**meta)
+            for name, meta in json.loads(path.read_text(encoding="utf-8")).items()
+        }
+    except (OSError, ValueError, TypeError, AttributeError) as err:
+        raise MTLError(
+            f"Cannot read the run's tasks from {path}: {first_line(err)}. Training writes it "
+            f"before the first fold; rerun scripts/train.py with this run's config to rewrite it."
+        ) from None
 
 
 def selection_note(cfg: Box) -> str:
@@ -68,90 +75,87 @@ def selection_note(cfg: Box) -> str:
 
 
 def collect(cfg: Box, run_dir: Path) -> dict:
-    """Summarise every finished fold of the run in `run_dir`; write results.json and the CSVs.
+    """Blend every fold finished at this moment; write results.json, the blended CSVs and the
+    report together; return the results (mtl/run/summary.py computes them).
 
     Headline `score`: the mean primary metric of the tasks' val sets (val files, or rows held out
     of the training file), blended over folds: rows nothing was trained or chosen on. The fold and
-    OOF scores come from the rows that chose each fold's epoch and are labelled selection-biased."""
-    metas = read_metas(run_dir)
-    folds = finished_folds(run_dir)
-    expected = list(range(max(1, cfg.cv.n_splits)))
-    missing = [k for k in expected if k not in folds]
-    if not folds:
-        raise FileNotFoundError(f"{run_dir} has no finished fold (no fold_*/metrics.json)")
-    if missing:
-        log.warning(
-            "blending %d of %d folds; missing folds: %s", len(folds), len(expected), missing
-        )
-    scores = [fm["metrics"].get("val/score", 0.0) for fm in folds.values()]
-    monitored = [_monitored(cfg, fm) for fm in folds.values()]
-    overlap_path = run_dir / "overlap.json"
-    overlap = json.loads(overlap_path.read_text()) if overlap_path.is_file() else {}
-    results: dict = {
-        "run": cfg.run.name,
-        "n_splits": max(1, cfg.cv.n_splits),
-        "folds": list(folds),
-        "missing_folds": missing,
-        "monitor": cfg.monitor.metric,
-        "blend": cfg.cv.blend,
-        "score": None,
-        "score_rows": "each task's val set (its val file, or rows held out of its training file), "
-        "blended over folds: never trained on, never used to choose anything",
-        "selected_on": selection_note(cfg),
-        "selection_biased": cfg.cv.selection == "best",
-        "selection_score": float(np.mean(monitored)),
-        "selection_score_std": float(np.std(monitored)),
-        "thresholds": {},
-        "tasks": {},
-    }
-    oof_scores, test_scores, val_scores = [], [], []
-    for name, meta in metas.items():
-        entry = fold_table(name, folds)
-        entry["val_source"] = "file" if cfg.tasks[name].val else "held out of the training file"
-        entry["overlap_with_training"] = overlap.get(name, {})
-        oof = read_fold_frames(run_dir, folds, f"val_{name}.csv")
-        probs, truth = (None, None) if oof is None else (_probs(oof, meta), _truth(oof, meta))
-        tunable = meta.multilabel or meta.type == "binary"
-        tuned = oof is not None and tunable and cfg.tasks[name].threshold == "tuned"
-        tune = tune_thresholds if meta.multilabel else tune_binary_threshold
-        thresholds = tune(probs, truth) if tuned else None
-        thresholds = thresholds or meta.threshold or None
-        if thresholds is not None:
-            results["thresholds"][name] = thresholds
-        if oof is not None and cfg.cv.n_splits > 1:
-            # cross-fitted: fold k's rows are scored with thresholds tuned on the other folds
-            cut = (
-                cross_fit_thresholds(probs, truth, oof["fold"].to_numpy(), tune)
-                if tuned
-                else thresholds
+    OOF scores come from the rows that chose each fold's epoch and are labelled selection-biased.
+
+    Under the run lock: fold jobs of one run (a SLURM array) each blend when they finish, and a
+    blend that read fewer folds must never land after one that read more. Inside the lock the
+    folds are read, so the last blend written has every fold finished by then."""
+    from mtl.run.report import report_files
+
+    with run_lock(run_dir):
+        with contextlib.suppress(OSError):  # a read-only folder is refused by the write below
+            remove_orphaned_tmp(run_dir)  # the staged files of a blend that was killed
+        metas = read_metas(run_dir)
+        folds = finished_folds(run_dir)
+        if not folds:
+            raise MTLError(
+                f"{run_dir} has no finished fold (no fold_<k>/metrics.json): nothing to blend. "
+                f"Train at least one fold first (scripts/train.py --folds 0 with this run's config)."
             )
-            entry["oof"] = score_arrays(meta, probs, truth, cut)
-            entry["oof_rows"] = len(oof)
-            entry["oof_baseline"] = majority_baseline(meta, truth)
-            oof_scores.append(entry["oof"][meta.primary_metric])
-            write_csv(run_dir / f"oof_{name}.csv", oof)
-        for kind in ("test", "valfile"):
-            blended = blend_kind(run_dir, folds, kind, meta, cfg.cv.blend, scores, thresholds)
-            if blended is None:
-                continue
-            frame, score, truth = blended
-            write_csv(run_dir / f"{'test' if kind == 'test' else 'val'}_{name}.csv", frame)
-            if score is not None:
-                entry[f"{kind}_blended"] = score
-                primary = score[meta.primary_metric]
-                (test_scores if kind == "test" else val_scores).append(primary)
-                if kind == "valfile":
-                    entry["baseline"] = majority_baseline(meta, truth)
-        results["tasks"][name] = entry
-    if val_scores:
-        results["score"] = float(np.mean(val_scores))
-        results["score_tasks"] = [n for n, e in results["tasks"].items() if "valfile_blended" in e]
-    if oof_scores:
-        results["oof_score"] = float(np.mean(oof_scores))
-    if test_scores and len(test_scores) == len(metas):
-        results["test_score"] = float(np.mean(test_scores))
-    write_json(run_dir / "results.json", results)
+        summary = summarise(
+            cfg, metas, folds, read_predictions(run_dir, folds, metas, cfg.cv.blend),
+            read_overlap(run_dir), selection_note(cfg),
+        )  # fmt: skip
+        results = summary.results
+        if results["missing_folds"]:
+            log.warning(
+                "blending %d of %d folds; missing folds: %s",
+                len(folds), results["n_splits"], results["missing_folds"],
+            )  # fmt: skip
+        files: dict[str, str | bytes | pd.DataFrame] = dict(summary.tables)
+        files.update(report_files(run_dir, results))
+        files["results.json"] = json.dumps(results, indent=2, default=_to_builtin) + "\n"
+        try:
+            write_together(run_dir, files)
+        except OSError as err:
+            raise MTLError(
+                f"Cannot write the blend into run folder {run_dir}: {type(err).__name__}: "
+                f"{first_line(err)}. Nothing in the folder was changed: results.json, the blended "
+                f"CSVs and the report are as they were (each file is staged beside its place and "
+                f"renamed in only once all are written). Make the folder writable or free disk "
+                f"space, then run scripts/blend.py {run_dir} again; or copy the folder somewhere "
+                f"writable and blend the copy."
+            ) from None
     return results
+
+
+def write_together(folder: Path, files: dict[str, str | bytes | pd.DataFrame]) -> None:
+    """Write every file or none: each is staged as a temp file beside its place (mtl.io's temp
+    names, so remove_orphaned_tmp clears a killed writer's), and only once all are staged are they
+    renamed in, in the given order (results.json last). On an error (read-only folder, disk full)
+    the staged files are removed and the old ones stay as they were."""
+    staged: list[tuple[str, Path]] = []
+    try:
+        for name, content in files.items():
+            fd, tmp = tempfile.mkstemp(prefix=tmp_prefix(name), suffix=".tmp", dir=folder)
+            os.close(fd)
+            staged.append((tmp, folder / name))
+            write_file(tmp, content)
+            os.chmod(tmp, default_mode())  # mkstemp creates 0600
+        for tmp, path in staged:
+            os.replace(tmp, path)
+    finally:
+        for tmp, _ in staged:
+            Path(tmp).unlink(missing_ok=True)
+
+
+def write_file(path: str, content: str | bytes | pd.DataFrame) -> None:
+    if isinstance(content, pd.DataFrame):
+        content.to_csv(path, index=False)
+    else:
+        data = content.encode("utf-8") if isinstance(content, str) else content
+        with open(path, "wb") as handle:
+            handle.write(data)
+
+
+def read_overlap(run_dir: Path) -> dict:
+    path = run_dir / "overlap.json"
+    return json.loads(path.read_text()) if path.is_file() else {}
 
 
 def headline(results: dict) -> str:
@@ -170,80 +174,67 @@ def headline(results: dict) -> str:
     )
 
 
-def _monitored(cfg: Box, fold_metrics: dict) -> float:
-    return float(fold_metrics["metrics"].get(monitor_key(cfg), float("nan")))
+def read_predictions(
+    run_dir: Path, folds: dict[int, dict], metas: dict[str, TaskMeta], method: str
+) -> dict[str, dict[str, FoldFrames]]:
+    """task → kind → fold → fold_<k>/<kind>_<task>.csv, every probability checked to be a
+    finite number in [0, 1]: a fold that trained to NaN is refused, never blended."""
+    if method == "weighted":  # the weights are the folds' scores
+        for k, fm in folds.items():
+            score = fm.get("metrics", {}).get("val/score", 0.0)
+            if not isinstance(score, int | float) or not math.isfinite(score):
+                raise MTLError(
+                    f"Fold {k}'s val/score in {run_dir / f'fold_{k}' / 'metrics.json'} is "
+                    f"{score!r}, so it cannot weight the blend (cv.blend=weighted). "
+                    + retrain_hint(run_dir, k)
+                )
+    out: dict[str, dict[str, FoldFrames]] = {}
+    for name, meta in metas.items():
+        for kind in KINDS:
+            for k in folds:
+                path = run_dir / f"fold_{k}" / f"{kind}_{name}.csv"
+                if path.is_file():
+                    frame = read_prediction_file(path, meta, run_dir, k)
+                    out.setdefault(name, {}).setdefault(kind, {})[k] = frame
+    return out
 
 
-def fold_table(name: str, folds: dict[int, dict]) -> dict:
-    """Per fold, this task's validation metrics at the best epoch; mean and std over folds."""
-    prefix = f"val/{name}/"
-    per_fold = {
-        str(k): {m[len(prefix) :]: v for m, v in fm["metrics"].items() if m.startswith(prefix)}
-        for k, fm in folds.items()
-    }
-    names = sorted({m for values in per_fold.values() for m in values})
-    return {
-        "folds": per_fold,
-        "mean": {m: float(np.mean([v[m] for v in per_fold.values() if m in v])) for m in names},
-        "std": {m: float(np.std([v[m] for v in per_fold.values() if m in v])) for m in names},
-    }
+def read_prediction_file(path: Path, meta: TaskMeta, run_dir: Path, fold: int) -> pd.DataFrame:
+    try:
+        frame = pd.read_csv(path, keep_default_na=False)  # a text "nan" stays a text
+    except (OSError, ValueError) as err:
+        raise MTLError(
+            f"Cannot read fold {fold}'s predictions {path}: {first_line(err)}. "
+            + retrain_hint(run_dir, fold)
+        ) from None
+    columns = meta.prob_columns()
+    missing = [c for c in ["row", "text", *columns] if c not in frame.columns]
+    if missing:
+        raise MTLError(
+            f"Fold {fold}'s predictions {path} lack the column(s) {missing}. "
+            + retrain_hint(run_dir, fold)
+        )
+    raw = frame[columns]
+    probs = raw.apply(pd.to_numeric, errors="coerce").to_numpy(dtype=np.float64)
+    # float32 softmax / sigmoid can land a hair outside [0, 1]; anything further is not a probability
+    bad = ~np.isfinite(probs) | (probs < -1e-6) | (probs > 1 + 1e-6)
+    if bad.any():
+        i, c = np.argwhere(bad)[0]
+        rows = frame["row"].to_numpy()[bad.any(axis=1)]
+        raise MTLError(
+            f"Fold {fold}'s predictions {path} hold {int(bad.sum())} value(s) that are not "
+            f"probabilities (finite numbers in [0, 1]) in {int(bad.any(axis=1).sum())} row(s) "
+            f"(rows {first_rows(rows)}; e.g. {columns[c]} = {raw.iat[i, c]!r}): the fold's model "
+            f"trained to NaN or infinity, or the file was damaged. Blending refuses it rather "
+            f"than write NaN. " + retrain_hint(run_dir, fold)
+        )
+    frame[columns] = probs
+    return frame
 
 
-def read_fold_frames(run_dir: Path, folds: dict[int, dict], filename: str) -> pd.DataFrame | None:
-    """Concatenate fold_<k>/<filename> (each fold's own validation rows) with a fold column."""
-    frames = []
-    for k in folds:
-        path = run_dir / f"fold_{k}" / filename
-        if path.is_file():
-            frame = pd.read_csv(path, keep_default_na=False)
-            frame.insert(1, "fold", k)
-            frames.append(frame)
-    if not frames:
-        return None
+def retrain_hint(run_dir: Path, fold: int) -> str:
     return (
-        pd.concat(frames, ignore_index=True)
-        .sort_values(["row", "fold"], kind="stable")
-        .reset_index(drop=True)
+        f"Delete the folder {run_dir / f'fold_{fold}'} and retrain that fold (python "
+        f"scripts/train.py --config {run_dir / 'config.yaml'} --folds {fold}; if its loss "
+        f"diverged, with a lower learning rate in a new run); the other folds are kept."
     )
-
-
-def blend_kind(
-    run_dir: Path,
-    folds: dict[int, dict],
-    kind: str,
-    meta: TaskMeta,
-    method: str,
-    fold_scores: list[float],
-    thresholds: list[float] | None,
-) -> tuple[pd.DataFrame, dict | None, np.ndarray | None] | None:
-    """Blend fold_<k>/<kind>_<task>.csv over folds → (frame with probabilities and labels, score,
-    true labels or None). With the rank blend the frame also holds `<task>_<class>_rank` columns,
-    and AUROC is computed from them; labels and the other metrics come from the mean blend."""
-    frames = {k: run_dir / f"fold_{k}" / f"{kind}_{meta.name}.csv" for k in folds}
-    present = {k: pd.read_csv(p, keep_default_na=False) for k, p in frames.items() if p.is_file()}
-    if not present:
-        return None
-    first = next(iter(present.values()))
-    per_fold = [f[meta.prob_columns()].to_numpy() for f in present.values()]
-    probs = blend(
-        per_fold, method, [s for k, s in zip(folds, fold_scores, strict=True) if k in present]
-    )
-    frame = first[["row", "text"]].copy()
-    frame[meta.prob_columns()] = probs
-    ranks = rank_blend(per_fold) if method == "rank" else None
-    if ranks is not None:
-        frame[[f"{c}_rank" for c in meta.prob_columns()]] = ranks
-    frame[f"{meta.name}_label"] = meta.label_column(probs, thresholds)
-    if not all(c in first.columns for c in meta.truth_columns()):
-        return frame, None, None
-    truth = _truth(first, meta)
-    return frame, score_arrays(meta, probs, truth, thresholds, rank_scores=ranks), truth
-
-
-def _probs(frame: pd.DataFrame, meta: TaskMeta) -> np.ndarray:
-    return frame[meta.prob_columns()].to_numpy(dtype=np.float64)
-
-
-def _truth(frame: pd.DataFrame, meta: TaskMeta) -> np.ndarray:
-    values = frame[meta.truth_columns()].to_numpy()
-    return values if meta.multilabel else values[:, 0].astype(np.int64)

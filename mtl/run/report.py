@@ -3,12 +3,11 @@ and report.md (the CV table), from the run folder's CSV logs and results."""
 
 from __future__ import annotations
 
+import io
 import math
 from pathlib import Path
 
 import pandas as pd
-
-from mtl.io import atomic_write, write_text
 
 
 def epoch_history(run_dir: Path, fold: int) -> pd.DataFrame | None:
@@ -25,20 +24,23 @@ def epoch_history(run_dir: Path, fold: int) -> pd.DataFrame | None:
     return frame.groupby("epoch").last().reset_index()
 
 
-def write_report(run_dir: Path, results: dict) -> None:
+def report_files(run_dir: Path, results: dict) -> dict[str, str | bytes]:
+    """{"report.md": text, "report.png": PNG bytes (when a fold logged epochs)}, for the blend to
+    write together with results.json (mtl/run/cv.py)."""
     from mtl.run.cv import read_metas
 
+    files: dict[str, str | bytes] = {"report.md": markdown_table(results)}
     histories = {k: h for k in results["folds"] if (h := epoch_history(run_dir, k)) is not None}
     if histories:
         primaries = {name: meta.primary_metric for name, meta in read_metas(run_dir).items()}
-        plot_history(run_dir / "report.png", histories, results, primaries)
-    write_text(run_dir / "report.md", markdown_table(results))
+        files["report.png"] = plot_history(histories, results, primaries)
+    return files
 
 
 def plot_history(
-    path: Path, histories: dict[int, pd.DataFrame], results: dict, primaries: dict[str, str]
-) -> None:
-    """`primaries`: per task, the metric of the middle row (its task type's primary metric)."""
+    histories: dict[int, pd.DataFrame], results: dict, primaries: dict[str, str]
+) -> bytes:
+    """The PNG. `primaries`: per task, the metric of the middle row (its type's primary metric)."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -78,8 +80,10 @@ def plot_history(
         + (" (selection rows)" if results.get("selection_biased", True) else "")
     )
     fig.tight_layout()
-    atomic_write(path, lambda tmp: fig.savefig(tmp, dpi=90, format="png"))
+    png = io.BytesIO()
+    fig.savefig(png, dpi=90, format="png")
     plt.close(fig)
+    return png.getvalue()
 
 
 def markdown_table(results: dict) -> str:
@@ -96,13 +100,17 @@ def markdown_table(results: dict) -> str:
         f"Checkpoint chosen by: {results.get('selected_on', 'the monitored metric')}. "
         + (
             "The per-fold, mean ± std and OOF columns score those same rows, so they are "
-            "**selection-biased** (optimistic); OOF multi-label thresholds are cross-fitted. "
+            "**selection-biased** (optimistic). "
             if biased
             else "The per-fold and OOF columns score each fold's validation rows; nothing was "
             "chosen on them. "
         )
-        + f"Fold `{results['monitor']}`: {results['selection_score']:.4f} ± "
-        f"{results['selection_score_std']:.4f} over folds {results['folds']}"
+        + "Every column is scored from the folds' prediction files, each task under one "
+        "threshold rule (see *Decision thresholds* below). "
+        + f"Fold `{results['monitor']}` as logged in training (at the configured thresholds; "
+        f"it chose the epochs and weights the `weighted` blend): "
+        f"{results['selection_score']:.4f} ± {results['selection_score_std']:.4f} over folds "
+        f"{results['folds']}"
         + (f" (missing: {results['missing_folds']})" if results["missing_folds"] else "")
         + ". The majority baseline predicts the most frequent class (label set) of the val set."
     )
@@ -141,13 +149,39 @@ def markdown_table(results: dict) -> str:
                 for t, o in overlap.items()
             ),
         ]
-    if results.get("thresholds"):
-        lines += [
-            "",
-            "Decision thresholds (multi-label: per label; binary: on the second class): "
-            + "; ".join(f"{t}: {v}" for t, v in results["thresholds"].items()),
-        ]
+    lines += ["", *threshold_notes(results)]
     return "\n".join(lines) + "\n"
+
+
+def threshold_notes(results: dict) -> list[str]:
+    """Per task, which rows chose the thresholds of each column (mtl/run/summary.py's rules)."""
+    lines = [
+        "Decision thresholds (multi-label: per label; binary: on the second class), per column:"
+    ]
+    for task, entry in results["tasks"].items():
+        rule = entry.get("threshold_rule")
+        blends = results.get("thresholds", {}).get(task)
+        if rule == "tuned":
+            folds = "; ".join(
+                f"fold {k}: {_cut(v)}" for k, v in entry.get("fold_thresholds", {}).items()
+            )
+            lines.append(
+                f"- {task}: **tuned**. Fold columns, fold mean ± std and OOF: each fold's rows "
+                f"at thresholds tuned on the other finished folds' validation rows (cross-fitted; "
+                f"a fold alone keeps 0.5): {folds}. Val set and test (blended), `Predictor` and "
+                f"exports: tuned on every OOF row (all folds' validation rows): {_cut(blends)}."
+            )
+        elif rule == "fixed":
+            lines.append(f"- {task}: fixed {_cut(blends)} (config) in every column.")
+        elif rule == "argmax":
+            lines.append(f"- {task}: argmax (no thresholds) in every column.")
+        elif blends is not None:  # a results.json written before threshold rules were recorded
+            lines.append(f"- {task}: {_cut(blends)}")
+    return lines
+
+
+def _cut(values) -> str:
+    return "—" if values is None else "[" + ", ".join(f"{v:g}" for v in values) + "]"
 
 
 def _fmt(value) -> str:

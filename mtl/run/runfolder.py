@@ -7,12 +7,14 @@ run never mixes folds of two configs; a folder with no fold work yet simply star
 
 Locks are advisory `flock`s, released by the kernel when their process dies, so a killed run
 never blocks the next one: `run_lock` (held for the few seconds that check and write the
-folder's identity; fold jobs of one run wait for each other) and `fold_lock` (held while a fold
+folder's identity, and while the finished folds are blended; fold jobs of one run wait for each
+other) and `fold_lock` (held while a fold
 trains; a second process that wants the same fold stops with a message naming the holder).
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import os
@@ -27,7 +29,7 @@ import pandas as pd
 from box import Box
 
 from mtl.config import DEFAULTS, TASK_DEFAULTS, load_config, to_dict
-from mtl.errors import ConfigError, MTLError
+from mtl.errors import ConfigError, MTLError, first_line
 from mtl.io import file_sha256, read_json_object, write_json
 
 log = logging.getLogger(__name__)
@@ -227,8 +229,15 @@ def _flock(path: Path, wait: bool, busy: str) -> Iterator[None]:
     except ImportError:  # no flock (Windows): no locking
         yield
         return
-    path.parent.mkdir(parents=True, exist_ok=True)
-    handle = open(path, "a+", encoding="utf-8")  # never deleted: unlinking races with flock
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        handle = open_lock_file(path)
+    except OSError as err:  # a read-only folder or file system, a full disk, no permission
+        raise MTLError(
+            f"Cannot open the lock file {path}: {type(err).__name__}: {first_line(err)}. mtl takes "
+            f"it before it writes into the run folder {path.parent}, so nothing there was "
+            f"changed. Make the folder writable (or free disk space) and run the command again."
+        ) from None
     try:
         try:
             fcntl.flock(handle, fcntl.LOCK_EX | (0 if wait else fcntl.LOCK_NB))
@@ -236,17 +245,27 @@ def _flock(path: Path, wait: bool, busy: str) -> Iterator[None]:
             handle.seek(0)
             holder = handle.read().strip() or "another process"
             raise RunFolderBusy(busy.format(holder=holder)) from None
-        handle.seek(0)
-        handle.truncate()
-        handle.write(_holder() + "\n")
-        handle.flush()
+        try:  # the holder's name only informs a waiting process: a full disk must not stop us
+            handle.seek(0)
+            handle.truncate()
+            handle.write(_holder() + "\n")
+            handle.flush()
+        except OSError:
+            pass
         yield
     finally:
-        handle.close()  # closing releases the lock
+        with contextlib.suppress(OSError):  # a buffered holder line that cannot be flushed
+            handle.close()  # closing releases the lock
+
+
+def open_lock_file(path: Path):
+    """Opened for writing the holder's name: never deleted, as unlinking races with flock."""
+    return open(path, "a+", encoding="utf-8")
 
 
 def run_lock(run_dir: Path):
-    """Held while a process checks and writes the run folder's identity (seconds)."""
+    """Held while a process checks and writes the run folder's identity, and while it blends the
+    finished folds (seconds each), so fold jobs of one run take turns."""
     return _flock(run_dir / ".lock", wait=True, busy="")
 
 

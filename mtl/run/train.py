@@ -25,7 +25,6 @@ from mtl.errors import ConfigError
 from mtl.io import make_tmp_dir, remove_orphaned_tmp, write_csv, write_json
 from mtl.run.cv import collect
 from mtl.run.fit import fit_fold
-from mtl.run.report import write_report
 from mtl.run.runfolder import check_and_record, fold_lock, run_identity, run_lock
 
 log = logging.getLogger("mtl")
@@ -103,7 +102,8 @@ def save_tokenizer(tokenizer, folder: Path) -> None:
 
 
 def train(cfg: Box) -> dict:
-    """Train every fold of `cfg` (skipping finished ones), then blend and write results.json.
+    """Train every fold of `cfg` (skipping finished ones), then blend every finished fold of the
+    run folder and write results.json and the report.
 
     Under DDP every rank calls this; rank 0 returns the results, the other ranks `{}`."""
     run_dir, dm = prepare(cfg)
@@ -115,6 +115,6 @@ def train(cfg: Box) -> dict:
             fit_fold(cfg, k, run_dir, dm)
     if global_rank() != 0:
         return {}  # under DDP rank 0 alone blends and writes the run's results
-    results = collect(cfg, run_dir)
-    write_report(run_dir, results)
-    return results
+    # under the run lock, from every fold finished by then: a fold job that finishes first
+    # never overwrites the blend of one that saw more folds (mtl/run/cv.py)
+    return collect(cfg, run_dir)
