@@ -77,9 +77,9 @@ def make_loader(
     extra = {"batches_done": batches_done} if train else {}
     return (TrainLoader if train else DataLoader)(
         dataset,
-        # each iterator draws its workers' base seed from this generator, not the global one: a
-        # fold resumed mid-epoch creates its iterators after restoring the RNG state, where the
-        # uninterrupted fold had drawn before the checkpoint, and dropout would differ
+        # each iterator draws a base seed (for worker processes) from this generator, not the
+        # global RNG: a fold resumed mid-epoch creates its iterators after restoring the RNG
+        # state, where the uninterrupted fold had drawn before the checkpoint (other dropout)
         generator=torch.Generator().manual_seed(sampler.seed),
         batch_sampler=sampler,
         collate_fn=collator,

@@ -96,10 +96,9 @@ class StopOnNonFinite(L.Callback):
         finite = bool(torch.isfinite(loss.detach()).all())
         # every rank decides together: a rank that stopped alone would leave the others waiting
         if trainer.strategy.reduce_boolean_decision(not finite, all=False):
+            value = "non-finite on another process" if finite else loss.item()
             where = f"in batch {batch_idx} of epoch {trainer.current_epoch}"
-            raise TrainingDiverged(
-                self.message(trainer, f"training loss became {loss.item()}", where)
-            )
+            raise TrainingDiverged(self.message(trainer, f"training loss became {value}", where))
 
     def on_validation_start(self, trainer, module) -> None:
         if trainer.state.fn == "fit":
@@ -109,8 +108,9 @@ class StopOnNonFinite(L.Callback):
         self.check_weights(trainer, module)
 
     def check_weights(self, trainer, module) -> None:
-        params = [p.detach() for p in module.parameters() if p.numel()]
-        finite = bool(torch.stack([torch.isfinite(p).all() for p in params]).all())
+        # one flag per tensor, one host sync; under FSDP a rank may hold empty shards
+        flags = [torch.isfinite(p.detach()).all() for p in module.parameters() if p.numel()]
+        finite = bool(torch.stack(flags).all()) if flags else True
         if trainer.strategy.reduce_boolean_decision(not finite, all=False):
             where = f"after epoch {trainer.current_epoch}'s last batch"
             raise TrainingDiverged(self.message(trainer, "weights are no longer finite", where))
