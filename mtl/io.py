@@ -8,6 +8,7 @@ of a killed writer from a write in progress in another process.
 
 from __future__ import annotations
 
+import errno
 import hashlib
 import json
 import logging
@@ -22,7 +23,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from mtl.errors import first_line
+from mtl.errors import MTLError, first_line
 
 log = logging.getLogger(__name__)
 
@@ -61,8 +62,27 @@ def default_mode(folder: bool = False) -> int:
     return (0o777 if folder else 0o666) & ~umask()
 
 
-def atomic_write(path: str | Path, write: Callable[[str], None]) -> Path:
-    """Call `write(tmp_path)`, then rename the temp file over `path` (same folder, same disk)."""
+# a full disk, an exhausted quota, a file size limit (ulimit -f)
+NO_ROOM = {errno.ENOSPC, errno.EDQUOT, errno.EFBIG}
+
+
+def no_room(err: BaseException | None) -> OSError | None:
+    """The OSError in `err`'s chain that says there is no room to write, if any. torch.save
+    reports a failed write as a RuntimeError whose context holds the file object's OSError."""
+    seen = set()
+    while err is not None and id(err) not in seen:
+        seen.add(id(err))
+        if isinstance(err, OSError) and err.errno in NO_ROOM:
+            return err
+        err = err.__cause__ or err.__context__
+    return None
+
+
+def atomic_write(path: str | Path, write: Callable[[str], None], then: str = "") -> Path:
+    """Call `write(tmp_path)`, then rename the temp file over `path` (same folder, same disk).
+
+    No room to write (disk full, quota, file size limit) is an MTLError naming the file, ending
+    with `then` (what a rerun does); the temp file is removed and `path` is left as it was."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=tmp_prefix(path.name), suffix=".tmp", dir=path.parent)
@@ -71,9 +91,18 @@ def atomic_write(path: str | Path, write: Callable[[str], None]) -> Path:
         write(tmp)
         os.chmod(tmp, default_mode())  # mkstemp creates 0600
         os.replace(tmp, path)
-    except BaseException:
+    except BaseException as err:
         Path(tmp).unlink(missing_ok=True)
-        raise
+        full = no_room(err) if isinstance(err, Exception) else None
+        if full is None:
+            raise
+        kept = f"the previous {path.name} is intact" if path.exists() else "nothing was written"
+        raise MTLError(
+            f"No room to write {path}: {full.strerror or os.strerror(full.errno)} "
+            f"({errno.errorcode.get(full.errno, full.errno)}). The partial file was removed and "
+            f"{kept}. Free space on that disk (df -h {path.parent}) or write elsewhere, then "
+            f"run the same command again{'; ' + then if then else '.'}"
+        ) from None
     return path
 
 

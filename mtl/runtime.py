@@ -28,6 +28,8 @@ IGNORED_WARNINGS = (
     ".*LeafSpec.*is deprecated.*",
     ".*number of training batches.*smaller than the logging interval.*",
     ".*litlogger.*",
+    # mtl's TrainLoader does resume mid-epoch, from the loop's own count (mtl/data/sampling.py)
+    ".*resuming from a checkpoint that ended before the epoch ended.*",
 )
 _RANK_ZERO_LOGGERS = (
     "lightning.pytorch.utilities.rank_zero",

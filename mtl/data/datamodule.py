@@ -15,6 +15,7 @@ framework") asks for: a fold index in, that fold's train / val sets out.
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
 
 import lightning as L
 import numpy as np
@@ -31,12 +32,13 @@ from mtl.data.folds import (
     fold_assignments,
     fold_split,
     overlap_counts,
+    task_seed,
     val_sets,
     warn_small_classes,
 )
 from mtl.data.labels import trained_class_weights
 from mtl.data.load import load_tasks
-from mtl.data.sampling import Collator, MultiTaskBatchSampler, MultiTaskDataset
+from mtl.data.sampling import Collator, MultiTaskBatchSampler, MultiTaskDataset, TrainLoader
 from mtl.data.tasks import TaskMeta
 from mtl.errors import ConfigError
 
@@ -58,6 +60,7 @@ def make_loader(
     rank: int = 0,
     world_size: int = 1,
     epoch_seed: int | None = None,
+    batches_done: Callable[[], int] | None = None,
 ) -> DataLoader:
     dataset = MultiTaskDataset(parts, collator.task_names)
     sampler = MultiTaskBatchSampler(
@@ -73,13 +76,19 @@ def make_loader(
         world_size=world_size,
     )
     workers = cfg.data.num_workers
-    return DataLoader(
+    extra = {"batches_done": batches_done} if train else {}
+    return (TrainLoader if train else DataLoader)(
         dataset,
+        # each iterator draws a base seed (for worker processes) from this generator, not the
+        # global RNG: a fold resumed mid-epoch creates its iterators after restoring the RNG
+        # state, where the uninterrupted fold had drawn before the checkpoint (other dropout)
+        generator=torch.Generator().manual_seed(sampler.seed),
         batch_sampler=sampler,
         collate_fn=collator,
         num_workers=workers,
         pin_memory=torch.cuda.is_available(),
         persistent_workers=workers > 0,
+        **extra,
     )
 
 
@@ -101,6 +110,43 @@ def same_rows(a: TaskData | None, b: TaskData | None) -> bool:
         and (a.path, a.split) == (b.path, b.split)
         and np.array_equal(a.rows, b.rows)
     )
+
+
+def limit_val_rows(
+    cfg: Box, parts: dict[str, TaskData | None], fold: int, world_size: int = 1
+) -> dict[str, TaskData | None]:
+    """`trainer.limit_val_batches`: a seeded random share of each task's validation rows (a float:
+    that share; an int: that many batches per process), the same at every epoch of a fold.
+
+    Lightning's own limit takes the loader's first batches, and evaluation batches are sorted by
+    length: the rows that chose the epoch were the shortest texts."""
+    limit = cfg.trainer.limit_val_batches
+    total = sum(len(p) for p in parts.values() if p is not None)
+    if limit is None or total == 0:
+        return parts
+    if isinstance(limit, float) and limit > 1.0:
+        raise ConfigError(
+            f"Config key 'trainer.limit_val_batches' is {limit}: a float is the share of the "
+            "validation rows to use, at most 1.0; an int is a number of batches per process."
+        )
+    share = (
+        limit if isinstance(limit, float) else limit * cfg.data.eval_batch_size * world_size / total
+    )
+    if share >= 1.0:
+        return parts
+    limited = {}
+    for name, part in parts.items():
+        if part is None or len(part) == 0:
+            limited[name] = part
+            continue
+        keep = min(len(part), max(world_size, round(share * len(part))))
+        rng = np.random.default_rng(task_seed(cfg.seed, name, f"limit_val/{fold}"))
+        limited[name] = part.subset(np.sort(rng.choice(len(part), size=keep, replace=False)))
+        log.info(
+            "%s: validating fold %d on a random %d of its %d rows (trainer.limit_val_batches=%s)",
+            name, fold, keep, len(part), limit,
+        )  # fmt: skip
+    return limited
 
 
 class MultiTaskDataModule(L.LightningDataModule):
@@ -200,7 +246,21 @@ class MultiTaskDataModule(L.LightningDataModule):
 
     def train_dataloader(self) -> DataLoader:
         train_parts, _ = self.fold_parts()
-        return make_loader(self.cfg, train_parts, self.collator, train=True, **self._shard())
+        return make_loader(
+            self.cfg,
+            train_parts,
+            self.collator,
+            train=True,
+            batches_done=self._batches_done,
+            **self._shard(),
+        )
+
+    def _batches_done(self) -> int:
+        """The batches of this epoch the fit loop counts as done when a training pass starts: 0
+        at an epoch's start; the restored count when a fit resumes mid-epoch (the offset
+        Lightning's data fetcher adds for them)."""
+        trainer = self.trainer
+        return trainer.fit_loop.epoch_loop.batch_progress.current.ready if trainer else 0
 
     def val_dataloader(self) -> DataLoader:
         _, val_parts = self.fold_parts()
@@ -215,6 +275,7 @@ class MultiTaskDataModule(L.LightningDataModule):
                 f"Validation rows {small} are fewer than the {world_size} processes: every rank needs "
                 "rows of every task. Use fewer devices or more validation rows."
             )
+        val_parts = limit_val_rows(self.cfg, val_parts, self.fold, world_size)
         return make_loader(self.cfg, val_parts, self.collator, train=False, **shard)
 
     def test_dataloader(self) -> DataLoader:

@@ -12,10 +12,11 @@ of the epoch's batches.
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 
 import numpy as np
 import torch
-from torch.utils.data import Dataset, Sampler
+from torch.utils.data import DataLoader, Dataset, Sampler
 
 from mtl.data.files import TaskData
 
@@ -109,12 +110,19 @@ class MultiTaskBatchSampler(Sampler[list[int]]):
         self.rank = rank
         self.world_size = world_size
         self.epoch = 0
+        self.skip = 0  # batches the next pass leaves out (start_after)
         # Lightning calls `dataloader.batch_sampler.sampler.set_epoch(epoch)` (never the batch
         # sampler's own set_epoch): without this hook every epoch replays epoch 0's order
         self.sampler = _EpochHook(self)
 
     def set_epoch(self, epoch: int) -> None:
         self.epoch = epoch
+
+    def start_after(self, batches_done: int) -> None:
+        """The next pass leaves out the epoch's first `batches_done` batches (this rank's): a fit
+        resumed mid-epoch continues with the batches the interrupted one had not reached. `len()`
+        stays the epoch's full length, as the loop counts the restored batches as done."""
+        self.skip = batches_done
 
     def epoch_indices(self, rng: np.random.Generator) -> np.ndarray:
         """The rows of this epoch, shuffled across tasks."""
@@ -175,12 +183,13 @@ class MultiTaskBatchSampler(Sampler[list[int]]):
             for i in range(0, len(rows), self.batch_size):
                 yield rows[i : i + self.batch_size].tolist()
             return
+        skip, self.skip = self.skip, 0  # for the pass that starts drawing now
         batches = self.all_batches()
         if self.world_size > 1 and len(batches) % self.world_size:
             # every rank must run the same number of steps: repeat a few batches to even out
             pad = self.world_size - len(batches) % self.world_size
             batches += [batches[i % len(batches)] for i in range(pad)]
-        for batch in batches[self.rank :: self.world_size]:
+        for batch in batches[self.rank :: self.world_size][skip:]:
             yield batch.tolist()
 
     def __len__(self) -> int:
@@ -200,6 +209,50 @@ class _EpochHook:
 
     def set_epoch(self, epoch: int) -> None:
         self.batch_sampler.set_epoch(epoch)
+
+
+class TrainLoader(DataLoader):
+    """The training loader over a MultiTaskBatchSampler. A pass starts at its first batch request,
+    not at `iter()`, and leaves out the batches `batches_done()` reports then.
+
+    Lightning creates the training iterator before it restores a checkpoint's loops (the scheduler
+    asks for `estimated_stepping_batches` first) and, resumed mid-epoch, counts the restored batches
+    as done while iterating the loader from its start: without the skip, a fold resumed at batch 15
+    of 30 retrained batches 0-14 and never saw 15-29 that epoch. With worker processes a
+    DataLoader draws its first batches of indices when it is iterated, before the restore and
+    before Lightning's `set_epoch`: starting at the first request gets both the epoch and the skip
+    right."""
+
+    def __init__(self, *args, batches_done: Callable[[], int] | None = None, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.batches_done = batches_done
+
+    def __iter__(self):
+        return _LazyPass(self)
+
+    def start_pass(self):
+        if self.batches_done is not None:
+            self.batch_sampler.start_after(self.batches_done())
+        return super().__iter__()
+
+
+class _LazyPass:
+    """One pass of a TrainLoader: the DataLoader's own iterator, created at the first batch."""
+
+    def __init__(self, loader: TrainLoader):
+        self.loader = loader
+        self.iterator = None
+
+    def __iter__(self):
+        return self
+
+    def __next__(self):
+        if self.iterator is None:
+            self.iterator = self.loader.start_pass()
+        return next(self.iterator)
+
+    def __len__(self) -> int:
+        return len(self.loader)
 
 
 class Collator:

@@ -21,7 +21,6 @@ import numpy as np
 from box import Box
 from lightning.pytorch.callbacks import EarlyStopping, LearningRateMonitor, ModelCheckpoint
 from lightning.pytorch.loggers import CSVLogger, TensorBoardLogger
-from lightning.pytorch.plugins.io import TorchCheckpointIO
 from lightning.pytorch.strategies import DDPStrategy, FSDPStrategy
 
 from mtl.backbone import backbone_path
@@ -29,38 +28,13 @@ from mtl.config import to_dict
 from mtl.data.datamodule import MultiTaskDataModule
 from mtl.errors import CheckpointError, MTLError
 from mtl.inference.checkpoint import load_checkpoint
-from mtl.io import atomic_write, read_json_object, write_json
+from mtl.io import read_json_object, write_json
 from mtl.model.metrics import monitor_key
 from mtl.model.module import MultiTaskModule
+from mtl.run.guards import AtomicCheckpointIO, LastCheckpoint, StopOnNonFinite
 from mtl.run.writer import FoldPredictionWriter
 
 log = logging.getLogger(__name__)
-
-
-class AtomicCheckpointIO(TorchCheckpointIO):
-    """A kill during a checkpoint write leaves the previous checkpoint intact; every checkpoint
-    Lightning opens (resume, `validate` / `predict` with the best weights) goes through mtl's safe
-    loader (`weights_only=True` explicitly, so TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD cannot turn it off).
-
-    `preload` hands over a checkpoint mtl has already opened (and checked) with that loader, so a
-    resume reads the file once."""
-
-    def __init__(self):
-        super().__init__()
-        self._preloaded: dict[str, dict] = {}
-
-    def save_checkpoint(self, checkpoint, path, storage_options=None):
-        atomic_write(
-            path,
-            lambda tmp: TorchCheckpointIO.save_checkpoint(self, checkpoint, tmp, storage_options),
-        )
-
-    def preload(self, path: str | Path, checkpoint: dict) -> None:
-        self._preloaded[str(Path(path).resolve())] = checkpoint
-
-    def load_checkpoint(self, path, map_location=None, weights_only=None):
-        checkpoint = self._preloaded.pop(str(Path(path).resolve()), None)
-        return checkpoint if checkpoint is not None else load_checkpoint(path)
 
 
 def _csv_version(run_dir: Path, fold: int) -> str:
@@ -129,11 +103,12 @@ def _trainer(cfg, fold_dir, run_dir, fold, callbacks, strategy) -> L.Trainer:
         filename="best",
         monitor=monitor if chooses else None,
         mode=mode,
-        save_last=True,
         enable_version_counter=False,
     )
     callbacks = [
-        checkpoint,
+        checkpoint,  # first: the Trainer's checkpoint_callback, whose best_model_path fit_fold reads
+        LastCheckpoint(fold_dir),
+        StopOnNonFinite(cfg, fold, run_dir),
         LearningRateMonitor(logging_interval="step"),
         FoldPredictionWriter(fold_dir),
         *(callbacks or []),
@@ -154,7 +129,10 @@ def _trainer(cfg, fold_dir, run_dir, fold, callbacks, strategy) -> L.Trainer:
         # a resumed fold logs to a new CSV version (Lightning would overwrite the old one)
         CSVLogger(run_dir, name="csv", version=_csv_version(run_dir, fold)),
     ]
-    optional = {k: t[k] for k in ("limit_train_batches", "limit_val_batches") if t[k] is not None}
+    # trainer.limit_val_batches is applied by the DataModule (a random share of the rows, not the
+    # shortest ones the length-sorted batches start with)
+    limit = t.limit_train_batches
+    optional = {"limit_train_batches": limit} if limit is not None else {}
     return L.Trainer(
         default_root_dir=fold_dir,
         max_epochs=t.max_epochs,
