@@ -30,7 +30,6 @@ from mtl.data.folds import (
     fold_split,
     overlap_counts,
     val_sets,
-    warn_small_classes,
 )
 from mtl.data.load import load_tasks
 from mtl.data.sampling import Collator, MultiTaskBatchSampler, MultiTaskDataset
@@ -128,8 +127,7 @@ class MultiTaskDataModule(L.LightningDataModule):
         data, self.metas = load_tasks(cfg, self.tokenizer)
         if cfg.data.drop_overlap:
             data = drop_overlap(data)
-        self.folds = fold_assignments(cfg, data)
-        warn_small_classes(cfg, data, self.metas)
+        self.folds = fold_assignments(cfg, data, self.metas)  # refuses folds a class cannot fill
         self.overlap = overlap_counts(data, self.folds)
         for name, counts in self.overlap.items():
             for split, n in counts.items():
