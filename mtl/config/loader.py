@@ -15,6 +15,8 @@ from pathlib import Path
 import yaml
 from box import Box
 
+from mtl.config.names import check_names
+from mtl.config.numbers import check_fold_and_device_lists, check_number_lists
 from mtl.config.schema import DEFAULTS
 from mtl.config.validate import check_tasks, check_tree, merge
 from mtl.errors import ConfigError
@@ -52,6 +54,9 @@ def load_config(path: str | Path | None = None, overrides: list[str] = ()) -> Bo
     check_tree(raw, DEFAULTS, prefix="")
     cfg = merge(copy.deepcopy(DEFAULTS), raw)
     check_tasks(cfg)
+    check_number_lists(cfg)
+    check_fold_and_device_lists(cfg)
+    check_names(cfg)
     return Box(cfg, box_dots=False, default_box=False)
 
 
@@ -69,6 +74,9 @@ def config_from_dict(data: dict) -> Box:
     check_tree(raw, DEFAULTS, prefix="")
     cfg = merge(copy.deepcopy(DEFAULTS), raw)
     check_tasks(cfg)
+    check_number_lists(cfg)
+    check_fold_and_device_lists(cfg)
+    check_names(cfg)
     return Box(cfg, default_box=False)
 
 
