@@ -76,7 +76,7 @@ def config_from_dict(data: dict) -> Box:
     check_tasks(cfg)
     check_number_lists(cfg)
     check_fold_and_device_lists(cfg)
-    check_names(cfg)
+    check_names(cfg, stored=True)
     return Box(cfg, default_box=False)
 
 

@@ -15,11 +15,15 @@ from mtl.errors import ConfigError
 _LOWER_IS_BETTER = ("loss",)
 
 
-def check_names(cfg: dict) -> None:
-    check_path_component("run.name", cfg["run"]["name"])
+def check_names(cfg: dict, stored: bool = False) -> None:
+    """`stored`: a config saved with a run or checkpoint, read back to predict with what was
+    trained. Written before these checks, it may hold a nested run.name (`exp/seed1`, which
+    predict does not write under) or a contradicting monitor pair: kept there, not refused."""
+    if not stored:
+        check_path_component("run.name", cfg["run"]["name"])
     for name in cfg["tasks"]:
         check_path_component(f"tasks.{name}", name, what="task name")
-    check_monitor(cfg)
+    check_monitor(cfg, refuse_contradiction=not stored)
 
 
 def check_path_component(key: str, value: object, what: str = "name") -> None:
@@ -60,7 +64,7 @@ def monitor_names(cfg: dict) -> list[str]:
     return names
 
 
-def check_monitor(cfg: dict) -> None:
+def check_monitor(cfg: dict, refuse_contradiction: bool = True) -> None:
     """`monitor.metric` must be a metric that is logged, and `monitor.mode` follows from it
     (`auto`, the default). An explicit mode that contradicts the metric is refused: with
     `loss` and `max`, checkpoints kept the highest-loss epoch (issue 22, item 3)."""
@@ -77,6 +81,8 @@ def check_monitor(cfg: dict) -> None:
         )
     direction = "min" if metric.rsplit("/", 1)[-1] in _LOWER_IS_BETTER else "max"
     if mode != "auto" and mode != direction:
+        if not refuse_contradiction:
+            return  # what the stored run was trained with
         better = "lower" if direction == "min" else "higher"
         raise ConfigError(
             f"Config keys 'monitor.metric' and 'monitor.mode' disagree: {metric!r} is better "

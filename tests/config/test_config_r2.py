@@ -305,3 +305,23 @@ def test_trainer_and_fold_keys_lightning_would_reject_are_config_errors(override
 )
 def test_valid_device_and_fold_forms_still_load(override):
     load_config(DEFAULT_CONFIG, [override])
+
+
+def test_a_checkpoint_trained_with_the_old_loss_max_pair_still_loads_to_predict():
+    """Configs stored before the fix pair `loss` with `max`; predicting from them still works
+    (the user's own config with that pair is refused above)."""
+    from mtl.config import config_from_dict, to_dict
+
+    stored = to_dict(load_config(DEFAULT_CONFIG, ["monitor.metric=loss"]))
+    stored["monitor"]["mode"] = "max"
+    assert config_from_dict(stored).monitor.mode == "max"
+
+
+def test_a_checkpoint_of_a_run_with_a_nested_run_name_still_loads_to_predict():
+    from mtl.config import config_from_dict, to_dict
+
+    stored = to_dict(load_config(DEFAULT_CONFIG, []))
+    stored["run"]["name"] = "exp/seed1"  # accepted before issue 22
+    assert config_from_dict(stored).run.name == "exp/seed1"
+    with pytest.raises(ConfigError, match="run.name"):
+        load_config(DEFAULT_CONFIG, ["run.name=exp/seed1"])
