@@ -51,13 +51,7 @@ def load_config(path: str | Path | None = None, overrides: list[str] = ()) -> Bo
     raw = _read_yaml(Path(path)) if path is not None else {}
     for item in overrides:
         _apply_override(raw, item)
-    check_tree(raw, DEFAULTS, prefix="")
-    cfg = merge(copy.deepcopy(DEFAULTS), raw)
-    check_tasks(cfg)
-    check_number_lists(cfg)
-    check_fold_and_device_lists(cfg)
-    check_names(cfg)
-    return Box(cfg, box_dots=False, default_box=False)
+    return Box(_checked(raw), box_dots=False, default_box=False)
 
 
 def save_config(cfg: Box | dict, path: str | Path) -> Path:
@@ -70,14 +64,19 @@ def to_dict(cfg: Box | dict) -> dict:
 
 def config_from_dict(data: dict) -> Box:
     """Rebuild a config stored in a checkpoint or run folder, validating it like a user file."""
-    raw = copy.deepcopy(data)
+    return Box(_checked(copy.deepcopy(data), stored=True), default_box=False)
+
+
+def _checked(raw: dict, stored: bool = False) -> dict:
+    """Every key checked, defaults filled in, then the checks across keys. `stored`: a config
+    saved with a run or checkpoint (mtl/config/names.py::check_names)."""
     check_tree(raw, DEFAULTS, prefix="")
     cfg = merge(copy.deepcopy(DEFAULTS), raw)
     check_tasks(cfg)
     check_number_lists(cfg)
     check_fold_and_device_lists(cfg)
-    check_names(cfg, stored=True)
-    return Box(cfg, default_box=False)
+    check_names(cfg, stored=stored)
+    return cfg
 
 
 def _read_yaml(path: Path) -> dict:
