@@ -65,7 +65,7 @@ def test_blank_group_cells_are_spread_over_the_folds_like_ungrouped_rows(blank):
 # --- item 22: more folds than a class can fill --------------------------------------------------
 
 
-def test_more_folds_than_the_rarest_class_is_refused_naming_task_count_and_largest(monkeypatch):
+def test_more_folds_than_the_rarest_class_is_refused_naming_task_count_and_largest():
     labels = np.array([1] * 40 + [0] * 110)
     with pytest.raises(DataError) as info:
         folds_of(task_data(labels), 100)
@@ -87,7 +87,7 @@ def test_the_multilabel_limit_is_the_rarest_labels_positives():
     assert len(np.unique(folds_of(part, 7))) == 7
 
 
-def test_duplicate_texts_count_once_toward_a_class(monkeypatch):
+def test_duplicate_texts_count_once_toward_a_class():
     labels = np.array([1] * 6 + [0] * 30)
     part = task_data(labels)
     part.texts[:6] = ["the same text"] * 3 + ["another text"] * 3  # 6 rows, 2 distinct texts
