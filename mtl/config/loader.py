@@ -15,6 +15,8 @@ from pathlib import Path
 import yaml
 from box import Box
 
+from mtl.config.names import check_names
+from mtl.config.numbers import check_fold_and_device_lists, check_number_lists
 from mtl.config.schema import DEFAULTS
 from mtl.config.validate import check_tasks, check_tree, merge
 from mtl.errors import ConfigError
@@ -49,10 +51,7 @@ def load_config(path: str | Path | None = None, overrides: list[str] = ()) -> Bo
     raw = _read_yaml(Path(path)) if path is not None else {}
     for item in overrides:
         _apply_override(raw, item)
-    check_tree(raw, DEFAULTS, prefix="")
-    cfg = merge(copy.deepcopy(DEFAULTS), raw)
-    check_tasks(cfg)
-    return Box(cfg, box_dots=False, default_box=False)
+    return Box(_checked(raw), box_dots=False, default_box=False)
 
 
 def save_config(cfg: Box | dict, path: str | Path) -> Path:
@@ -65,11 +64,19 @@ def to_dict(cfg: Box | dict) -> dict:
 
 def config_from_dict(data: dict) -> Box:
     """Rebuild a config stored in a checkpoint or run folder, validating it like a user file."""
-    raw = copy.deepcopy(data)
+    return Box(_checked(copy.deepcopy(data), stored=True), default_box=False)
+
+
+def _checked(raw: dict, stored: bool = False) -> dict:
+    """Every key checked, defaults filled in, then the checks across keys. `stored`: a config
+    saved with a run or checkpoint (mtl/config/names.py::check_names)."""
     check_tree(raw, DEFAULTS, prefix="")
     cfg = merge(copy.deepcopy(DEFAULTS), raw)
     check_tasks(cfg)
-    return Box(cfg, default_box=False)
+    check_number_lists(cfg)
+    check_fold_and_device_lists(cfg)
+    check_names(cfg, stored=stored)
+    return cfg
 
 
 def _read_yaml(path: Path) -> dict:

@@ -79,7 +79,8 @@ DEFAULTS: dict[str, Any] = {
         "enable_progress_bar": True,
     },
     "early_stopping": {"enabled": True, "patience": 3, "min_delta": 0.0},
-    "monitor": {"metric": "score", "mode": "max"},
+    # mode "auto": min for a loss, max for every score (mtl/config/names.py::check_monitor)
+    "monitor": {"metric": "score", "mode": "auto"},
 }
 
 TASK_DEFAULTS: dict[str, Any] = {
@@ -110,10 +111,15 @@ CHOICES: dict[str, tuple] = {
     "data.on_bad_rows": ("error", "drop"),
     "optim.scheduler": SCHEDULERS,
     "optim.adamw_impl": ADAMW_IMPLS,
-    "monitor.mode": ("min", "max"),
+    "monitor.mode": ("auto", "min", "max"),
     "cv.blend": BLEND_METHODS,
     "cv.selection": ("best", "last"),
     "weighting.task_loss_norm": ("batch", "expected"),
+    # what Lightning 2.x's Trainer(precision=...) accepts; checked here, before any work
+    "trainer.precision": (
+        *("16-true", "16-mixed", "bf16-true", "bf16-mixed", "32-true", "64-true"),
+        *(64, 32, 16, "64", "32", "16", "bf16", "transformer-engine", "transformer-engine-float16"),
+    ),
     "task.type": tuple(TASK_TYPES),
     "task.loss": (None, *dict.fromkeys(loss for t in TASK_TYPES.values() for loss in t.losses)),
 }
@@ -146,7 +152,14 @@ TYPES: dict[str, tuple] = {
 # Numeric keys and the range they must lie in: (low, high, low_inclusive, high_inclusive).
 # A value outside is a ConfigError naming the key, not a crash (or a silent oddity) mid-training.
 INF = float("inf")
+# numpy's legacy seeding and Lightning's seed_everything take seeds in [0, 2**32 - 1]
+SEED_MAX = 2**32 - 1
+# The most any other integer key may be: no real setting comes near it, and a mistyped huge
+# number (`cv.n_splits=100000000000000000000`) is refused here rather than overflowing the 32-
+# and 64-bit integers numpy, torch and the tokenizers keep such values in, mid-run.
+INT_MAX = 2**31 - 1
 RANGES: dict[str, tuple] = {
+    "seed": (0, SEED_MAX, True, True),
     "backbone.dropout": (0.0, 1.0, True, False),
     "backbone.head_hidden": (1, INF, True, True),
     "optim.lr_backbone": (0.0, INF, True, True),
@@ -175,6 +188,7 @@ RANGES: dict[str, tuple] = {
     "task.weight": (0.0, INF, True, True),
 }
 RANGE_MEANING = {
+    "seed": " (the seeds numpy and Lightning's seed_everything accept)",
     "cv.n_splits": " (1 = no k-fold)",
     "trainer.max_epochs": " (at least one epoch of training)",
     "data.max_dropped_fraction": " (the share of a file data.on_bad_rows=drop may drop)",

@@ -9,9 +9,11 @@ import difflib
 import math
 from typing import Any
 
+from mtl.config.numbers import refuse_non_finite, whole_number_hint
 from mtl.config.schema import (
     CHOICES,
     INF,
+    INT_MAX,
     RANGE_MEANING,
     RANGES,
     TASK_DEFAULTS,
@@ -61,9 +63,11 @@ def _checked_value(path: str, value: Any, default: Any, schema_key: str | None =
     schema_key = schema_key or path
     allowed = TYPES.get(schema_key) or _types_of(default)
     value = _coerce(value, allowed)
+    if {int, float, list} & set(allowed):
+        refuse_non_finite(path, value)
     if not isinstance(value, allowed) or (isinstance(value, bool) and bool not in allowed):
         names = " or ".join(sorted({"null" if t is NoneType else t.__name__ for t in allowed}))
-        hint = ""
+        hint = whole_number_hint(value, allowed)
         if str in allowed and isinstance(value, bool | int | float):
             hint = (
                 f" YAML read the unquoted value as {'an' if type(value) is int else 'a'} "
@@ -83,8 +87,13 @@ def _checked_value(path: str, value: Any, default: Any, schema_key: str | None =
 
 
 def _check_range(path: str, schema_key: str, value: Any) -> None:
+    if not isinstance(value, int | float) or isinstance(value, bool):
+        return
     bounds = RANGES.get(schema_key)
-    if bounds is None or not isinstance(value, int | float) or isinstance(value, bool):
+    if isinstance(value, int) and (bounds is None or bounds[1] == INF):
+        bounds = (-INF, INF, False, False) if bounds is None else bounds
+        bounds = (bounds[0], INT_MAX, bounds[2], True)  # every integer is bounded
+    if bounds is None:
         return
     low, high, low_in, high_in = bounds
     inside = (
@@ -95,6 +104,8 @@ def _check_range(path: str, schema_key: str, value: Any) -> None:
     if not inside:
         if high == INF:
             shown = f"at least {low}" if low_in else f"greater than {low}"
+        elif low == -INF:
+            shown = f"at most {high}"
         else:
             left, right = ("[" if low_in else "("), ("]" if high_in else ")")
             shown = f"in {left}{low}, {high}{right}"

@@ -34,7 +34,6 @@ from mtl.data.folds import (
     overlap_counts,
     task_seed,
     val_sets,
-    warn_small_classes,
 )
 from mtl.data.labels import trained_class_weights
 from mtl.data.load import load_tasks
@@ -177,7 +176,7 @@ class MultiTaskDataModule(L.LightningDataModule):
         data, self.metas = load_tasks(cfg, self.tokenizer)
         if cfg.data.drop_overlap:
             data = drop_overlap(data)
-        self.folds = fold_assignments(cfg, data)
+        self.folds = fold_assignments(cfg, data, self.metas)  # refuses folds a class cannot fill
         # the run's record (tasks.json): `auto` class weights over the rows that train in some
         # fold, i.e. not the held-out val set nor, with one split, the selection slice (fold 0)
         self.metas = trained_class_weights(
@@ -190,7 +189,6 @@ class MultiTaskDataModule(L.LightningDataModule):
                 for name, folds in self.folds.items()
             },
         )
-        warn_small_classes(cfg, data, self.metas)
         self.overlap = overlap_counts(data, self.folds)
         for name, counts in self.overlap.items():
             for split, n in counts.items():

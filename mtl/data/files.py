@@ -13,18 +13,25 @@ import numpy as np
 import pandas as pd
 from box import Box
 
-from mtl.errors import DataError
+from mtl.errors import DataError, first_rows
 from mtl.io import FILE_FORMATS, undecodable_at
 
 log = logging.getLogger(__name__)
-# format (mtl.io.FILE_FORMATS) → (path, text encoding (None: UTF-8; Parquet stores its own) → frame)
-READERS: dict[str, Callable[[Path, str | None], pd.DataFrame]] = {
-    "csv": lambda p, enc: pd.read_csv(p, keep_default_na=False, na_values=[""], encoding=enc),
-    "tsv": lambda p, enc: pd.read_csv(
-        p, sep="\t", keep_default_na=False, na_values=[""], encoding=enc
+# format (mtl.io.FILE_FORMATS) → (path, text encoding (None: UTF-8; Parquet stores its own),
+# text column or None) → frame. The text column is read as written: CSV / TSV read it as strings
+# (not "4.50" → 4.5), JSON Lines keep the JSON types (pandas' dtype inference turned the texts
+# "1", "2" into ints), so `non_text_rows` sees what the file really holds.
+READERS: dict[str, Callable[[Path, str | None, str | None], pd.DataFrame]] = {
+    "csv": lambda p, enc, text: pd.read_csv(
+        p, keep_default_na=False, na_values=[""], encoding=enc, dtype=_as_text(text)
     ),
-    "parquet": lambda p, enc: pd.read_parquet(p),
-    "jsonl": lambda p, enc: pd.read_json(p, lines=True, encoding=enc),
+    "tsv": lambda p, enc, text: pd.read_csv(
+        p, sep="\t", keep_default_na=False, na_values=[""], encoding=enc, dtype=_as_text(text)
+    ),
+    "parquet": lambda p, enc, text: pd.read_parquet(p),
+    "jsonl": lambda p, enc, text: pd.read_json(
+        p, lines=True, encoding=enc, dtype=False, convert_dates=False
+    ),
 }
 SPLITS = ("train", "val", "test")
 
@@ -66,8 +73,15 @@ def resolve_path(cfg: Box, name: str) -> Path:
     return path if path.is_absolute() else Path(cfg.data_dir).expanduser() / path
 
 
-def read_table(path: Path, key: str, encoding: str | None = None) -> pd.DataFrame:
-    """Read one task file; `key` is the config key that named it, for the error message."""
+def _as_text(column: str | None) -> dict | None:
+    return None if column is None else {column: str}
+
+
+def read_table(
+    path: Path, key: str, encoding: str | None = None, text_column: str | None = None
+) -> pd.DataFrame:
+    """Read one task file; `key` is the config key that named it, for the error message. With
+    `text_column`, that column must hold text (or be empty) in every row."""
     if not path.is_file():
         raise DataError(
             f"File not found: {path} (from config key '{key}'). Fix the path or data_dir."
@@ -79,7 +93,7 @@ def read_table(path: Path, key: str, encoding: str | None = None) -> pd.DataFram
             f"Use one of {', '.join(FILE_FORMATS)}."
         )
     try:
-        frame = reader(path, encoding)
+        frame = reader(path, encoding, text_column)
     except UnicodeError as err:
         raise DataError(undecodable(path, key, encoding, err)) from None
     except pd.errors.EmptyDataError:
@@ -90,7 +104,43 @@ def read_table(path: Path, key: str, encoding: str | None = None) -> pd.DataFram
         raise DataError(f"Cannot parse {path} (config key '{key}'): {err}") from None
     if len(frame) == 0:
         raise DataError(f"File {path} (config key '{key}') has a header but no data rows.")
+    if text_column is not None and text_column in frame.columns:
+        refuse_non_text(frame[text_column], path, key)
     return frame
+
+
+_KINDS = {dict: "an object", list: "a list", bool: "a boolean"}
+
+
+def non_text_rows(column: pd.Series) -> np.ndarray:
+    """0-based rows whose cell is neither text nor missing (a JSON object, list, number, ...)."""
+    return np.flatnonzero([not (isinstance(v, str) or _missing(v)) for v in column])
+
+
+def refuse_non_text(column: pd.Series, path: Path, key: str) -> None:
+    """A text cell that is an object, list or number is refused with its rows: stringified, it
+    trained as "{'a': 1}" or "42" (issue 22, item 18). Missing cells (null, NaN) pass on to the
+    empty-text rule (`data.on_bad_rows`)."""
+    rows = non_text_rows(column)
+    if len(rows) == 0:
+        return
+    first = column.iloc[rows[0]]
+    kinds = sorted({_KINDS.get(type(v), "a number") for v in column.iloc[rows]})
+    task = key.split(".")[1] if key.count(".") >= 2 else "<task>"
+    raise DataError(
+        f"File {path} (config key '{key}'): the text column '{column.name}' holds "
+        f"{' / '.join(kinds)} instead of text in data rows {first_rows(rows + 1)} (1-based, "
+        f"header not counted), e.g. {first!r}. Texts must be strings (in JSON Lines "
+        f'"{column.name}": "42", not "{column.name}": 42 or an object); fix these rows, or set '
+        f"tasks.{task}.text_column to the column that holds the texts."
+    )
+
+
+def _missing(value) -> bool:
+    try:
+        return bool(pd.isna(value))
+    except (TypeError, ValueError):  # a list or array: not a missing cell
+        return False
 
 
 def undecodable(path: Path, key: str, encoding: str | None, err: UnicodeError) -> str:

@@ -27,6 +27,7 @@ from scipy.sparse.csgraph import connected_components
 from sklearn.model_selection import StratifiedKFold, train_test_split
 
 from mtl.data.files import TaskData
+from mtl.data.tasks import TaskMeta
 from mtl.errors import DataError
 
 log = logging.getLogger(__name__)
@@ -56,12 +57,24 @@ def units(train: TaskData) -> np.ndarray:
     text_ids = pd.factorize(pd.Series([normalise_text(t) for t in train.texts]))[0]
     keys = [text_ids]
     if train.groups is not None:
-        keys.append(pd.factorize(pd.Series(train.groups).astype(str))[0] + text_ids.max() + 1)
+        keys.append(group_ids(train.groups) + text_ids.max() + 1)
     cols = np.concatenate(keys)
     rows = np.tile(np.arange(n), len(keys))
     graph = coo_matrix((np.ones(len(rows)), (rows, cols + n)), shape=(n + cols.max() + 1,) * 2)
     _, labels = connected_components(graph, directed=False)
     return pd.factorize(labels[:n])[0]
+
+
+def group_ids(groups: np.ndarray) -> np.ndarray:
+    """Per row, the id of its `group_column` value. A blank cell (missing, or only whitespace)
+    belongs to no group: each gets an id of its own, so ungrouped rows are spread over the folds
+    like rows without a group column (read as one shared value, they formed one giant group
+    that filled a single fold)."""
+    values = pd.Series(groups, dtype=object)
+    blank = values.isna().to_numpy() | (values.astype(str).str.strip() == "").to_numpy()
+    ids = pd.factorize(values.astype(str))[0]
+    ids[blank] = ids.max(initial=-1) + 1 + np.arange(blank.sum())
+    return ids
 
 
 def unit_labels(labels: np.ndarray, unit: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -77,19 +90,34 @@ def unit_labels(labels: np.ndarray, unit: np.ndarray) -> tuple[np.ndarray, np.nd
     return firsts, mode.to_numpy().astype(np.int64)
 
 
-def fold_assignments(cfg: Box, data: dict[str, dict[str, TaskData]]) -> dict[str, np.ndarray]:
-    """Per task, the fold of each training row (aligned with `data[task]['train']`)."""
-    out = {}
+def fold_assignments(
+    cfg: Box, data: dict[str, dict[str, TaskData]], metas: dict[str, TaskMeta] | None = None
+) -> dict[str, np.ndarray]:
+    """Per task, the fold of each training row (aligned with `data[task]['train']`). `metas`
+    names the classes in the error when cv.n_splits is more than a class can fill."""
+    out, rests, units_of = {}, {}, {}
     for name, splits in data.items():
         train = splits["train"]
-        unit = units(train)
+        unit = units_of[name] = units(train)
         folds = np.full(len(train), ALWAYS_TRAINS, dtype=np.int64)
         if splits.get("val") is None and cfg.data.val_fraction > 0:
             held = holdout(train, unit, cfg.data.val_fraction, _sklearn_seed(cfg.seed, name, "val"))
             folds[held] = VAL_SET
-        rest = np.flatnonzero(folds == ALWAYS_TRAINS)
+        rests[name] = np.flatnonzero(folds == ALWAYS_TRAINS)
+        out[name] = folds
+    if cfg.cv.n_splits > 1:  # every task checked before any is split: one error names them all
+        check_fold_capacity(
+            cfg.cv.n_splits,
+            {
+                name: (data[name]["train"].subset(rest), units_of[name][rest])
+                for name, rest in rests.items()
+            },
+            metas or {},
+        )
+    for name, rest in rests.items():
+        train, unit = data[name]["train"], units_of[name]
         if cfg.cv.n_splits > 1:
-            folds[rest] = kfold(
+            out[name][rest] = kfold(
                 train.subset(rest), unit[rest], cfg.cv.n_splits, _sklearn_seed(cfg.seed, name, "cv")
             )
         elif cfg.cv.selection == "best":
@@ -97,9 +125,63 @@ def fold_assignments(cfg: Box, data: dict[str, dict[str, TaskData]]) -> dict[str
                 train.subset(rest), unit[rest], cfg.data.val_fraction,
                 _sklearn_seed(cfg.seed, name, "select"),
             )  # fmt: skip
-            folds[rest[chosen]] = 0
-        out[name] = folds
+            out[name][rest[chosen]] = 0
     return out
+
+
+def fold_capacity(train: TaskData, unit: np.ndarray) -> tuple[int, int | None, int]:
+    """(the largest n_splits these rows can fill, the rarest class's index or None, its units).
+
+    The stratifier sees units (a text with its duplicates, a group), each with one label (for
+    multi-label, the positives of every label). A fold can hold a class only if the class has
+    a unit for every fold: StratifiedKFold gives each fold floor(units/k) of a class, and
+    iterative stratification deals a label's positives out one by one. Classes (labels) with no
+    unit here are in no fold whatever n_splits is, so they do not limit it."""
+    firsts, labels = unit_labels(train.labels, pd.factorize(unit)[0])
+    counts = labels.sum(axis=0) if labels.ndim == 2 else np.bincount(labels)
+    present = np.flatnonzero(counts > 0)
+    if len(present) == 0:
+        return len(firsts), None, 0
+    rarest = int(present[np.argmin(counts[present])])
+    return min(len(firsts), int(counts[rarest])), rarest, int(counts[rarest])
+
+
+def check_fold_capacity(
+    n_splits: int, parts: dict[str, tuple[TaskData, np.ndarray]], metas: dict[str, TaskMeta]
+) -> None:
+    """Refuse cv.n_splits above what a task can fill, before any fold is built or trained: a
+    fold without a class scores undefined macro metrics, and one without rows of a task crashed
+    late (issue 22, item 22: 34 of 100 folds trained, then a traceback)."""
+    problems, largest = [], n_splits
+    for name, (train, unit) in parts.items():
+        limit, rarest, count = fold_capacity(train, unit)
+        largest = min(largest, limit)
+        if limit < n_splits:
+            problems.append(
+                f"task '{name}' ({train.path}) {_capacity_reason(train, metas.get(name), limit, rarest, count)}"
+            )
+    if problems:
+        raise DataError(
+            f"cv.n_splits={n_splits} is more folds than the training data can fill: "
+            + "; ".join(problems)
+            + ". Some folds would validate without that class (or without any row of the task). "
+            f"Use cv.n_splits={largest} or fewer (1 = no k-fold), or add rows."
+        )
+
+
+def _capacity_reason(
+    train: TaskData, meta: TaskMeta | None, limit: int, rarest: int | None, count: int
+) -> str:
+    if rarest is None or count != limit:
+        return f"has {limit} distinct training texts (or groups), so at most {limit} folds"
+    multilabel = train.labels.ndim == 2
+    name = meta.classes[rarest] if meta is not None else rarest
+    rows = int(
+        (train.labels[:, rarest] > 0).sum() if multilabel else (train.labels == rarest).sum()
+    )
+    merged = "" if rows == count else f" ({rows} rows; identical texts and groups stay in one fold)"
+    what = f"label {name!r} has {count} positive" if multilabel else f"class {name!r} has {count}"
+    return f"can fill at most {limit} folds: its rarest {what} training texts{merged}"
 
 
 def kfold(train: TaskData, unit: np.ndarray, n_splits: int, seed: int) -> np.ndarray:
@@ -123,6 +205,12 @@ def kfold(train: TaskData, unit: np.ndarray, n_splits: int, seed: int) -> np.nda
         unit_fold = np.full(len(firsts), -1, dtype=np.int64)
         for k, (_, val_idx) in enumerate(splitter.split(X, labels)):
             unit_fold[val_idx] = k
+    empty = sorted(set(range(n_splits)) - set(unit_fold.tolist()))
+    if empty:  # not expected once check_fold_capacity passed; a fold without rows must not train
+        raise DataError(
+            f"Task '{train.task}' ({train.path}): the stratifier left fold(s) {empty} of "
+            f"cv.n_splits={n_splits} without rows. Lower cv.n_splits or add rows."
+        )
     return unit_fold[unit]
 
 
@@ -176,30 +264,6 @@ def fold_split(
             train.subset(np.flatnonzero(in_fold)) if in_fold.any() else report.get(name)
         )
     return train_parts, val_parts
-
-
-def warn_small_classes(cfg: Box, data: dict, metas: dict) -> None:
-    """A class with fewer training rows than folds is missing from some folds' validation rows,
-    so its per-fold scores there are undefined (counted as 0 by macro-F1)."""
-    n = cfg.cv.n_splits
-    if n < 2:
-        return
-    for name, meta in metas.items():
-        labels = data[name]["train"].labels
-        counts = meta.class_counts(labels)
-        small = {str(c): int(k) for c, k in zip(meta.classes, counts, strict=True) if k < n}
-        if small:
-            log.warning(
-                "task '%s': %s %s have fewer training rows than cv.n_splits=%d (%s of %d rows): some "
-                "folds validate without them, so those folds' per-class and macro scores are "
-                "unreliable. Use fewer folds, add rows, or merge rare classes.",
-                name,
-                "labels" if meta.multilabel else "classes",
-                list(small),
-                n,
-                ", ".join(f"{c}: {k}" for c, k in small.items()),
-                len(labels),
-            )
 
 
 def overlap_counts(

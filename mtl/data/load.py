@@ -32,7 +32,7 @@ def load_tasks(cfg: Box, tokenizer) -> tuple[dict[str, dict[str, TaskData]], dic
                 continue
             key = f"tasks.{name}.{split}"
             path = resolve_path(cfg, spec[split])
-            frame = read_table(path, key, spec.encoding)
+            frame = read_table(path, key, spec.encoding, spec.text_column)
             if split == "train":
                 metas[name] = TaskMeta(
                     name=name, type=spec.type, classes=declared_classes(spec, frame, path)

@@ -13,6 +13,7 @@ import contextlib
 import logging
 import os
 import shutil
+from collections.abc import Sequence
 from pathlib import Path
 
 from box import Box
@@ -34,11 +35,11 @@ def run_dir_of(cfg: Box) -> Path:
     return Path(cfg.run.output_dir) / cfg.run.name
 
 
-def folds_to_run(cfg: Box) -> list[int]:
+def folds_to_run(cfg: Box) -> Sequence[int]:
     n = max(1, cfg.cv.n_splits)
     chosen = cfg.cv.folds
-    if chosen is None:
-        return list(range(n))
+    if chosen is None:  # a range, not a list: the CLI calls this before the data caps n_splits
+        return range(n)
     if isinstance(chosen, int):
         chosen = [chosen]
     elif isinstance(chosen, str):

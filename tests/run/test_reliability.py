@@ -662,20 +662,23 @@ def test_position_limit_of_roberta_family_discounts_the_padding_offset(tmp_path)
     assert position_limit(str(tmp_path)) == 512
 
 
-# --- 11. a class with fewer rows than folds is named with its numbers ---------------------------
+# --- 11. a class with fewer rows than folds is refused with its numbers (issue 22, item 22) ----
 
 
-def test_a_class_rarer_than_the_folds_is_warned_with_the_numbers(one_task, own_data, caplog):
+def test_a_class_rarer_than_the_folds_is_refused_with_the_numbers(one_task, own_data):
     from mtl.run.train import prepare
 
     path = own_data / "toxicity_train.csv"
     frame = pd.read_csv(path)
     positives = frame.index[frame["label"] == 1]
     frame.drop(positives[2:]).to_csv(path, index=False)  # 2 positive rows
-    with caplog.at_level(logging.WARNING, logger="mtl"):
-        prepare(one_task("cv.n_splits=3"))
-    warned = [r.getMessage() for r in caplog.records if "cv.n_splits=3" in r.getMessage()]
-    assert len(warned) == 1 and "task 'toxicity'" in warned[0] and "1: 2" in warned[0]
+    cfg = one_task("cv.n_splits=3")
+    with pytest.raises(DataError) as info:
+        prepare(cfg)
+    message = str(info.value)
+    assert "task 'toxicity'" in message and "class 1 has 2" in message
+    assert "cv.n_splits=2 or fewer" in message
+    assert not folder_of(cfg).exists()
 
 
 # --- 6, 11. predict: the input is never overwritten; empty texts are called out ---------------
