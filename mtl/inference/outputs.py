@@ -121,9 +121,8 @@ def write_table(path: Path, frames: Iterable[pd.DataFrame]) -> int:
         atomic_write(path, lambda tmp: rows.append(write_frames(tmp, fmt, frames)))
     except OSError as err:
         kept = f"the old {path.name} is unchanged" if path.exists() else "no partial file is left"
-        if err.errno in (errno.ENOSPC, errno.EDQUOT, errno.EFBIG):
-            fix = "Free space on that disk (or pass an --output on another one)"
-        elif err.errno is None:  # pyarrow's write errors carry no errno
+        # no room (disk full, quota, ulimit -f) is atomic_write's own MTLError, naming the file
+        if err.errno is None:  # pyarrow's write errors carry no errno
             fix = "Check the free space on that disk and that its folder is writable"
         else:
             fix = "Check that its folder is writable (or pass another --output)"

@@ -251,7 +251,11 @@ def test_checkpoint_and_early_stopping_minimise_a_monitored_loss(tmp_path):
          "trainer.devices=1", "trainer.enable_progress_bar=false"],
     )  # fmt: skip
     trainer = make_trainer(cfg, tmp_path / "fold_0", tmp_path, 0)
-    chosen = [c for c in trainer.callbacks if isinstance(c, ModelCheckpoint | EarlyStopping)]
+    chosen = [  # LastCheckpoint (last.ckpt every epoch, item 15) monitors nothing
+        c
+        for c in trainer.callbacks
+        if isinstance(c, ModelCheckpoint | EarlyStopping) and c.monitor is not None
+    ]
     assert len(chosen) == 2
     assert all(c.monitor == "val/loss" and c.mode == "min" for c in chosen)
 

@@ -154,7 +154,7 @@ def test_disk_full_while_writing_predictions_is_a_clear_error_and_keeps_the_old_
     argv = [str(run), "--input", str(src), "--output", str(out), "--chunk-size", "3"]
     assert main(argv + ["--device", "cpu", "--no-progress"]) == 2
     err = one_paragraph_error(capsys)
-    assert "No space left on device" in err and "ENOSPC" in err and "unchanged" in err
+    assert "No space left on device" in err and "ENOSPC" in err and "preds.csv is intact" in err
     assert out.read_text() == "the old predictions\n"
     assert sorted(p.name for p in tmp_path.iterdir()) == ["in.csv", "preds.csv"]  # no temp file
 
