@@ -155,6 +155,9 @@ def _trainer(cfg, fold_dir, run_dir, fold, callbacks, strategy) -> L.Trainer:
         CSVLogger(run_dir, name="csv", version=_csv_version(run_dir, fold)),
     ]
     optional = {k: t[k] for k in ("limit_train_batches", "limit_val_batches") if t[k] is not None}
+    # gradient.aggregator: manual optimisation, where MultiTaskModule accumulates and clips itself
+    # (Lightning refuses both Trainer arguments then)
+    manual = cfg.gradient.aggregator != "none"
     return L.Trainer(
         default_root_dir=fold_dir,
         max_epochs=t.max_epochs,
@@ -163,8 +166,8 @@ def _trainer(cfg, fold_dir, run_dir, fold, callbacks, strategy) -> L.Trainer:
         strategy=strategy,
         num_nodes=t.num_nodes,
         precision=t.precision,
-        accumulate_grad_batches=t.accumulate_grad_batches,
-        gradient_clip_val=t.gradient_clip_val,
+        accumulate_grad_batches=1 if manual else t.accumulate_grad_batches,
+        gradient_clip_val=None if manual else t.gradient_clip_val,
         log_every_n_steps=t.log_every_n_steps,
         deterministic=t.deterministic,
         enable_progress_bar=t.enable_progress_bar,

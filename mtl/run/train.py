@@ -23,6 +23,7 @@ from mtl.data.datamodule import MultiTaskDataModule
 from mtl.data.tokenize import token_cache_dir
 from mtl.errors import ConfigError
 from mtl.io import make_tmp_dir, remove_orphaned_tmp, write_csv, write_json
+from mtl.model.aggregation import check_installed
 from mtl.run.cv import collect
 from mtl.run.fit import fit_fold
 from mtl.run.report import write_report
@@ -106,6 +107,7 @@ def train(cfg: Box) -> dict:
     """Train every fold of `cfg` (skipping finished ones), then blend and write results.json.
 
     Under DDP every rank calls this; rank 0 returns the results, the other ranks `{}`."""
+    check_installed(cfg)  # gradient.aggregator's solvers, before any work
     run_dir, dm = prepare(cfg)
     for k in folds_to_run(cfg):
         # one process trains a fold at a time (rank 0 holds the lock for its DDP group)
