@@ -9,6 +9,7 @@ from pathlib import Path
 import pandas as pd
 
 from mtl.io import atomic_write, write_text
+from mtl.run.conflict_panel import add_conflict_panel
 
 
 def epoch_history(run_dir: Path, fold: int) -> pd.DataFrame | None:
@@ -78,6 +79,7 @@ def plot_history(
         + (" (selection rows)" if results.get("selection_biased", True) else "")
     )
     fig.tight_layout()
+    add_conflict_panel(fig, path.parent, list(histories))  # gradient.log_every_n_steps runs only
     atomic_write(path, lambda tmp: fig.savefig(tmp, dpi=90, format="png"))
     plt.close(fig)
 
