@@ -191,8 +191,10 @@ class JacobianDescent:
         self.present = None
         rows = [i for i in range(k) if present[i]]
         weighted = jacobian[rows] * task_weight[rows, None]
-        weights = self.task_weights(weighted, tuple(rows), step)
-        gradient = weights.to(weighted.dtype) @ weighted  # (P,)
+        # in full precision whatever the autocast around the training step (bf16-mixed)
+        with torch.autocast(jacobian.device.type, enabled=False):
+            weights = self.task_weights(weighted, tuple(rows), step)
+            gradient = weights.to(weighted.dtype) @ weighted  # (P,)
         self.last_weights = {
             self.task_names[r]: float(w) for r, w in zip(rows, weights.tolist(), strict=True)
         }
