@@ -1,7 +1,7 @@
 """The step-level machinery of the multi-task methods, mixed into MultiTaskModule
 (mtl/model/module.py), which owns the losses and the ordinary training step:
 
-- FAMO's recompute of the step's losses after the optimizer step (`on_train_batch_end`);
+- FAMO's recompute of the step's losses after the optimizer step (`recomputed_losses`);
 - gradient-conflict metrics straight to the loggers (`log_conflicts`, mtl/model/gradients.py);
 - Jacobian descent under `gradient.aggregator` (mtl/model/aggregation.py) through Lightning's
   manual optimisation: `jacobian_step` runs the forward, hands the task losses to
@@ -36,7 +36,7 @@ class MethodSteps:
         )
         self.automatic_optimization = self.jacobian_descent is None
         self._rng: dict | None = None  # the training forward's RNG state (FAMO's recompute)
-        self._stepped = False  # an optimizer step ran since the last training batch ended
+        self._last_batch: dict | None = None  # the step's last micro-batch (FAMO's recompute)
         self._jd_inputs: tuple | None = None  # manual_backward → backward hand-over
         self._no_sync = contextlib.ExitStack()
 
@@ -63,14 +63,9 @@ class MethodSteps:
             for logger in self.loggers:
                 logger.log_metrics({**metrics, "epoch": self.current_epoch}, step=self.global_step)
 
-    def on_train_batch_end(self, outputs, batch: dict, batch_idx: int) -> None:
-        if self._stepped and self.weighting.needs_post_step_losses:
-            self.weighting.post_step(self.recomputed_losses(batch), self.present(batch))
-        self._stepped = False
-
     @torch.no_grad()
     def recomputed_losses(self, batch: dict) -> dict[str, torch.Tensor]:
-        """The step's task losses on its (last) batch after the optimizer step, with the dropout
+        """The step's task losses on its last micro-batch after the optimizer step, with the dropout
         masks of its training forward (FAMO's δ then measures the step, not dropout noise)."""
         with replayed_rng(self._rng), self.trainer.precision_plugin.train_step_context():
             logits = self(batch["input_ids"], batch["attention_mask"], batch["index"])

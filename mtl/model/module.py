@@ -138,8 +138,8 @@ class MultiTaskModule(MethodSteps, L.LightningModule):
     def training_step(self, batch: dict, batch_idx: int) -> torch.Tensor:
         if self.jacobian_descent is not None:
             return self.jacobian_step(batch, batch_idx)
-        if self.weighting.needs_post_step_losses:
-            self._rng = rng_state(self.device)  # this forward's dropout masks, for the recompute
+        if self.weighting.needs_post_step_losses:  # FAMO: the batch and its dropout masks again
+            self._rng, self._last_batch = rng_state(self.device), batch  # after the step
         logits = self(batch["input_ids"], batch["attention_mask"], batch["index"])
         losses = self.task_losses(logits, batch, "train")
         present = self.present(batch)
@@ -159,7 +159,9 @@ class MultiTaskModule(MethodSteps, L.LightningModule):
     def optimizer_step(self, *args, **kwargs) -> None:
         super().optimizer_step(*args, **kwargs)
         self.weighting.project()  # e.g. keep log-variances in range without killing gradients
-        self._stepped = True
+        if self.weighting.needs_post_step_losses:  # within the step (the benchmark's clock too)
+            batch, self._last_batch = self._last_batch, None
+            self.weighting.post_step(self.recomputed_losses(batch), self.present(batch))
 
     def validation_step(self, batch: dict, batch_idx: int) -> None:
         _, logits = self.model_step(batch, "val")
