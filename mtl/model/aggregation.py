@@ -124,8 +124,11 @@ class JacobianDescent:
     """The aggregator of one fold and the window's bookkeeping. Not an nn.Module: nothing of it
     belongs in the checkpoint (Nash-MTL's warm start restarts from equal weights on resume)."""
 
-    def __init__(self, name: str, task_names: list[str], seed: int):
+    def __init__(self, name: str, task_names: list[str], seed: int, sequential: bool = False):
         self.name = name
+        # sequential: one task's backward at a time instead of torch.vmap over the K rows, for
+        # gradient checkpointing (its re-run forward draws dropout masks, which vmap refuses)
+        self.chunk = 1 if sequential else None
         self.task_names = list(task_names)
         self.seed = int(seed)
         self._aggregators: dict[tuple[int, ...], object] = {}  # Nash-MTL is sized per row set
@@ -154,6 +157,7 @@ class JacobianDescent:
             losses,
             features=features,
             tasks_params=[[p for p in head.parameters() if p.requires_grad] for head in heads],
+            parallel_chunk_size=self.chunk,
         )
 
     def step_gradients(

@@ -30,7 +30,12 @@ class MethodSteps:
         gradient = self.cfg.gradient
         self.monitor = ConflictMonitor(self.task_names, gradient.log_every_n_steps)
         self.jacobian_descent = (
-            JacobianDescent(gradient.aggregator, self.task_names, self.cfg.seed)
+            JacobianDescent(
+                gradient.aggregator,
+                self.task_names,
+                self.cfg.seed,
+                sequential=self.cfg.backbone.gradient_checkpointing,
+            )
             if gradient.aggregator != "none"
             else None
         )

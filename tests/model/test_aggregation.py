@@ -234,3 +234,21 @@ def test_a_fold_resumed_after_a_crash_ends_as_the_uninterrupted_one(
     assert {k: v for k, v in resumed.items() if k != "run"} == {
         k: v for k, v in clean.items() if k != "run"
     }
+
+
+def test_gradient_checkpointing_gives_the_same_jacobian_step(tiny_cfg):
+    """Checkpointing re-runs the forward (dropout included) inside the backward, which torch.vmap
+    refuses: the tasks' backward passes then run one at a time, to the same result."""
+    from mtl.run.train import train
+
+    common = ["gradient.aggregator=upgrad", "trainer.max_epochs=1", "backbone.dropout=0.1"]
+    plain = tiny_cfg(*common, "run.name=plain")
+    checkpointed = tiny_cfg(*common, "run.name=ckpt", "backbone.gradient_checkpointing=true")
+    train(plain)
+    train(checkpointed)
+    states = [
+        torch.load(Path(c.run.output_dir) / c.run.name / "fold_0" / "last.ckpt", weights_only=True)
+        for c in (plain, checkpointed)
+    ]
+    for key, value in states[0]["state_dict"].items():
+        assert torch.allclose(value, states[1]["state_dict"][key], atol=1e-5), key

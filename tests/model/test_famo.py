@@ -153,3 +153,36 @@ def test_famo_trains_a_tiny_kfold_run_and_moves_its_weights(tiny_cfg):
         assert state["weighting.logits"].abs().sum() > 0
         metrics = json.loads((run / f"fold_{fold}" / "metrics.json").read_text())["metrics"]
         assert all(math.isfinite(v) for v in metrics.values())
+
+
+def _famo_worker(rank: int, world: int, store: str, out: str) -> None:
+    """FAMO on one rank's losses (rank 0: 1.0 and 2.0 before, 0.5 and 1.8 after; rank 1: other)."""
+    import torch.distributed as dist
+
+    if world > 1:
+        dist.init_process_group("gloo", init_method=f"file://{store}", rank=rank, world_size=world)
+    before = [[1.0, 2.0], [3.0, 1.0]]
+    after = [[0.5, 1.8], [2.9, 0.7]]
+    famo = FAMOWeighting(TWO)
+    present = dict.fromkeys(TWO, True)
+    if world == 1:  # one process on the union batch: the ranks' mean losses
+        b, a = torch.tensor(before).mean(0).tolist(), torch.tensor(after).mean(0).tolist()
+    else:
+        b, a = before[rank], after[rank]
+    famo(losses_of(TWO, *b), present)
+    famo.post_step(losses_of(TWO, *a), present)
+    torch.save(famo.logits, f"{out}.{rank}")
+    if world > 1:
+        dist.destroy_process_group()
+
+
+def test_famo_logits_agree_across_gloo_ranks_and_with_the_union_batch(tmp_path):
+    import torch.multiprocessing as mp
+
+    _famo_worker(0, 1, "", str(tmp_path / "one"))
+    mp.spawn(_famo_worker, args=(2, str(tmp_path / "store"), str(tmp_path / "two")), nprocs=2)
+    one = torch.load(tmp_path / "one.0")
+    ranks = [torch.load(tmp_path / f"two.{r}") for r in (0, 1)]
+    assert torch.equal(ranks[0], ranks[1])
+    assert torch.allclose(ranks[0], one, atol=1e-6)
+    assert one.abs().sum() > 0
