@@ -27,7 +27,7 @@ import torch
 from torch import nn
 
 from mtl.errors import ConfigError
-from mtl.model.distributed import any_over_ranks, broadcast_from_first, mean_over_ranks
+from mtl.model.distributed import any_over_ranks, average_over_ranks_, broadcast_from_first
 
 CAGRAD_C = 0.4  # CAGrad's radius scale (the value of its paper's multi-task experiments)
 NEEDS_EXTRA = {"cagrad": "cagrad", "nash_mtl": "nash-mtl"}  # mtl's extras (pyproject.toml)
@@ -176,14 +176,21 @@ class JacobianDescent:
         if not with_jac:
             return None
         head_params = [[p for p in head.parameters() if p.grad is not None] for head in heads]
-        k = len(self.task_names)
-        jacobian = torch.cat([p.jac.reshape(k, -1) for p in with_jac], dim=1)  # (K, P)
-        for p in with_jac:
-            del p.jac
+        k, width = len(self.task_names), sum(p.numel() for p in with_jac)
         flat_heads = [p.grad.reshape(-1) for params in head_params for p in params]
-        # one collective for J and the heads' gradients: the union batch's, averaged as DDP's are
-        packed = mean_over_ranks(torch.cat([jacobian.reshape(-1), *flat_heads])) / window
-        jacobian = packed[: jacobian.numel()].view(k, -1)
+        # one buffer, one collective for J and the heads' gradients (the union batch's, averaged
+        # as DDP's are); each .jac is copied in and freed, so J exists once
+        first = with_jac[0].jac
+        packed = first.new_empty(k * width + sum(g.numel() for g in flat_heads))
+        jacobian = packed[: k * width].view(k, width)  # (K, P)
+        start = 0
+        for p in with_jac:
+            jacobian[:, start : start + p.numel()] = p.jac.reshape(k, -1)
+            start += p.numel()
+            del p.jac
+        if flat_heads:
+            packed[k * width :] = torch.cat(flat_heads)
+        average_over_ranks_(packed).div_(window)
         task_weight = task_weight.to(jacobian.device, jacobian.dtype)
         offset = jacobian.numel()
         for task, params in enumerate(head_params):

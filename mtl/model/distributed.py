@@ -27,6 +27,15 @@ def mean_over_ranks(tensor: torch.Tensor) -> torch.Tensor:
     return out / n
 
 
+def average_over_ranks_(tensor: torch.Tensor) -> torch.Tensor:
+    """`mean_over_ranks` in place, for a fresh buffer too large to copy (a Jacobian)."""
+    n = world_size()
+    if n > 1:
+        dist.all_reduce(tensor, op=dist.ReduceOp.SUM)
+        tensor.div_(n)
+    return tensor
+
+
 def any_over_ranks(flags: torch.Tensor) -> torch.Tensor:
     """Elementwise logical OR of a bool tensor over all ranks: e.g. which tasks had rows anywhere."""
     if world_size() == 1:

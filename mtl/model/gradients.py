@@ -70,12 +70,13 @@ def gramians(jacobian: torch.Tensor, slices: dict[str, list[slice]]) -> dict[str
     """Per group, the (K, K) Gram matrix of the rows of `jacobian` (K, P) over that group's columns,
     and `all`, their sum (in float64: the cosines of nearly parallel gradients stay exact)."""
     grams = {}
+    k = jacobian.shape[0]
     for group, parts in slices.items():
-        g = torch.zeros(jacobian.shape[0], jacobian.shape[0], dtype=torch.float64)
+        g = torch.zeros(k, k, dtype=torch.float64, device=jacobian.device)
         for part in parts:
             block = jacobian[:, part].double()
-            g += (block @ block.T).cpu()
-        grams[group] = g
+            g += block @ block.T
+        grams[group] = g.cpu()  # one transfer per group
     grams["all"] = sum(grams.values(), torch.zeros_like(next(iter(grams.values()))))
     return grams
 

@@ -1,6 +1,7 @@
 """The multi-task methods under DDP on two CPU processes (gloo) through scripts/train.py: Jacobian
 descent (manual optimisation, DDP's own gradient reduction blocked, each task's gradient averaged
-by mtl/model/aggregation.py) and FAMO (losses averaged over ranks). The numbers themselves (two
+by mtl/model/aggregation.py), FAMO (losses averaged over ranks) and the conflict monitor on both
+the manual and the automatic path. The numbers themselves (two
 processes = one process on the union batch) are checked in tests/model/test_aggregation.py."""
 
 from __future__ import annotations
@@ -17,9 +18,9 @@ from helpers import run_train_script, tiny_overrides
     "method",
     [
         ["gradient.aggregator=upgrad", "gradient.log_every_n_steps=2"],
-        ["loss_weighting=famo"],
+        ["loss_weighting=famo", "gradient.log_every_n_steps=2"],
     ],
-    ids=["upgrad", "famo"],
+    ids=["upgrad", "famo_and_monitoring"],
 )
 def test_methods_train_under_ddp_on_two_cpu_processes(tiny_backbone, data_dir, tmp_path, method):
     argv = tiny_overrides(tiny_backbone, data_dir, tmp_path) + [
@@ -39,5 +40,5 @@ def test_methods_train_under_ddp_on_two_cpu_processes(tiny_backbone, data_dir, t
     assert last["global_step"] > 0
     if "loss_weighting=famo" in method:
         assert int(last["state_dict"]["weighting.updates"]) == last["global_step"]
-    else:
-        assert last["mtl_grad_monitor"]["counts"]["toxicity__emotion"][1] > 0
+    # monitored on both paths: the aggregator's Jacobian, or autograd.grad inside DDP's forward
+    assert last["mtl_grad_monitor"]["counts"]["toxicity__emotion"][1] > 0
