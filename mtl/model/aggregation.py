@@ -223,6 +223,8 @@ class JacobianDescent:
         if len(rows) == 1:
             return torch.ones(1, device=jacobian.device)
         with torch.random.fork_rng(devices=[]):  # PCGrad's task order: from (seed, step) alone
-            torch.manual_seed(step_seed(self.seed, step))
+            # the CPU generator only (PCGrad draws there): torch.manual_seed would also reseed
+            # CUDA's, and with it the dropout masks of every following step
+            torch.default_generator.manual_seed(step_seed(self.seed, step))
             weights = self.aggregator(rows).weighting(jacobian)
         return broadcast_from_first(weights.detach().to(jacobian.device).contiguous())
