@@ -10,6 +10,7 @@ from mtl.config import DEFAULT_CONFIG
 from mtl.errors import MTLError
 from mtl.harness.bench.report import (
     ALL_PATHS,
+    DEFAULT_PATHS,
     table,
 )
 from mtl.harness.bench.run import benchmark
@@ -57,8 +58,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     )
     parser.add_argument(
         "--paths",
-        default=",".join(ALL_PATHS),
-        help=f"comma-separated subset of {','.join(ALL_PATHS)}",
+        default=",".join(DEFAULT_PATHS),
+        help=f"comma-separated subset of {','.join(ALL_PATHS)} (default: the first "
+        f"{len(DEFAULT_PATHS)}; mtl_<method>: the cost of a multi-task method against mtl)",
     )
     parser.add_argument(
         "--threads",

@@ -7,6 +7,7 @@ from typing import Any
 
 from mtl.data.sampling import SAMPLING_MODES
 from mtl.data.tasks import TASK_TYPES
+from mtl.model.gradients import AGGREGATORS
 from mtl.model.network import HEADS, POOLINGS
 from mtl.model.optim import ADAMW_IMPLS, SCHEDULERS
 from mtl.model.weighting import WEIGHTINGS
@@ -31,7 +32,17 @@ DEFAULTS: dict[str, Any] = {
     # task_loss_norm: "batch" = each task's loss is the mean over its rows in the batch;
     # "expected" (default, docs/RESULTS.md) = its summed loss / its expected rows per batch
     # (every row weighs the same however many rows of its task a batch holds)
-    "weighting": {"log_var_clamp": 5.0, "dwa_temperature": 2.0, "task_loss_norm": "expected"},
+    # famo_lr / famo_decay: the Adam step size and L2 decay γ of FAMO's task logits (the paper's)
+    "weighting": {
+        "log_var_clamp": 5.0,
+        "dwa_temperature": 2.0,
+        "task_loss_norm": "expected",
+        "famo_lr": 0.025,
+        "famo_decay": 0.001,
+    },
+    # aggregator: how the tasks' gradients on the shared encoder combine (mtl/model/gradients.py);
+    # log_every_n_steps: gradient-conflict statistics every N optimizer steps (0 = off)
+    "gradient": {"aggregator": "none", "log_every_n_steps": 0},
     "sampling": {"mode": "proportional", "temperature": 2.0, "length_grouping": True},
     "data": {
         "max_length": 128,
@@ -120,6 +131,7 @@ CHOICES: dict[str, tuple] = {
         *("16-true", "16-mixed", "bf16-true", "bf16-mixed", "32-true", "64-true"),
         *(64, 32, 16, "64", "32", "16", "bf16", "transformer-engine", "transformer-engine-float16"),
     ),
+    "gradient.aggregator": AGGREGATORS,
     "task.type": tuple(TASK_TYPES),
     "task.loss": (None, *dict.fromkeys(loss for t in TASK_TYPES.values() for loss in t.losses)),
 }
@@ -183,6 +195,9 @@ RANGES: dict[str, tuple] = {
     "early_stopping.min_delta": (0.0, INF, True, True),
     "weighting.log_var_clamp": (0.0, INF, False, True),
     "weighting.dwa_temperature": (0.0, INF, False, True),
+    "weighting.famo_lr": (0.0, INF, False, False),
+    "weighting.famo_decay": (0.0, INF, True, False),
+    "gradient.log_every_n_steps": (0, INF, True, False),
     "sampling.temperature": (0.0, INF, False, True),
     "task.gamma": (0.0, INF, True, True),
     "task.weight": (0.0, INF, True, True),
@@ -192,4 +207,7 @@ RANGE_MEANING = {
     "cv.n_splits": " (1 = no k-fold)",
     "trainer.max_epochs": " (at least one epoch of training)",
     "data.max_dropped_fraction": " (the share of a file data.on_bad_rows=drop may drop)",
+    "weighting.famo_lr": " (a finite number)",
+    "weighting.famo_decay": " (a finite number)",
+    "gradient.log_every_n_steps": " (0 = off)",
 }

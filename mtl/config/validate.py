@@ -228,6 +228,9 @@ def check_tasks(cfg: dict) -> None:
 
     if cfg["optim"].get("adamw_impl") == "fused" and not fused_allowed(cfg["trainer"]):
         raise ConfigError(FUSED_FP16_CLIP)
+    from mtl.model.aggregation import check_config
+
+    check_config(cfg)
     if not 0.0 <= cfg["data"]["val_fraction"] < 1.0:
         raise ConfigError(
             f"Config key 'data.val_fraction' must be in [0, 1) (the share of a training file held "

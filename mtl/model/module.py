@@ -1,10 +1,17 @@
 """The LightningModule: one `model_step` shared by training and validation, logging per task.
 
 TensorBoard tags: train/loss, train/<task>/loss, val/<task>/<metric>, val/score, sigma/<task>,
-weight/<task>, and learning rates per parameter group (LearningRateMonitor).
+weight/<task>, and learning rates per parameter group (LearningRateMonitor); with
+`gradient.log_every_n_steps`, grad/cos, grad/conflict and grad/norm (mtl/model/gradients.py).
+
+Under `gradient.aggregator` the step is Jacobian descent (mtl/model/aggregation.py) through
+Lightning's manual optimisation: `jacobian_step` accumulates, clips, steps the optimizer and our
+LR schedule itself (the Trainer gets accumulate_grad_batches=1 and no clipping, mtl/run/fit.py).
 """
 
 from __future__ import annotations
+
+import math
 
 import lightning as L
 import numpy as np
@@ -16,14 +23,17 @@ from torchmetrics import MeanMetric
 from mtl.backbone import encoder_record, load_encoder
 from mtl.data.sampling import expected_rows_per_batch
 from mtl.data.tasks import TaskMeta
+from mtl.model.gradients import monitor_losses
 from mtl.model.losses import TaskLoss, reduce_rows
+from mtl.model.method_steps import MethodSteps
 from mtl.model.metrics import TaskMetrics
 from mtl.model.network import MultiTaskModel
 from mtl.model.optim import build_optimizer, build_scheduler, fused_allowed
 from mtl.model.weighting import build_weighting
+from mtl.model.weighting.famo import rng_state
 
 
-class MultiTaskModule(L.LightningModule):
+class MultiTaskModule(MethodSteps, L.LightningModule):
     """`config`: the resolved config as a dict; `tasks`: TaskMeta dicts; `backbone_config`: set when
     rebuilding from a checkpoint (the encoder is then created empty and filled from the state dict)."""
 
@@ -67,6 +77,7 @@ class MultiTaskModule(L.LightningModule):
             param
         ) in self.parameters():  # FSDP later reshapes them into flat shards (mtl/model/optim.py)
             param.mtl_ndim = param.dim()
+        self.init_method_steps()  # FAMO, conflict monitoring, Jacobian descent
 
     def forward(self, input_ids, attention_mask, index=None):
         return self.model(input_ids, attention_mask, index)
@@ -78,6 +89,7 @@ class MultiTaskModule(L.LightningModule):
     def on_train_start(self) -> None:
         # from the training loader itself, however it reached the Trainer (DataModule or not)
         self.set_expected_rows(getattr(self.trainer.train_dataloader, "dataset", None))
+        self.start_method_steps()
 
     def set_expected_rows(self, dataset) -> None:
         """Each task's expected rows per batch of `dataset` (a MultiTaskDataset), for
@@ -98,38 +110,58 @@ class MultiTaskModule(L.LightningModule):
 
     # --- the shared step ------------------------------------------------------------------------
 
-    def task_losses(self, logits: dict, batch: dict, stage: str) -> dict[str, torch.Tensor]:
+    def task_losses(
+        self, logits: dict, batch: dict, stage: str, record: bool = True
+    ) -> dict[str, torch.Tensor]:
         """Each task's loss for the step, by the one reduction path (mtl/model/losses.py): its
         per-row losses (class weights applied) summed over its expected rows per batch when
         training under `weighting.task_loss_norm: expected`, else their mean. The same rows feed
-        the task's epoch loss, a mean over the epoch's rows."""
+        the task's epoch loss, a mean over the epoch's rows (unless `record` is False)."""
         epoch_losses = self.train_losses if stage == "train" else self.val_losses
         out = {}
         for name in self.task_names:
             rows = self.losses[name](logits[name], batch["targets"][name])  # (n,)
-            if rows.numel():
+            if rows.numel() and record:
                 epoch_losses[name].update(rows.detach())
             expected = self.expected_rows.get(name) if stage == "train" else None
             out[name] = reduce_rows(rows, expected)
         return out
 
+    def present(self, batch: dict) -> dict[str, bool]:
+        return {name: batch["index"][name].numel() > 0 for name in self.task_names}
+
     def model_step(self, batch: dict, stage: str) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
         logits = self(batch["input_ids"], batch["attention_mask"], batch["index"])
         losses = self.task_losses(logits, batch, stage)
-        present = {name: batch["index"][name].numel() > 0 for name in self.task_names}
-        return self.weighting(losses, present), logits
+        return self.weighting(losses, self.present(batch)), logits
 
     def training_step(self, batch: dict, batch_idx: int) -> torch.Tensor:
-        total, _ = self.model_step(batch, "train")
+        if self.jacobian_descent is not None:
+            return self.jacobian_step(batch, batch_idx)
+        if self.weighting.needs_post_step_losses:  # FAMO: the batch and its dropout masks again
+            self._rng, self._last_batch = rng_state(self.device), batch  # after the step
+        logits = self(batch["input_ids"], batch["attention_mask"], batch["index"])
+        losses = self.task_losses(logits, batch, "train")
+        present = self.present(batch)
+        total = self.weighting(losses, present)
+        if self.monitor.due(self.global_step) and self.window_start(batch_idx):
+            self.log_conflicts(monitor_losses(self.monitor, losses, present, self.shared))
+        self.log_step(total, batch)
+        return total
+
+    def log_step(self, total: torch.Tensor, batch: dict, weights: dict | None = None) -> None:
         self.log("train/loss", total, prog_bar=True, batch_size=batch["input_ids"].shape[0])
-        logs = {f"weight/{k}": v for k, v in self.weighting.task_weights().items()}
+        weights = self.weighting.task_weights() if weights is None else weights
+        logs = {f"weight/{k}": v for k, v in weights.items()}
         logs.update(self.weighting.extra_logs())
         self.log_dict(logs, on_step=True, on_epoch=False)
-        return total
 
     def optimizer_step(self, *args, **kwargs) -> None:
         super().optimizer_step(*args, **kwargs)
         self.weighting.project()  # e.g. keep log-variances in range without killing gradients
+        if self.weighting.needs_post_step_losses:  # within the step (the benchmark's clock too)
+            batch, self._last_batch = self._last_batch, None
+            self.weighting.post_step(self.recomputed_losses(batch), self.present(batch))
 
     def validation_step(self, batch: dict, batch_idx: int) -> None:
         _, logits = self.model_step(batch, "val")
@@ -155,11 +187,13 @@ class MultiTaskModule(L.LightningModule):
     # --- resumable randomness: a resumed fold continues with the RNG state it stopped with ---
 
     def on_save_checkpoint(self, checkpoint: dict) -> None:
+        checkpoint["mtl_grad_monitor"] = self.monitor.state_dict()
         checkpoint["mtl_rng"] = {"torch": torch.get_rng_state()}
         if torch.cuda.is_available():
             checkpoint["mtl_rng"]["cuda"] = torch.cuda.get_rng_state_all()
 
     def on_load_checkpoint(self, checkpoint: dict) -> None:
+        self.monitor.load_state_dict(checkpoint.get("mtl_grad_monitor", {}))
         state = checkpoint.get("mtl_rng")
         if state:
             torch.set_rng_state(state["torch"])
@@ -241,9 +275,11 @@ class MultiTaskModule(L.LightningModule):
         optimizer = build_optimizer(
             self.model, self.weighting, self.cfg.optim, fused_allowed(self.cfg.trainer)
         )
-        scheduler = build_scheduler(
-            optimizer, self.cfg.optim, self.trainer.estimated_stepping_batches
-        )
+        steps = self.trainer.estimated_stepping_batches
+        window = self.cfg.trainer.accumulate_grad_batches
+        if not self.automatic_optimization and window > 1:  # we accumulate: fewer steps per epoch
+            steps = self.trainer.max_epochs * math.ceil(self.trainer.num_training_batches / window)
+        scheduler = build_scheduler(optimizer, self.cfg.optim, steps)
         return {
             "optimizer": optimizer,
             "lr_scheduler": {"scheduler": scheduler, "interval": "step"},

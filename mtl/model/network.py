@@ -81,8 +81,17 @@ class MultiTaskModel(nn.Module):
         attention_mask: torch.Tensor,
         index: dict[str, torch.Tensor] | None = None,
     ) -> dict[str, torch.Tensor]:
+        return self.classify(self.encode(input_ids, attention_mask), index)
+
+    def encode(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+        """The pooled representation every head reads, (B, H): the last shared features."""
         outputs = self.encoder(input_ids=input_ids, attention_mask=attention_mask)
-        pooled = self.pool(outputs, attention_mask)  # (B, H)
+        return self.pool(outputs, attention_mask)
+
+    def classify(
+        self, pooled: torch.Tensor, index: dict[str, torch.Tensor] | None = None
+    ) -> dict[str, torch.Tensor]:
+        """Each head on the pooled rows of its task (all rows without `index`)."""
         if index is None:
             return {name: head(pooled) for name, head in self.heads.items()}
         # a head on an empty selection still joins the graph, so DDP sees every parameter used

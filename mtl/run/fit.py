@@ -133,6 +133,9 @@ def _trainer(cfg, fold_dir, run_dir, fold, callbacks, strategy) -> L.Trainer:
     # shortest ones the length-sorted batches start with)
     limit = t.limit_train_batches
     optional = {"limit_train_batches": limit} if limit is not None else {}
+    # gradient.aggregator: manual optimisation, where MultiTaskModule accumulates and clips itself
+    # (Lightning refuses both Trainer arguments then)
+    manual = cfg.gradient.aggregator != "none"
     return L.Trainer(
         default_root_dir=fold_dir,
         max_epochs=t.max_epochs,
@@ -141,8 +144,8 @@ def _trainer(cfg, fold_dir, run_dir, fold, callbacks, strategy) -> L.Trainer:
         strategy=strategy,
         num_nodes=t.num_nodes,
         precision=t.precision,
-        accumulate_grad_batches=t.accumulate_grad_batches,
-        gradient_clip_val=t.gradient_clip_val,
+        accumulate_grad_batches=1 if manual else t.accumulate_grad_batches,
+        gradient_clip_val=None if manual else t.gradient_clip_val,
         log_every_n_steps=t.log_every_n_steps,
         deterministic=t.deterministic,
         enable_progress_bar=t.enable_progress_bar,

@@ -9,6 +9,8 @@ from pathlib import Path
 
 import pandas as pd
 
+from mtl.run.conflict_panel import add_conflict_panel
+
 
 def epoch_history(run_dir: Path, fold: int) -> pd.DataFrame | None:
     """One row per epoch: the last logged value of every column in that epoch (resumed parts merged)."""
@@ -33,14 +35,15 @@ def report_files(run_dir: Path, results: dict) -> dict[str, str | bytes]:
     histories = {k: h for k in results["folds"] if (h := epoch_history(run_dir, k)) is not None}
     if histories:
         primaries = {name: meta.primary_metric for name, meta in read_metas(run_dir).items()}
-        files["report.png"] = plot_history(histories, results, primaries)
+        files["report.png"] = plot_history(histories, results, primaries, run_dir)
     return files
 
 
 def plot_history(
-    histories: dict[int, pd.DataFrame], results: dict, primaries: dict[str, str]
+    histories: dict[int, pd.DataFrame], results: dict, primaries: dict[str, str], run_dir: Path
 ) -> bytes:
-    """The PNG. `primaries`: per task, the metric of the middle row (its type's primary metric)."""
+    """The PNG. `primaries`: per task, the metric of the middle row (its type's primary metric);
+    a bottom row of gradient-conflict panels when the run logged them."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -80,6 +83,7 @@ def plot_history(
         + (" (selection rows)" if results.get("selection_biased", True) else "")
     )
     fig.tight_layout()
+    add_conflict_panel(fig, run_dir, list(histories))  # gradient.log_every_n_steps runs only
     png = io.BytesIO()
     fig.savefig(png, dpi=90, format="png")
     plt.close(fig)

@@ -48,6 +48,7 @@ NOT_FINGERPRINTED = (
     "data.cache_dir",
     "trainer.enable_progress_bar",
     "trainer.log_every_n_steps",
+    "gradient.log_every_n_steps",  # monitoring leaves the training bit for bit as it is
     "trainer.accelerator",
     "trainer.devices",
     "trainer.strategy",

@@ -24,6 +24,7 @@ from mtl.data.datamodule import MultiTaskDataModule
 from mtl.data.tokenize import token_cache_dir
 from mtl.errors import ConfigError
 from mtl.io import make_tmp_dir, remove_orphaned_tmp, write_csv, write_json
+from mtl.model.aggregation import check_installed
 from mtl.run.cv import collect
 from mtl.run.fit import fit_fold
 from mtl.run.runfolder import check_and_record, fold_lock, run_identity, run_lock
@@ -107,6 +108,7 @@ def train(cfg: Box) -> dict:
     run folder and write results.json and the report.
 
     Under DDP every rank calls this; rank 0 returns the results, the other ranks `{}`."""
+    check_installed(cfg)  # gradient.aggregator's solvers, before any work
     run_dir, dm = prepare(cfg)
     for k in folds_to_run(cfg):
         # one process trains a fold at a time (rank 0 holds the lock for its DDP group)

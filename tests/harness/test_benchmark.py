@@ -186,3 +186,16 @@ def test_profile_step_from_the_command_line(tmp_path):
     assert set(result["profile"]) == {"ours", "seed_style", "ceilings"}
     assert result["profile"]["ours"]["steps"] == 3
     assert "seed_style" in done.stdout and "ratio_of_mean_steps" in done.stdout
+
+
+def test_smoke_benchmark_prices_the_multi_task_methods_against_mtl(tmp_path):
+    """FAMO, two aggregators and the conflict monitor as interleaved paths beside `mtl`."""
+    methods = ("mtl_famo", "mtl_upgrad", "mtl_pcgrad", "mtl_monitor")
+    _, result = run_smoke_benchmark(
+        tmp_path / "bench.json", "--paths", ",".join(("mtl", *methods)), "--blocks", "2"
+    )
+    for name in methods:
+        assert result["paths"][name]["steps"] == result["setup"]["timed_steps_per_path"]
+        value = result["ratios"][f"{name}_vs_mtl"]
+        assert isinstance(value, float) and math.isfinite(value) and value > 0, (name, value)
+    assert "mtl_famo" in result["paths"] and "mtl_vs_seed_style" in result["ratios"]

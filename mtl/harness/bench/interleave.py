@@ -32,8 +32,8 @@ from __future__ import annotations
 from collections.abc import Callable
 
 from mtl.harness.bench.meter import MemoryProbe, Meter
-from mtl.harness.bench.paths import LightningPath, Plan, bare_path, bound_path
-from mtl.harness.bench.report import load_average
+from mtl.harness.bench.paths import LightningPath, Plan, bare_path, bound_path, method_path
+from mtl.harness.bench.report import METHOD_PATHS, load_average
 from mtl.harness.bench.seed_style import seed_style_path
 from mtl.harness.bench.setup import Setup
 
@@ -42,6 +42,7 @@ BUILDERS = {
     "bare_pytorch": bare_path,
     "seed_style": seed_style_path,
     "bound": bound_path,
+    **{name: method_path(overrides) for name, overrides in METHOD_PATHS.items()},
 }
 
 

@@ -4,6 +4,7 @@ The seed notebook's pipeline (the BASELINE) is in seed_style.py."""
 
 from __future__ import annotations
 
+import copy
 import itertools
 import warnings
 from collections.abc import Callable, Iterator
@@ -174,7 +175,10 @@ class LightningPath:
             limit_train_batches=total,
             limit_val_batches=0,
             num_sanity_val_steps=0,
-            gradient_clip_val=cfg.trainer.gradient_clip_val,
+            # manual optimisation (gradient.aggregator): the module clips itself
+            gradient_clip_val=None
+            if cfg.gradient.aggregator != "none"
+            else cfg.trainer.gradient_clip_val,
             accumulate_grad_batches=1,
             logger=False,
             enable_checkpointing=False,
@@ -237,3 +241,28 @@ def bound_path(setup: Setup, plan: Plan) -> PlainPath:
     served = iter(stream)
     step = PlainStep(setup, setup.module(), plan.total)
     return PlainPath(step, lambda count: itertools.islice(served, count))
+
+
+def method_path(overrides: list[str]) -> Callable[[Setup, Plan], LightningPath]:
+    """`mtl` with `overrides` applied to the config (a multi-task method): same rows, batches,
+    seeded weights and Trainer, so its ratio to `mtl` is the method's cost."""
+
+    def build(setup: Setup, plan: Plan) -> LightningPath:
+        from mtl.config import config_from_dict, to_dict
+        from mtl.config.loader import yaml_load
+        from mtl.model.aggregation import check_installed
+
+        config = to_dict(setup.cfg)
+        for item in overrides:
+            key, _, value = item.partition("=")
+            *parents, last = key.split(".")
+            node = config
+            for part in parents:
+                node = node[part]
+            node[last] = yaml_load(value)
+        variant = copy.copy(setup)
+        variant.cfg = config_from_dict(config)
+        check_installed(variant.cfg)
+        return LightningPath(variant, plan)
+
+    return build

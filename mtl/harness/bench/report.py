@@ -9,7 +9,27 @@ from mtl.runtime import hardware as runtime_hardware
 from mtl.runtime import load_averages
 
 TRAIN_PATHS = ("mtl", "bare_pytorch", "seed_style", "bound")
-ALL_PATHS = TRAIN_PATHS + ("predict",)
+DEFAULT_PATHS = TRAIN_PATHS + ("predict",)
+# the multi-task methods' cost: `mtl` with one config change each (mtl/harness/bench/paths.py),
+# opt-in through --paths; each is reported as <path>_vs_mtl, its samples/s over equal weighting's
+METHOD_PATHS = {
+    "mtl_famo": ["loss_weighting=famo"],
+    **{
+        f"mtl_{name}": [f"gradient.aggregator={name}"]
+        for name in (
+            "upgrad",
+            "mgda",
+            "pcgrad",
+            "cagrad",
+            "imtl_g",
+            "aligned_mtl",
+            "nash_mtl",
+            "dualproj",
+        )
+    },
+    "mtl_monitor": ["gradient.log_every_n_steps=1"],
+}
+ALL_PATHS = DEFAULT_PATHS + tuple(METHOD_PATHS)
 
 # Dense bf16 tensor-core peaks (no sparsity), by the substring of torch.cuda.get_device_name.
 # First match wins, so the specific names come first.
@@ -78,7 +98,8 @@ def block_ratios(paths: dict) -> dict[str, dict | None]:
     """Each ratio per block, between the two paths' turns in that block (mtl/harness/bench/interleave.py),
     as its median over blocks with min, max and quartiles; None where a path is missing."""
     out: dict[str, dict | None] = {}
-    for key, (ours, other) in RATIO_PATHS.items():
+    methods = {f"{name}_vs_mtl": (name, "mtl") for name in METHOD_PATHS if name in paths}
+    for key, (ours, other) in {**RATIO_PATHS, **methods}.items():
         a, b = ((paths.get(name) or {}).get("blocks") or [] for name in (ours, other))
         per_block = [x["samples_per_s"] / y["samples_per_s"] for x, y in zip(a, b, strict=False)]
         if key == "lightning_overhead":
@@ -141,7 +162,7 @@ def table(result: dict) -> str:
         + " | MFU |"
     )
     lines = [head, "|---|---:|---:|---:|---:|---:|---:|"]
-    for name in TRAIN_PATHS:
+    for name in TRAIN_PATHS + tuple(METHOD_PATHS):
         r = result["paths"].get(name)
         if not r:
             continue
@@ -167,4 +188,7 @@ def table(result: dict) -> str:
             f"{key}: {fmt(t['value'], '.3f')} (target {t['target']}) {verdict}"
             + spread_text(spreads.get(key))
         )
+    for key, spread in spreads.items():  # the methods' cost: samples/s relative to mtl
+        if key.endswith("_vs_mtl") and spread:
+            lines.append(f"{key}: {spread['median']:.3f}" + spread_text(spread))
     return "\n".join(lines)

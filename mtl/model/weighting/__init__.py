@@ -8,6 +8,7 @@ from box import Box
 
 from mtl.model.weighting.base import LossWeighting
 from mtl.model.weighting.dwa import DWAWeighting
+from mtl.model.weighting.famo import FAMOWeighting
 from mtl.model.weighting.random import RandomWeighting
 from mtl.model.weighting.static import FixedWeighting
 from mtl.model.weighting.uncertainty import UncertaintyWeighting
@@ -18,6 +19,7 @@ __all__ = [
     "UncertaintyWeighting",
     "DWAWeighting",
     "RandomWeighting",
+    "FAMOWeighting",
     "WEIGHTINGS",
     "build_weighting",
 ]
@@ -33,6 +35,9 @@ WEIGHTINGS: dict[str, Callable[[Box, list[str]], LossWeighting]] = {
     ),
     "dwa": lambda cfg, names: DWAWeighting(names, temperature=cfg.weighting.dwa_temperature),
     "random": lambda cfg, names: RandomWeighting(names, seed=cfg.seed),
+    "famo": lambda cfg, names: FAMOWeighting(
+        names, lr=cfg.weighting.famo_lr, decay=cfg.weighting.famo_decay
+    ),
 }
 
 

@@ -13,6 +13,10 @@ class LossWeighting(nn.Module):
     Absent tasks must add exactly zero (their loss is a graph-keeping zero already).
     """
 
+    # True: after each optimizer step the module recomputes the step's task losses on the same
+    # batch and hands them to `post_step` (FAMO)
+    needs_post_step_losses = False
+
     def __init__(self, task_names: list[str]):
         super().__init__()
         self.task_names = list(task_names)
@@ -30,6 +34,9 @@ class LossWeighting(nn.Module):
 
     def project(self) -> None:
         """Called after every optimizer step: bring learned parameters back into their range."""
+
+    def post_step(self, losses: dict[str, torch.Tensor], present: dict[str, bool]) -> None:
+        """With `needs_post_step_losses`: the task losses of the step's batch after the step."""
 
     def on_epoch_end(self, epoch_losses: dict[str, float]) -> None:
         """Called with each task's mean training loss of the finished epoch."""
