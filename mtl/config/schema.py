@@ -80,6 +80,9 @@ DEFAULTS: dict[str, Any] = {
     },
     "early_stopping": {"enabled": True, "patience": 3, "min_delta": 0.0},
     "monitor": {"metric": "score", "mode": "max"},
+    # scripts/tune.py's study (docs/tune.md); train.py ignores it. The space's entries are checked
+    # by mtl/tune/space.py: every key a real config key, every bound a value that key accepts
+    "tune": {"metric": "score", "direction": "maximize", "pruner": "median", "space": {}},
 }
 
 TASK_DEFAULTS: dict[str, Any] = {
@@ -114,6 +117,8 @@ CHOICES: dict[str, tuple] = {
     "cv.blend": BLEND_METHODS,
     "cv.selection": ("best", "last"),
     "weighting.task_loss_norm": ("batch", "expected"),
+    "tune.direction": ("maximize", "minimize"),
+    "tune.pruner": ("none", "median", "hyperband"),
     "task.type": tuple(TASK_TYPES),
     "task.loss": (None, *dict.fromkeys(loss for t in TASK_TYPES.values() for loss in t.losses)),
 }

@@ -1,0 +1,299 @@
+"""The study: its storage, its identity, the trial loop, and trials whose worker died.
+
+Storage: `<study folder>/study.db` (SQLite) by default, so a killed study keeps its finished
+trials; any Optuna RDB URL (`postgresql://…`, `mysql+pymysql://…`, `sqlite:///…`) or a journal
+file path (Optuna's JournalStorage, file backend) for many workers. The study folder, which holds
+every trial's run folder, must be shared by the workers: a trial's liveness is its folder's lock.
+"""
+
+from __future__ import annotations
+
+import gc
+import json
+import logging
+import math
+import re
+import warnings
+from collections import Counter
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import optuna
+from box import Box
+from optuna.trial import TrialState
+
+from mtl.config import to_dict
+from mtl.errors import ConfigError, MTLError, first_line
+from mtl.io import write_json
+from mtl.run.runfolder import _flock as flock
+from mtl.run.runfolder import identity_differences, run_identity
+from mtl.tune.objective import lock_is_free, run_trial
+from mtl.tune.space import Param, get_key
+
+log = logging.getLogger(__name__)
+
+STUDY_FILE = "study.json"  # marks a folder as a study folder (tune.py never writes into others)
+IDENTITY_ATTR = "mtl_identity"
+FAILS_IN_A_ROW = 3  # non-finite objectives in a row: the space reaches diverging settings
+FINISHED = (TrialState.COMPLETE, TrialState.PRUNED)
+_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]*")
+
+
+@dataclass
+class StudyContext:
+    study: optuna.Study
+    base: Box  # the study's config, overrides applied
+    space: list[Param]
+    study_dir: Path
+    storage: str  # as given (or the default path), for the record
+
+
+def check_study_name(name: str) -> str:
+    if not _NAME.fullmatch(name) or ".." in name:
+        raise ConfigError(
+            f"Study name {name!r} must be one folder name: letters, digits, '_', '-' and '.', "
+            "not starting with '.' and without '..' or '/' (the study is written to "
+            "<run.output_dir>/<study>/). Pass another --study."
+        )
+    return name
+
+
+def check_study_folder(study_dir: Path) -> None:
+    """Never write into a folder tune.py did not make (an ordinary run folder, say)."""
+    if study_dir.exists() and not study_dir.is_dir():
+        raise ConfigError(f"{study_dir} exists and is not a folder; pass another --study.")
+    if (study_dir / STUDY_FILE).is_file() or not study_dir.is_dir():
+        return
+    # a start that failed (a bad --storage, say) may have left the lock and the SQLite file
+    if any(
+        p.name != ".study.lock" and not p.name.startswith("study.db") for p in study_dir.iterdir()
+    ):
+        raise ConfigError(
+            f"{study_dir} already holds files that tune.py did not write (no {STUDY_FILE}: a run "
+            "folder?). Pass another --study; nothing was changed."
+        )
+
+
+def open_storage(spec: str | None, study_dir: Path):
+    """None → SQLite in the study folder; 'x://…' → an RDB URL; anything else → a journal file."""
+    try:
+        if spec is None or "://" in spec:
+            url = spec or f"sqlite:///{(study_dir / 'study.db').resolve()}"
+            # several workers on one SQLite file wait for each other's writes instead of failing
+            kwargs = {"connect_args": {"timeout": 60}} if url.startswith("sqlite") else {}
+            return optuna.storages.RDBStorage(url, engine_kwargs=kwargs)
+        from optuna.storages.journal import JournalFileBackend
+
+        if Path(spec).is_dir():
+            raise ValueError("it is a folder")
+        return optuna.storages.JournalStorage(JournalFileBackend(str(Path(spec).resolve())))
+    except Exception as err:  # noqa: BLE001 - drivers raise their own types
+        raise MTLError(
+            f"Cannot open the study storage {spec or 'study.db'}: {first_line(err)}. Give an "
+            "Optuna RDB URL (sqlite:///path/study.db, postgresql://user@host/db) or the path of "
+            "a journal file (docs/tune.md)."
+        ) from None
+
+
+def identity(base: Box) -> dict:
+    """What must not change while a study holds trials: what its runs train (mtl's run
+    fingerprint: settings and data contents) and the search it makes."""
+    tune = to_dict(base)["tune"]
+    return {
+        "run": run_identity(base),
+        "tune": json.loads(json.dumps({k: tune[k] for k in ("metric", "direction", "space")})),
+    }
+
+
+def identity_changes(before: dict, now: dict) -> list[str]:
+    changes = identity_differences(before.get("run", {}), now["run"])
+    for key in ("metric", "direction", "space"):
+        was, is_ = before.get("tune", {}).get(key), now["tune"][key]
+        if was != is_:
+            changes.append(f"tune.{key} was {was!r}, now {is_!r}")
+    return changes
+
+
+def make_pruner(base: Box, space: list[Param]) -> optuna.pruners.BasePruner:
+    from mtl.tune.objective import epochs_per_fold
+
+    kind = base.tune.pruner
+    if kind == "median":
+        return optuna.pruners.MedianPruner()
+    if kind == "hyperband":
+        steps = max(1, base.cv.n_splits) * epochs_per_fold(to_dict(base), space)
+        return optuna.pruners.HyperbandPruner(min_resource=1, max_resource=steps)
+    return optuna.pruners.NopPruner()
+
+
+def open_study(
+    base: Box, space: list[Param], study_name: str, study_dir: Path, storage_spec: str | None
+) -> StudyContext:
+    """Create or load the study; a study that holds trials of another config is refused."""
+    check_study_folder(study_dir)
+    storage_shown = storage_name(storage_spec)
+    check_same_storage(study_dir, storage_shown)
+    study_dir.mkdir(parents=True, exist_ok=True)
+    with flock(study_dir / ".study.lock", wait=True, busy=""):  # first-time schema creation races
+        storage = open_storage(storage_spec, study_dir)
+        study = optuna.create_study(
+            study_name=study_name,
+            storage=storage,
+            direction=base.tune.direction,
+            pruner=make_pruner(base, space),
+            load_if_exists=True,
+        )
+        now = identity(base)
+        before = study.user_attrs.get(IDENTITY_ATTR)
+        changes = identity_changes(before, now) if before else []
+        if changes and study.get_trials(deepcopy=False):
+            listed = "; ".join(changes[:5]) + (
+                f"; and {len(changes) - 5} more" if len(changes) > 5 else ""
+            )
+            raise ConfigError(
+                f"Study '{study_name}' ({storage_shown}) holds trials of another config or "
+                f"search: {listed}. Its trials would not be comparable. Rerun with the study's "
+                f"config, pass another --study, or delete {study_dir}."
+            )
+        if study.direction.name.lower() != base.tune.direction:
+            raise ConfigError(
+                f"Study '{study_name}' was created to {study.direction.name.lower()}, the config "
+                f"says tune.direction={base.tune.direction}. Pass another --study."
+            )
+        if before != now:
+            study.set_user_attr(IDENTITY_ATTR, now)
+        if not study.get_trials(deepcopy=False):
+            enqueue_default(study, base, space)
+        if not (study_dir / STUDY_FILE).is_file():
+            write_json(study_dir / STUDY_FILE, {"study": study_name, "storage": storage_shown})
+    shown = str(study_dir / "study.db") if storage_spec is None else storage_shown
+    return StudyContext(study, base, space, study_dir, shown)
+
+
+def storage_name(spec: str | None) -> str:
+    """How study.json records the storage: the default file, a URL without its password, or a
+    journal file's absolute path."""
+    if spec is None:
+        return "study.db"
+    if "://" in spec:
+        from sqlalchemy.engine import make_url
+
+        try:
+            return make_url(spec).render_as_string(hide_password=True)
+        except Exception:  # noqa: BLE001 - open_storage reports a bad URL
+            return spec
+    return str(Path(spec).resolve())
+
+
+def check_same_storage(study_dir: Path, shown: str) -> None:
+    """A study folder belongs to one storage: another would start trial_0 again over its folders."""
+    record = study_dir / STUDY_FILE
+    if not record.is_file():
+        return
+    try:
+        before = json.loads(record.read_text(encoding="utf-8")).get("storage")
+    except (OSError, ValueError, AttributeError):
+        before = None
+    if before != shown:
+        flag = "no --storage" if before == "study.db" else f"--storage {before}"
+        raise ConfigError(
+            f"Study folder {study_dir} belongs to the storage {before!r} ({record}), not "
+            f"{shown!r}: its trial folders are that study's. Rerun with {flag}, or pass "
+            "another --study."
+        )
+
+
+def enqueue_default(study: optuna.Study, base: Box, space: list[Param]) -> None:
+    """Trial 0 is the config as given, when the space holds its values: the search starts from
+    the hand-picked point, and the report's baseline is a trial scored like every other."""
+    raw = to_dict(base)
+    values = {p.key: get_key(raw, p.key) for p in space}
+    if all(p.contains(values[p.key]) for p in space):
+        study.enqueue_trial(values, user_attrs={"default_config": True})
+    else:
+        outside = [
+            k for k in values if not next(p for p in space if p.key == k).contains(values[k])
+        ]
+        log.info("the config's own %s lie outside the space: no trial for it", outside)
+
+
+def counts(study: optuna.Study) -> Counter:
+    return Counter(t.state for t in study.get_trials(deepcopy=False))
+
+
+def fail_dead_trials(ctx: StudyContext) -> list[int]:
+    """RUNNING trials whose folder lock is free lost their worker (killed): mark them failed and
+    queue their values again, to continue in the same run folder (its fold resumes)."""
+    dead = []
+    with flock(ctx.study_dir / ".study.lock", wait=True, busy=""):
+        for trial in ctx.study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
+            run_name = trial.user_attrs.get("run_dir") or f"trial_{trial.number}"
+            if not lock_is_free(ctx.study_dir / run_name):
+                continue
+            ctx.study.tell(trial.number, state=TrialState.FAIL, skip_if_finished=True)
+            requeue(ctx.study, trial.number)
+            dead.append(trial.number)
+    for number in dead:
+        log.warning("trial %d lost its worker (killed?): marked failed, queued again", number)
+    return dead
+
+
+def requeue(study: optuna.Study, number: int) -> None:
+    """Queue an interrupted trial's values again, to continue in its run folder."""
+    trial = next(t for t in study.get_trials(deepcopy=False) if t.number == number)
+    attrs = {**trial.user_attrs, "retry_of": number}
+    attrs.setdefault("run_dir", f"trial_{number}")
+    study.enqueue_trial(trial.params, user_attrs=attrs)
+
+
+def one_trial(ctx: StudyContext) -> TrialState:
+    """Ask, train, tell. A trial's sampler is seeded from (config seed, trial number): the same
+    study reruns to the same trials, and workers started together do not draw alike."""
+    trial = ctx.study.ask()
+    seed = int(np.random.SeedSequence([ctx.base.seed, trial.number]).generate_state(1)[0])
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+        ctx.study.sampler = optuna.samplers.TPESampler(seed=seed)
+    pruning = ctx.base.tune.pruner != "none"
+    try:
+        value = run_trial(trial, ctx.base, ctx.space, ctx.study_dir, pruning)
+    except optuna.TrialPruned as why:
+        ctx.study.tell(trial, state=TrialState.PRUNED)
+        log.info("trial %d pruned (%s)", trial.number, why)
+        return TrialState.PRUNED
+    except (KeyboardInterrupt, SystemExit):  # Ctrl-C (Lightning turns it into exit(1))
+        ctx.study.tell(trial, state=TrialState.FAIL, skip_if_finished=True)
+        requeue(ctx.study, trial.number)  # the rerun continues it, like a killed trial
+        raise
+    except BaseException:  # an error: the trial failed; the study keeps the others
+        ctx.study.tell(trial, state=TrialState.FAIL, skip_if_finished=True)
+        raise
+    finally:
+        gc.collect()
+    if not math.isfinite(value):
+        ctx.study.tell(trial, state=TrialState.FAIL)
+        log.warning("trial %d failed: its objective is not a finite number", trial.number)
+        return TrialState.FAIL
+    ctx.study.tell(trial, value)
+    log.info("trial %d: %s = %.4f", trial.number, ctx.base.tune.metric, value)
+    return TrialState.COMPLETE
+
+
+def optimise(ctx: StudyContext, n_trials: int) -> Counter:
+    """Run trials until the study holds `n_trials` finished (complete or pruned) ones, counting
+    the trials other workers are running; returns the states."""
+    fails = 0
+    while True:
+        fail_dead_trials(ctx)
+        states = counts(ctx.study)
+        done = sum(states[s] for s in FINISHED)
+        if done + states[TrialState.RUNNING] >= n_trials:
+            return states
+        fails = fails + 1 if one_trial(ctx) == TrialState.FAIL else 0
+        if fails >= FAILS_IN_A_ROW:
+            raise MTLError(
+                f"{fails} trials in a row ended without a finite objective (diverged training?). "
+                "Narrow the space (e.g. lower the high end of the learning rates) and rerun; the "
+                "finished trials are kept."
+            )
