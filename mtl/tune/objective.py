@@ -1,5 +1,5 @@
-"""One trial: its config, its run folder (held by a lock while it runs), per-epoch pruning, and
-its score — read only from the rows that choose.
+"""One trial: its config, its run folder, per-epoch pruning, and its score — read only from the
+rows that choose.
 
 A trial is an ordinary run of `mtl.run.train.train` in `<study folder>/trial_<n>/`: the study's
 config with the trial's values put in. Its objective is
@@ -26,13 +26,9 @@ from lightning.pytorch.trainer.states import TrainerFn
 from mtl.config import config_from_dict, to_dict
 from mtl.errors import MTLError
 from mtl.run.cv import finished_folds
-from mtl.run.runfolder import RunFolderBusy
-from mtl.run.runfolder import _flock as flock  # the run folder's advisory lock, reused
 from mtl.tune.space import Param, set_key
 
 log = logging.getLogger(__name__)
-
-LOCK_NAME = ".trial.lock"  # held while a trial runs: a free lock on a RUNNING trial = killed
 
 
 class SelectionPruning(Callback):
@@ -113,58 +109,35 @@ def rows_note(cfg: Box) -> str:
     return f"the selection rows (a held-out {cfg.data.val_fraction:g} of each training file)"
 
 
-def trial_lock(run_dir: Path):
-    """Held for the whole trial; a second holder is refused (it would train the same folder)."""
-    return flock(
-        run_dir / LOCK_NAME,
-        wait=False,
-        busy=f"Trial folder {run_dir} is in use by another worker ({{holder}}).",
-    )
-
-
-def lock_is_free(run_dir: Path) -> bool:
-    """True when the trial folder's lock exists and nobody holds it: its worker died."""
-    if not (run_dir / LOCK_NAME).is_file():
-        return False
-    try:
-        with trial_lock(run_dir):
-            return True
-    except RunFolderBusy:
-        return False
-
-
 def run_trial(
     trial: optuna.Trial,
+    run_name: str,
     base: Box,
     space: list[Param],
     study_dir: Path,
     pruning: bool,
 ) -> float:
-    """Train the trial's run folder and return its objective value; raises `optuna.TrialPruned`.
-    A retried trial (its worker was killed) continues the dead trial's folder."""
+    """Train the trial in `<study_dir>/<run_name>` and return its objective value; raises
+    `optuna.TrialPruned`. A retry (its worker died) continues the dead trial's folder."""
     from mtl.run.train import run_dir_of, train
 
-    run_name = trial.user_attrs.get("run_dir") or f"trial_{trial.number}"
     run_dir = study_dir / run_name
-    with trial_lock(run_dir):
-        trial.set_user_attr("run_dir", run_name)
-        params = {p.key: suggest(trial, p) for p in space}
-        log.info("trial %d (%s): %s", trial.number, run_name, params)
-        cfg = trial_config(base, params, study_dir, run_name)
-        callbacks = []
-        if pruning:
-            monitor = f"val/{cfg.tune.metric}"
-            callbacks.append(
-                SelectionPruning(trial, monitor, epochs_per_fold(to_dict(base), space))
-            )
-        try:
-            results = train(cfg, callbacks=callbacks)
-        except optuna.TrialPruned:
-            remove_checkpoints(run_dir)  # a pruned trial is never resumed or predicted with
-            raise
-        if not results:
-            raise MTLError(f"trial {trial.number}: training returned no results ({run_dir}).")
-        return objective_value(cfg, run_dir_of(cfg), results, cfg.tune.metric)
+    trial.set_user_attr("run_dir", run_name)
+    params = {p.key: suggest(trial, p) for p in space}
+    log.info("trial %d (%s): %s", trial.number, run_name, params)
+    cfg = trial_config(base, params, study_dir, run_name)
+    callbacks = []
+    if pruning:
+        monitor = f"val/{cfg.tune.metric}"
+        callbacks.append(SelectionPruning(trial, monitor, epochs_per_fold(to_dict(base), space)))
+    try:
+        results = train(cfg, callbacks=callbacks)
+    except optuna.TrialPruned:
+        remove_checkpoints(run_dir)  # a pruned trial is never resumed or predicted with
+        raise
+    if not results:
+        raise MTLError(f"trial {trial.number}: training returned no results ({run_dir}).")
+    return objective_value(cfg, run_dir_of(cfg), results, cfg.tune.metric)
 
 
 def remove_checkpoints(run_dir: Path) -> None:

@@ -3,7 +3,8 @@
 Storage: `<study folder>/study.db` (SQLite) by default, so a killed study keeps its finished
 trials; any Optuna RDB URL (`postgresql://…`, `mysql+pymysql://…`, `sqlite:///…`) or a journal
 file path (Optuna's JournalStorage, file backend) for many workers. The study folder, which holds
-every trial's run folder, must be shared by the workers: a trial's liveness is its folder's lock.
+every trial's run folder, must be shared by the workers: a trial's liveness is its worker's lock
+(mtl/tune/workers.py).
 """
 
 from __future__ import annotations
@@ -26,10 +27,11 @@ from optuna.trial import TrialState
 from mtl.config import to_dict
 from mtl.errors import ConfigError, MTLError, first_line
 from mtl.io import write_json
-from mtl.run.runfolder import _flock as flock
+from mtl.run.runfolder import _flock as flock  # the run folder's advisory lock, reused
 from mtl.run.runfolder import identity_differences, run_identity
-from mtl.tune.objective import lock_is_free, run_trial
+from mtl.tune.objective import run_trial
 from mtl.tune.space import Param, get_key
+from mtl.tune.workers import WorkerLock, worker_alive
 
 log = logging.getLogger(__name__)
 
@@ -223,13 +225,14 @@ def counts(study: optuna.Study) -> Counter:
 
 
 def fail_dead_trials(ctx: StudyContext) -> list[int]:
-    """RUNNING trials whose folder lock is free lost their worker (killed): mark them failed and
-    queue their values again, to continue in the same run folder (its fold resumes)."""
+    """RUNNING trials whose worker died (its lock is free): mark them failed and queue their
+    values again, to continue in the same run folder (its interrupted fold resumes). Runs under
+    the study folder's lock, as asking for a trial does, so it never sees a trial half-asked."""
     dead = []
     with flock(ctx.study_dir / ".study.lock", wait=True, busy=""):
         for trial in ctx.study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
-            run_name = trial.user_attrs.get("run_dir") or f"trial_{trial.number}"
-            if not lock_is_free(ctx.study_dir / run_name):
+            worker = trial.user_attrs.get("worker")  # none: its worker died inside ask
+            if worker is not None and worker_alive(ctx.study_dir, worker):
                 continue
             ctx.study.tell(trial.number, state=TrialState.FAIL, skip_if_finished=True)
             requeue(ctx.study, trial.number)
@@ -242,58 +245,80 @@ def fail_dead_trials(ctx: StudyContext) -> list[int]:
 def requeue(study: optuna.Study, number: int) -> None:
     """Queue an interrupted trial's values again, to continue in its run folder."""
     trial = next(t for t in study.get_trials(deepcopy=False) if t.number == number)
-    attrs = {**trial.user_attrs, "retry_of": number}
+    attrs = {k: v for k, v in trial.user_attrs.items() if k != "worker"} | {"retry_of": number}
     attrs.setdefault("run_dir", f"trial_{number}")
     study.enqueue_trial(trial.params, user_attrs=attrs)
 
 
-def one_trial(ctx: StudyContext) -> TrialState:
-    """Ask, train, tell. A trial's sampler is seeded from (config seed, trial number): the same
-    study reruns to the same trials, and workers started together do not draw alike."""
-    trial = ctx.study.ask()
+def one_trial(ctx: StudyContext, worker: str) -> TrialState:
+    """Ask, stamp with this worker's id, train, tell. A trial's sampler is seeded from (config
+    seed, trial number): the same study reruns to the same trials, and workers started together
+    do not draw alike."""
+    # ask + stamp under the study folder's lock: SQLite has no SELECT ... FOR UPDATE, so two
+    # workers could both pop one queued trial (optuna/optuna#4621); the reaper takes it too
+    with flock(ctx.study_dir / ".study.lock", wait=True, busy=""):
+        trial = ctx.study.ask()
+        trial.set_user_attr("worker", worker)
     seed = int(np.random.SeedSequence([ctx.base.seed, trial.number]).generate_state(1)[0])
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
         ctx.study.sampler = optuna.samplers.TPESampler(seed=seed)
+    run_name = trial.user_attrs.get("run_dir") or f"trial_{trial.number}"  # a retry: the same
+    try:
+        return _train_and_tell(ctx, trial, run_name)
+    finally:
+        gc.collect()
+
+
+def _train_and_tell(ctx: StudyContext, trial: optuna.Trial, run_name: str) -> TrialState:
     pruning = ctx.base.tune.pruner != "none"
     try:
-        value = run_trial(trial, ctx.base, ctx.space, ctx.study_dir, pruning)
+        value = run_trial(trial, run_name, ctx.base, ctx.space, ctx.study_dir, pruning)
     except optuna.TrialPruned as why:
-        ctx.study.tell(trial, state=TrialState.PRUNED)
+        _tell(ctx, trial, state=TrialState.PRUNED)
         log.info("trial %d pruned (%s)", trial.number, why)
         return TrialState.PRUNED
     except (KeyboardInterrupt, SystemExit):  # Ctrl-C (Lightning turns it into exit(1))
-        ctx.study.tell(trial, state=TrialState.FAIL, skip_if_finished=True)
+        _tell(ctx, trial, state=TrialState.FAIL)
         requeue(ctx.study, trial.number)  # the rerun continues it, like a killed trial
         raise
     except BaseException:  # an error: the trial failed; the study keeps the others
-        ctx.study.tell(trial, state=TrialState.FAIL, skip_if_finished=True)
+        _tell(ctx, trial, state=TrialState.FAIL)
         raise
-    finally:
-        gc.collect()
     if not math.isfinite(value):
-        ctx.study.tell(trial, state=TrialState.FAIL)
+        _tell(ctx, trial, state=TrialState.FAIL)
         log.warning("trial %d failed: its objective is not a finite number", trial.number)
         return TrialState.FAIL
-    ctx.study.tell(trial, value)
+    _tell(ctx, trial, value)
     log.info("trial %d: %s = %.4f", trial.number, ctx.base.tune.metric, value)
     return TrialState.COMPLETE
+
+
+def _tell(ctx: StudyContext, trial: optuna.Trial, value=None, state=None) -> None:
+    told = ctx.study.tell(trial, value, state=state, skip_if_finished=True)
+    if state is None and told.state != TrialState.COMPLETE:
+        log.warning(
+            "trial %d was marked %s by another worker while it ran (its lock looked free: is the "
+            "study folder on a file system every worker shares?); its result is not counted",
+            trial.number, told.state.name.lower(),
+        )  # fmt: skip
 
 
 def optimise(ctx: StudyContext, n_trials: int) -> Counter:
     """Run trials until the study holds `n_trials` finished (complete or pruned) ones, counting
     the trials other workers are running; returns the states."""
     fails = 0
-    while True:
-        fail_dead_trials(ctx)
-        states = counts(ctx.study)
-        done = sum(states[s] for s in FINISHED)
-        if done + states[TrialState.RUNNING] >= n_trials:
-            return states
-        fails = fails + 1 if one_trial(ctx) == TrialState.FAIL else 0
-        if fails >= FAILS_IN_A_ROW:
-            raise MTLError(
-                f"{fails} trials in a row ended without a finite objective (diverged training?). "
-                "Narrow the space (e.g. lower the high end of the learning rates) and rerun; the "
-                "finished trials are kept."
-            )
+    with WorkerLock(ctx.study_dir) as worker:
+        while True:
+            fail_dead_trials(ctx)
+            states = counts(ctx.study)
+            done = sum(states[s] for s in FINISHED)
+            if done + states[TrialState.RUNNING] >= n_trials:
+                return states
+            fails = fails + 1 if one_trial(ctx, worker) == TrialState.FAIL else 0
+            if fails >= FAILS_IN_A_ROW:
+                raise MTLError(
+                    f"{fails} trials in a row ended without a finite objective (diverged "
+                    "training?). Narrow the space (e.g. lower the high end of the learning "
+                    "rates) and rerun; the finished trials are kept."
+                )
