@@ -15,6 +15,7 @@ from box import Box
 from optuna.trial import TrialState
 
 from mtl.config import config_from_dict, save_config, to_dict
+from mtl.errors import MTLError
 from mtl.io import atomic_write, write_csv, write_text
 from mtl.tune.objective import objective_value, rows_note, trial_config
 from mtl.tune.space import get_key, set_key
@@ -143,7 +144,14 @@ def write_outputs(ctx: StudyContext, report: bool, command: str) -> Path | None:
 
 
 def _results(run_dir: Path) -> dict:
-    return json.loads((run_dir / "results.json").read_text(encoding="utf-8"))
+    path = run_dir / "results.json"
+    if not path.is_file():
+        raise MTLError(
+            f"{path} is missing, so report.md cannot show that run's val-file scores. Was the "
+            "trial run on a machine that does not share this study folder? Rerun there, or copy "
+            "the trial folder here, then run the same command again."
+        )
+    return json.loads(path.read_text(encoding="utf-8"))
 
 
 def report_markdown(

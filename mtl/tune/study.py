@@ -89,6 +89,7 @@ def open_storage(spec: str | None, study_dir: Path):
 
         if Path(spec).is_dir():
             raise ValueError("it is a folder")
+        check_journal_file(Path(spec))
         return optuna.storages.JournalStorage(JournalFileBackend(str(Path(spec).resolve())))
     except Exception as err:  # noqa: BLE001 - drivers raise their own types
         raise MTLError(
@@ -96,6 +97,21 @@ def open_storage(spec: str | None, study_dir: Path):
             "Optuna RDB URL (sqlite:///path/study.db, postgresql://user@host/db) or the path of "
             "a journal file (docs/tune.md)."
         ) from None
+
+
+def check_journal_file(path: Path) -> None:
+    """Optuna appends to the journal: a file that is something else (a config, a data file given
+    by mistake) must not be touched. A journal's lines are JSON objects with an `op_code`."""
+    if not path.is_file() or path.stat().st_size == 0:
+        return
+    with open(path, encoding="utf-8", errors="replace") as handle:
+        first = handle.readline()
+    try:
+        ok = "op_code" in json.loads(first)
+    except (ValueError, TypeError):
+        ok = False
+    if not ok:
+        raise ValueError(f"{path} exists and is not an Optuna journal file; it was not changed")
 
 
 def identity(base: Box) -> dict:
@@ -247,7 +263,9 @@ def requeue(study: optuna.Study, number: int) -> None:
     trial = next(t for t in study.get_trials(deepcopy=False) if t.number == number)
     attrs = {k: v for k, v in trial.user_attrs.items() if k != "worker"} | {"retry_of": number}
     attrs.setdefault("run_dir", f"trial_{number}")
-    study.enqueue_trial(trial.params, user_attrs=attrs)
+    # the values it had drawn, or (killed before drawing) the ones it was queued with
+    values = {**trial.system_attrs.get("fixed_params", {}), **trial.params}
+    study.enqueue_trial(values, user_attrs=attrs)
 
 
 def one_trial(ctx: StudyContext, worker: str) -> TrialState:

@@ -141,3 +141,8 @@ def test_an_unusable_storage_is_one_clear_error(tmp_path, capsys, tiny_backbone,
     assert "Cannot open the study storage" in capsys.readouterr().err
     assert tune(tmp_path, *argv, "--storage", str(tmp_path)) == 2  # a folder, not a journal file
     assert "Cannot open the study storage" in capsys.readouterr().err
+    config = tmp_path / "my.yaml"  # an input given as the journal: never appended to
+    config.write_text("seed: 1\n")
+    assert tune(tmp_path, *argv, "--storage", str(config)) == 2
+    assert "not an Optuna journal file" in capsys.readouterr().err
+    assert config.read_text() == "seed: 1\n"

@@ -79,6 +79,11 @@ def test_a_stopped_study_resumes_with_its_finished_trials_and_writes_its_outputs
     assert "## Val files (read here only)" in report and "| toxicity | f1_macro |" in report
     assert "best trial" in capsys.readouterr().out
 
+    # a study stopped between trials draws what an uninterrupted one does
+    straight = tmp_path / "straight"
+    assert tune("--trials", "3", "--no-report", *tiny_args(tiny_backbone, data_dir, straight)) == 0
+    assert [t.params for t in load(straight).trials] == [t.params for t in trials]
+
     # the same study with another search is refused, and left as it was
     narrower = SPACE.replace("high: 1.0e-1", "high: 5.0e-2")
     assert tune("--trials", "4", *args, narrower) == 2
@@ -189,3 +194,28 @@ def test_a_trial_that_does_not_reach_a_finite_score_fails_and_the_study_goes_on(
     out = tmp_path / "out"
     assert tune("--trials", "1", "--no-report", *tiny_args(tiny_backbone, data_dir, out)) == 0
     assert [t.state.name for t in load(out).trials] == ["FAIL", "COMPLETE"]
+
+
+def test_a_trial_stopped_by_ctrl_c_is_failed_and_queued_again_in_its_folder(
+    tiny_backbone, data_dir, tmp_path, monkeypatch
+):
+    import mtl.tune.study
+
+    def interrupted(trial, run_name, *args):
+        trial.suggest_float("optim.lr_heads", 1e-3, 1e-1, log=True)
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(mtl.tune.study, "run_trial", interrupted)
+    out = tmp_path / "out"
+    with pytest.raises(KeyboardInterrupt):
+        tune("--trials", "1", "--no-report", *tiny_args(tiny_backbone, data_dir, out))
+    stopped, queued = load(out).trials
+    assert stopped.state.name == "FAIL" and queued.state.name == "WAITING"
+    # its values again (those it drew, and trial 0's queued ones it had not drawn yet) ...
+    assert stopped.params == {"optim.lr_heads": 0.01}
+    assert queued.system_attrs["fixed_params"] == {
+        "optim.lr_heads": 0.01,
+        "backbone.pooling": "mean",
+    }
+    assert queued.user_attrs["run_dir"] == "trial_0"  # ... in its folder
+    assert queued.user_attrs["default_config"]  # still the config as given
