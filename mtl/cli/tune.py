@@ -93,7 +93,8 @@ def main(argv: list[str] | None = None) -> int:
         optuna.logging.set_verbosity(optuna.logging.WARNING)
         from mtl.tune.outputs import write_outputs
         from mtl.tune.space import search_space
-        from mtl.tune.study import check_study_folder, check_study_name, open_study, optimise
+        from mtl.tune.storage import check_study_folder, check_study_name
+        from mtl.tune.study import open_study, optimise
 
         if args.trials < 1:
             raise ConfigError(

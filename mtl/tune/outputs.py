@@ -15,7 +15,7 @@ from box import Box
 from optuna.trial import TrialState
 
 from mtl.config import config_from_dict, save_config, to_dict
-from mtl.errors import MTLError
+from mtl.errors import MTLError, first_line
 from mtl.io import atomic_write, write_csv, write_text
 from mtl.tune.objective import objective_value, rows_note, trial_config
 from mtl.tune.space import get_key, set_key
@@ -151,7 +151,13 @@ def _results(run_dir: Path) -> dict:
             "trial run on a machine that does not share this study folder? Rerun there, or copy "
             "the trial folder here, then run the same command again."
         )
-    return json.loads(path.read_text(encoding="utf-8"))
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError) as err:
+        raise MTLError(
+            f"Cannot read {path} ({first_line(err)}). Delete that run folder's results.json and "
+            "run the same command again: the run's finished folds are blended again."
+        ) from None
 
 
 def report_markdown(

@@ -1,10 +1,7 @@
-"""The study: its storage, its identity, the trial loop, and trials whose worker died.
+"""The study: its identity, the trial loop, and trials whose worker died.
 
-Storage: `<study folder>/study.db` (SQLite) by default, so a killed study keeps its finished
-trials; any Optuna RDB URL (`postgresql://…`, `mysql+pymysql://…`, `sqlite:///…`) or a journal
-file path (Optuna's JournalStorage, file backend) for many workers. The study folder, which holds
-every trial's run folder, must be shared by the workers: a trial's liveness is its worker's lock
-(mtl/tune/workers.py).
+Where it lives: mtl/tune/storage.py. The study folder, which holds every trial's run folder,
+must be shared by the workers: a trial's liveness is its worker's lock (mtl/tune/workers.py).
 """
 
 from __future__ import annotations
@@ -13,7 +10,6 @@ import gc
 import json
 import logging
 import math
-import re
 import warnings
 from collections import Counter
 from dataclasses import dataclass
@@ -25,21 +21,26 @@ from box import Box
 from optuna.trial import TrialState
 
 from mtl.config import to_dict
-from mtl.errors import ConfigError, MTLError, first_line
+from mtl.errors import ConfigError, MTLError
 from mtl.io import write_json
 from mtl.run.runfolder import _flock as flock  # the run folder's advisory lock, reused
 from mtl.run.runfolder import identity_differences, run_identity
 from mtl.tune.objective import run_trial
 from mtl.tune.space import Param, get_key
+from mtl.tune.storage import (
+    STUDY_FILE,
+    check_same_storage,
+    check_study_folder,
+    open_storage,
+    storage_name,
+)
 from mtl.tune.workers import WorkerLock, worker_alive
 
 log = logging.getLogger(__name__)
 
-STUDY_FILE = "study.json"  # marks a folder as a study folder (tune.py never writes into others)
 IDENTITY_ATTR = "mtl_identity"
 FAILS_IN_A_ROW = 3  # non-finite objectives in a row: the space reaches diverging settings
 FINISHED = (TrialState.COMPLETE, TrialState.PRUNED)
-_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]*")
 
 
 @dataclass
@@ -49,69 +50,6 @@ class StudyContext:
     space: list[Param]
     study_dir: Path
     storage: str  # as given (or the default path), for the record
-
-
-def check_study_name(name: str) -> str:
-    if not _NAME.fullmatch(name) or ".." in name:
-        raise ConfigError(
-            f"Study name {name!r} must be one folder name: letters, digits, '_', '-' and '.', "
-            "not starting with '.' and without '..' or '/' (the study is written to "
-            "<run.output_dir>/<study>/). Pass another --study."
-        )
-    return name
-
-
-def check_study_folder(study_dir: Path) -> None:
-    """Never write into a folder tune.py did not make (an ordinary run folder, say)."""
-    if study_dir.exists() and not study_dir.is_dir():
-        raise ConfigError(f"{study_dir} exists and is not a folder; pass another --study.")
-    if (study_dir / STUDY_FILE).is_file() or not study_dir.is_dir():
-        return
-    # a start that failed (a bad --storage, say) may have left the lock and the SQLite file
-    if any(
-        p.name != ".study.lock" and not p.name.startswith("study.db") for p in study_dir.iterdir()
-    ):
-        raise ConfigError(
-            f"{study_dir} already holds files that tune.py did not write (no {STUDY_FILE}: a run "
-            "folder?). Pass another --study; nothing was changed."
-        )
-
-
-def open_storage(spec: str | None, study_dir: Path):
-    """None → SQLite in the study folder; 'x://…' → an RDB URL; anything else → a journal file."""
-    try:
-        if spec is None or "://" in spec:
-            url = spec or f"sqlite:///{(study_dir / 'study.db').resolve()}"
-            # several workers on one SQLite file wait for each other's writes instead of failing
-            kwargs = {"connect_args": {"timeout": 60}} if url.startswith("sqlite") else {}
-            return optuna.storages.RDBStorage(url, engine_kwargs=kwargs)
-        from optuna.storages.journal import JournalFileBackend
-
-        if Path(spec).is_dir():
-            raise ValueError("it is a folder")
-        check_journal_file(Path(spec))
-        return optuna.storages.JournalStorage(JournalFileBackend(str(Path(spec).resolve())))
-    except Exception as err:  # noqa: BLE001 - drivers raise their own types
-        raise MTLError(
-            f"Cannot open the study storage {spec or 'study.db'}: {first_line(err)}. Give an "
-            "Optuna RDB URL (sqlite:///path/study.db, postgresql://user@host/db) or the path of "
-            "a journal file (docs/tune.md)."
-        ) from None
-
-
-def check_journal_file(path: Path) -> None:
-    """Optuna appends to the journal: a file that is something else (a config, a data file given
-    by mistake) must not be touched. A journal's lines are JSON objects with an `op_code`."""
-    if not path.is_file() or path.stat().st_size == 0:
-        return
-    with open(path, encoding="utf-8", errors="replace") as handle:
-        first = handle.readline()
-    try:
-        ok = "op_code" in json.loads(first)
-    except (ValueError, TypeError):
-        ok = False
-    if not ok:
-        raise ValueError(f"{path} exists and is not an Optuna journal file; it was not changed")
 
 
 def identity(base: Box) -> dict:
@@ -187,39 +125,6 @@ def open_study(
             write_json(study_dir / STUDY_FILE, {"study": study_name, "storage": storage_shown})
     shown = str(study_dir / "study.db") if storage_spec is None else storage_shown
     return StudyContext(study, base, space, study_dir, shown)
-
-
-def storage_name(spec: str | None) -> str:
-    """How study.json records the storage: the default file, a URL without its password, or a
-    journal file's absolute path."""
-    if spec is None:
-        return "study.db"
-    if "://" in spec:
-        from sqlalchemy.engine import make_url
-
-        try:
-            return make_url(spec).render_as_string(hide_password=True)
-        except Exception:  # noqa: BLE001 - open_storage reports a bad URL
-            return spec
-    return str(Path(spec).resolve())
-
-
-def check_same_storage(study_dir: Path, shown: str) -> None:
-    """A study folder belongs to one storage: another would start trial_0 again over its folders."""
-    record = study_dir / STUDY_FILE
-    if not record.is_file():
-        return
-    try:
-        before = json.loads(record.read_text(encoding="utf-8")).get("storage")
-    except (OSError, ValueError, AttributeError):
-        before = None
-    if before != shown:
-        flag = "no --storage" if before == "study.db" else f"--storage {before}"
-        raise ConfigError(
-            f"Study folder {study_dir} belongs to the storage {before!r} ({record}), not "
-            f"{shown!r}: its trial folders are that study's. Rerun with {flag}, or pass "
-            "another --study."
-        )
 
 
 def enqueue_default(study: optuna.Study, base: Box, space: list[Param]) -> None:
