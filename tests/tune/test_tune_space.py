@@ -146,3 +146,14 @@ def test_an_unusable_storage_is_one_clear_error(tmp_path, capsys, tiny_backbone,
     assert tune(tmp_path, *argv, "--storage", str(config)) == 2
     assert "not an Optuna journal file" in capsys.readouterr().err
     assert config.read_text() == "seed: 1\n"
+
+
+def test_without_optuna_tune_py_says_how_to_install_it_and_train_py_configs_still_load(
+    tmp_path, capsys, monkeypatch
+):
+    import sys
+
+    monkeypatch.setitem(sys.modules, "optuna", None)  # what an install without the extra has
+    assert tune(tmp_path, "--trials", "1") == 2
+    assert "pip install -e '.[tune]'" in capsys.readouterr().err
+    assert load_config(TUNE_YAML).tune.space  # the tune: section needs no optuna
