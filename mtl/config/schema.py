@@ -92,6 +92,9 @@ DEFAULTS: dict[str, Any] = {
     "early_stopping": {"enabled": True, "patience": 3, "min_delta": 0.0},
     # mode "auto": min for a loss, max for every score (mtl/config/names.py::check_monitor)
     "monitor": {"metric": "score", "mode": "auto"},
+    # scripts/tune.py's study (docs/tune.md); train.py ignores it. The space's entries are checked
+    # by mtl/tune/space.py: every key a real config key, every bound a value that key accepts
+    "tune": {"metric": "score", "direction": "maximize", "pruner": "median", "space": {}},
 }
 
 TASK_DEFAULTS: dict[str, Any] = {
@@ -132,6 +135,8 @@ CHOICES: dict[str, tuple] = {
         *(64, 32, 16, "64", "32", "16", "bf16", "transformer-engine", "transformer-engine-float16"),
     ),
     "gradient.aggregator": AGGREGATORS,
+    "tune.direction": ("maximize", "minimize"),
+    "tune.pruner": ("none", "median", "hyperband"),
     "task.type": tuple(TASK_TYPES),
     "task.loss": (None, *dict.fromkeys(loss for t in TASK_TYPES.values() for loss in t.losses)),
 }

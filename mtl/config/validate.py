@@ -248,3 +248,6 @@ def check_tasks(cfg: dict) -> None:
             raise ConfigError(
                 f"Config key 'data.{key}' must be a positive integer, got {cfg['data'][key]}."
             )
+    from mtl.tune.space import check_tune_section  # optuna-free; imports this module
+
+    check_tune_section(cfg)

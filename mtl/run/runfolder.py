@@ -53,6 +53,7 @@ NOT_FINGERPRINTED = (
     "trainer.devices",
     "trainer.strategy",
     "trainer.num_nodes",
+    "tune",  # scripts/tune.py's search space: it chooses configs, a run trains one
 )
 
 

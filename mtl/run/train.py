@@ -103,10 +103,11 @@ def save_tokenizer(tokenizer, folder: Path) -> None:
         shutil.rmtree(tmp, ignore_errors=True)
 
 
-def train(cfg: Box) -> dict:
+def train(cfg: Box, callbacks: list | None = None) -> dict:
     """Train every fold of `cfg` (skipping finished ones), then blend every finished fold of the
     run folder and write results.json and the report.
 
+    `callbacks`: extra Lightning callbacks for every fold's Trainer (scripts/tune.py's pruning).
     Under DDP every rank calls this; rank 0 returns the results, the other ranks `{}`."""
     check_installed(cfg)  # gradient.aggregator's solvers, before any work
     run_dir, dm = prepare(cfg)
@@ -115,7 +116,7 @@ def train(cfg: Box) -> dict:
         with fold_lock(run_dir, k) if global_rank() == 0 else contextlib.nullcontext():
             if global_rank() == 0:
                 remove_orphaned_tmp(run_dir / f"fold_{k}")
-            fit_fold(cfg, k, run_dir, dm)
+            fit_fold(cfg, k, run_dir, dm, callbacks)
     if global_rank() != 0:
         return {}  # under DDP rank 0 alone blends and writes the run's results
     # under the run lock, from every fold finished by then: a fold job that finishes first
