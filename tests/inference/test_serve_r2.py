@@ -7,6 +7,7 @@ from __future__ import annotations
 import json
 import os
 import signal
+import subprocess
 import socket
 import threading
 import time
@@ -169,7 +170,10 @@ def test_a_signal_to_serve_stops_every_child_and_frees_the_port(run, signum):
         main = server.process.pid  # the leader of its own session and process group
         assert len(group_alive(main)) > 2  # LitServe's API server, inference worker, manager
         os.kill(main, signum)  # the main process only, as `kill PID` or a supervisor does
-        server.process.wait(60)
+        try:
+            server.process.wait(60)
+        except subprocess.TimeoutExpired:
+            pytest.fail(f"serve.py still running 60 s after {signum.name}:\n{server.output()}")
         deadline = time.monotonic() + 30
         while group_alive(main) and time.monotonic() < deadline:
             time.sleep(0.5)
