@@ -7,8 +7,8 @@ from __future__ import annotations
 import json
 import os
 import signal
-import subprocess
 import socket
+import subprocess
 import threading
 import time
 from pathlib import Path
