@@ -17,9 +17,9 @@ import numpy as np
 import pytest
 import torch
 from helpers import tiny_overrides
+from test_reliability import exit_2
 
 import mtl.run.fit
-from mtl.cli.train import main
 from mtl.config import DEFAULT_CONFIG, load_config
 from mtl.run.train import train
 
@@ -195,16 +195,6 @@ def test_last_ckpt_holds_the_latest_epoch_when_its_score_is_worse(one_task, monk
 
 
 # --- item 12: a loss or weights that turn non-finite stop the fold -----------------------------
-
-
-def exit_2(capsys, argv: list[str]) -> str:
-    code = main(argv)
-    err = capsys.readouterr().err
-    assert code == 2, err
-    assert "Traceback" not in err
-    lines = [line for line in err.splitlines() if line.startswith("error:")]
-    assert len(lines) == 1, err
-    return lines[0]
 
 
 def assert_nothing_finished(cfg) -> None:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import numpy as np
 import torch
 
+from mtl.model.gradients import AGGREGATORS
 from mtl.runtime import hardware as runtime_hardware
 from mtl.runtime import load_averages
 
@@ -14,19 +15,7 @@ DEFAULT_PATHS = TRAIN_PATHS + ("predict",)
 # opt-in through --paths; each is reported as <path>_vs_mtl, its samples/s over equal weighting's
 METHOD_PATHS = {
     "mtl_famo": ["loss_weighting=famo"],
-    **{
-        f"mtl_{name}": [f"gradient.aggregator={name}"]
-        for name in (
-            "upgrad",
-            "mgda",
-            "pcgrad",
-            "cagrad",
-            "imtl_g",
-            "aligned_mtl",
-            "nash_mtl",
-            "dualproj",
-        )
-    },
+    **{f"mtl_{name}": [f"gradient.aggregator={name}"] for name in AGGREGATORS[1:]},  # not "none"
     "mtl_monitor": ["gradient.log_every_n_steps=1"],
 }
 ALL_PATHS = DEFAULT_PATHS + tuple(METHOD_PATHS)
