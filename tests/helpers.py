@@ -141,3 +141,15 @@ def run_train_script(argv: list[str], timeout: int = 300):
         env=dict(os.environ, HF_HUB_OFFLINE="1", TRANSFORMERS_OFFLINE="1"),
         timeout=timeout,
     )
+
+
+def scalar_tags(folder: Path) -> set[str]:
+    """Every TensorBoard scalar tag logged under `folder`."""
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    tags: set[str] = set()
+    for events in folder.rglob("events.out.tfevents*"):
+        acc = EventAccumulator(str(events), size_guidance={"scalars": 0})
+        acc.Reload()
+        tags |= set(acc.Tags()["scalars"])
+    return tags

@@ -9,6 +9,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from helpers import scalar_tags
 
 from mtl.config import DEFAULT_CONFIG, load_config
 from mtl.errors import ConfigError
@@ -129,17 +130,6 @@ def test_monitoring_under_fsdp_is_refused_and_off_by_default():
         load_config(DEFAULT_CONFIG, ["gradient.log_every_n_steps=5", "trainer.strategy=fsdp"])
     with pytest.raises(ConfigError, match="log_every_n_steps"):
         load_config(DEFAULT_CONFIG, ["gradient.log_every_n_steps=-1"])
-
-
-def scalar_tags(folder: Path) -> set[str]:
-    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
-
-    tags: set[str] = set()
-    for events in folder.rglob("events.out.tfevents*"):
-        acc = EventAccumulator(str(events), size_guidance={"scalars": 0})
-        acc.Reload()
-        tags |= set(acc.Tags()["scalars"])
-    return tags
 
 
 def test_monitoring_logs_its_tags_and_trains_exactly_as_without(tiny_cfg):

@@ -3,25 +3,21 @@
 from __future__ import annotations
 
 import json
-from pathlib import Path
 
 import pytest
 import torch
 import yaml
-from helpers import EMOTIONS, TOPICS, make_topics, run_train_script, tiny_overrides, topic_task
+from helpers import (
+    EMOTIONS,
+    TOPICS,
+    make_topics,
+    run_train_script,
+    scalar_tags,
+    tiny_overrides,
+    topic_task,
+)
 
 from mtl.cli.train import main
-
-
-def scalar_tags(folder: Path) -> set[str]:
-    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
-
-    tags: set[str] = set()
-    for events in folder.rglob("events.out.tfevents*"):
-        acc = EventAccumulator(str(events), size_guidance={"scalars": 0})
-        acc.Reload()
-        tags |= set(acc.Tags()["scalars"])
-    return tags
 
 
 @pytest.fixture(scope="module")
