@@ -74,6 +74,56 @@ def blend(
     raise ValueError(f"unknown blend method '{method}'; use one of {BLEND_METHODS}")
 
 
+# --- calibration (tasks.<t>.calibration; fitted by mtl/calibration.py) -------------------------
+
+CALIBRATION_METHODS = ("none", "temperature", "vector")
+# float32 probabilities, as the models and the run folder's tables hold them, resolve 1 - p to
+# 2**-24 near 1: a multi-label probability is read back as a logit clipped to that resolution
+# (|logit| <= 16.6); single-label logits come back from log p (exact up to a per-row constant).
+PROB_FLOOR = 2.0**-24
+
+
+def calibration_logits(probs: np.ndarray, multilabel: bool) -> np.ndarray:
+    """(N, C) probabilities → the logits calibration scales: logit(p) per label (multi-label),
+    log p per class (single-label: softmax is blind to the constant this differs by)."""
+    probs = np.asarray(probs, dtype=np.float64)
+    if multilabel:
+        p = np.clip(probs, PROB_FLOOR, 1.0 - PROB_FLOOR)
+        return np.log(p) - np.log1p(-p)
+    return np.log(np.maximum(probs, np.finfo(np.float64).tiny))
+
+
+def calibrated(logits: np.ndarray, multilabel: bool, scale, bias) -> np.ndarray:
+    """Probabilities of scaled logits: sigmoid(scale_c * z_c + bias_c) per label, or
+    softmax(scale * z + bias) over the classes (one scale: a per-class scale would not be blind
+    to log p's per-row constant, so single-label tasks take one)."""
+    z = np.asarray(logits, dtype=np.float64) * np.asarray(scale, dtype=np.float64)
+    z = z + np.asarray(bias, dtype=np.float64)
+    if multilabel:
+        return 0.5 * (1.0 + np.tanh(0.5 * z))  # the logistic function, without overflow
+    z = z - z.max(axis=1, keepdims=True)
+    e = np.exp(z)
+    return e / e.sum(axis=1, keepdims=True)
+
+
+def calibrate(probs: np.ndarray, multilabel: bool, params: dict | None) -> np.ndarray:
+    """(N, C) probabilities of one fold → calibrated by that fold's {"scale", "bias"} (results.json
+    "calibration"), float64; None (no calibration, or a run from before it): unchanged. The one
+    function every backend applies before the blend, so they answer alike."""
+    if not params:
+        return np.asarray(probs)
+    scale = np.asarray(params["scale"], dtype=np.float64).reshape(-1)
+    bias = np.asarray(params["bias"], dtype=np.float64).reshape(-1)
+    width = np.asarray(probs).shape[1]
+    if scale.size != (width if multilabel else 1) or bias.size != width or np.any(scale <= 0):
+        raise ValueError(
+            f"calibration parameters do not fit a task of {width} outputs: scale "
+            f"{scale.tolist()} (positive; {'one per label' if multilabel else 'one'}), bias "
+            f"{bias.tolist()} (one per output); {REEXPORT} or refit the run's calibration"
+        )
+    return calibrated(calibration_logits(probs, multilabel), multilabel, scale, bias)
+
+
 def single_label(probs: np.ndarray, thresholds=None, per_row: bool = False) -> np.ndarray:
     """(N,) class indices of a single-label task: the argmax, or with a threshold on a two-class
     task, 1 where the second class's probability is at/over it, else 0. One number, or with
