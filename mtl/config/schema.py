@@ -88,6 +88,9 @@ DEFAULTS: dict[str, Any] = {
         "deterministic": False,
         "compile": False,
         "enable_progress_bar": True,
+        # last.ckpt also mid-epoch, every so many minutes of training (0 = epoch ends only): a
+        # killed long epoch (a base-size encoder on a CPU) resumes from there, not from its start
+        "checkpoint_every_minutes": 30.0,
     },
     "early_stopping": {"enabled": True, "patience": 3, "min_delta": 0.0},
     # mode "auto": min for a loss, max for every score (mtl/config/names.py::check_monitor)
@@ -194,6 +197,7 @@ RANGES: dict[str, tuple] = {
     "trainer.gradient_clip_val": (0.0, INF, True, True),
     "trainer.num_nodes": (1, INF, True, True),
     "trainer.log_every_n_steps": (1, INF, True, True),
+    "trainer.checkpoint_every_minutes": (0.0, INF, True, False),
     "trainer.limit_train_batches": (0.0, INF, False, True),
     "trainer.limit_val_batches": (0.0, INF, False, True),
     "early_stopping.patience": (0, INF, True, True),
@@ -215,4 +219,5 @@ RANGE_MEANING = {
     "weighting.famo_lr": " (a finite number)",
     "weighting.famo_decay": " (a finite number)",
     "gradient.log_every_n_steps": " (0 = off)",
+    "trainer.checkpoint_every_minutes": " (0 = at epoch ends only)",
 }

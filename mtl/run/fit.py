@@ -108,6 +108,11 @@ def _trainer(cfg, fold_dir, run_dir, fold, callbacks, strategy) -> L.Trainer:
     callbacks = [
         checkpoint,  # first: the Trainer's checkpoint_callback, whose best_model_path fit_fold reads
         LastCheckpoint(fold_dir),
+        *(
+            [LastCheckpoint(fold_dir, t.checkpoint_every_minutes)]
+            if t.checkpoint_every_minutes
+            else []
+        ),
         StopOnNonFinite(cfg, fold, run_dir),
         LearningRateMonitor(logging_interval="step"),
         FoldPredictionWriter(fold_dir),

@@ -6,6 +6,7 @@ Used by mtl/run/fit.py, which builds the fold's Trainer with them.
 
 from __future__ import annotations
 
+from datetime import timedelta
 from pathlib import Path
 
 import lightning as L
@@ -61,15 +62,21 @@ class LastCheckpoint(ModelCheckpoint):
     fold resumed from its last improvement and repeated the epochs since.
 
     A class of its own because Lightning keys a callback's saved state by class and arguments, and
-    with `cv.selection: last` the `best` checkpoint has no monitor either."""
+    with `cv.selection: last` the `best` checkpoint has no monitor either.
 
-    def __init__(self, dirpath: Path):
+    `every_minutes` > 0: instead of at epoch ends, the same file every so many minutes of training
+    (ModelCheckpoint's `train_time_interval`, checked after each batch and agreed across DDP
+    ranks), so a killed epoch resumes mid-way (mtl/run/fit.py: resume_checkpoint). A second
+    instance beside the epoch-end one; their state keys differ by the interval."""
+
+    def __init__(self, dirpath: Path, every_minutes: float = 0.0):
         super().__init__(
             dirpath=dirpath,
             filename="last",
             monitor=None,
             save_top_k=1,
             enable_version_counter=False,
+            train_time_interval=timedelta(minutes=every_minutes) if every_minutes else None,
         )
 
 

@@ -21,6 +21,7 @@ from test_reliability import exit_2
 
 import mtl.run.fit
 from mtl.config import DEFAULT_CONFIG, load_config
+from mtl.inference.checkpoint import load_checkpoint
 from mtl.run.train import train
 
 ONE_TASK = ("tasks.emotion=null", "tasks.sentiment=null", "early_stopping.enabled=false")
@@ -141,6 +142,44 @@ def test_a_fold_resumed_mid_epoch_equals_the_uninterrupted_fold(
     resumed_weights, resumed_metrics = final_state(cut)
     assert resumed_metrics == metrics
     assert weights.keys() == resumed_weights.keys()
+    assert all(torch.equal(weights[k], resumed_weights[k]) for k in weights)
+
+
+class KilledAt(L.Callback):
+    """A kill with no warning: no checkpoint of its own, the job just ends before a batch."""
+
+    def __init__(self, epoch: int, batch: int):
+        self.epoch, self.batch = epoch, batch
+
+    def on_train_batch_start(self, trainer, module, batch, batch_idx):
+        if trainer.current_epoch == self.epoch and batch_idx == self.batch:
+            raise Interrupted
+
+
+def test_a_fold_killed_mid_epoch_resumes_from_its_periodic_last_ckpt(one_task, with_callbacks):
+    """trainer.checkpoint_every_minutes: last.ckpt also mid-epoch (here after every batch), so a
+    kill loses the batches since, not the epoch; the resumed fold equals the uninterrupted one."""
+    extra = ("cv.selection=last", "trainer.max_epochs=2", "trainer.checkpoint_every_minutes=1e-9")
+    whole = one_task("run.name=whole", *extra)
+    seen_whole = SeenRows()
+    with_callbacks(seen_whole)
+    train(whole)
+    steps_per_epoch = len(seen_whole.rows) // 2
+
+    cut = one_task("run.name=cut", *extra)
+    seen_cut = SeenRows()
+    with_callbacks(seen_cut, KilledAt(epoch=1, batch=3))
+    with pytest.raises(Interrupted):
+        train(cut)
+    saved = load_checkpoint(fold_dir(cut) / "last.ckpt", mtl_only=False)
+    assert saved["global_step"] == steps_per_epoch + 3  # epoch 1's batches 0-2, not epoch 0's end
+    with_callbacks(seen_cut)
+    train(cut)
+
+    assert seen_cut.rows == seen_whole.rows
+    weights, metrics = final_state(whole)
+    resumed_weights, resumed_metrics = final_state(cut)
+    assert resumed_metrics == metrics
     assert all(torch.equal(weights[k], resumed_weights[k]) for k in weights)
 
 

@@ -17,6 +17,17 @@ METHOD_PATHS = {
     "mtl_famo": ["loss_weighting=famo"],
     **{f"mtl_{name}": [f"gradient.aggregator={name}"] for name in AGGREGATORS[1:]},  # not "none"
     "mtl_monitor": ["gradient.log_every_n_steps=1"],
+    # issue 23's speed recipe: the base-size MPNet (`bash scripts/install.sh mpnet`) on the same
+    # batches (tokenized by the config's tokenizer: MiniLM's and MPNet's are both the uncased
+    # WordPiece vocabulary, so the token counts match), against MiniLM in the config's precision
+    "mtl_bf16": ["trainer.precision=bf16-mixed"],
+    "mpnet": ["backbone.name=mpnet"],
+    "mpnet_bf16": ["backbone.name=mpnet", "trainer.precision=bf16-mixed"],
+    "mpnet_bf16_frozen": [
+        "backbone.name=mpnet",
+        "trainer.precision=bf16-mixed",
+        "backbone.freeze_embeddings=true",
+    ],
 }
 ALL_PATHS = DEFAULT_PATHS + tuple(METHOD_PATHS)
 
