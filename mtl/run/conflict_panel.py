@@ -1,7 +1,7 @@
-"""report.png's gradient-conflict row (runs with `gradient.log_every_n_steps`): the cosine between
-each pair of tasks' gradients on the shared encoder over the training steps, and the share of the
-monitored steps where it was negative, for the whole encoder, its embeddings and its layers.
-Read from the run's CSV logs (grad/cos/..., grad/conflict/..., mtl/model/gradients.py)."""
+"""report.png's gradient-conflict row and report.md's table (runs with `gradient.log_every_n_steps`):
+the cosine between each pair of tasks' gradients on the shared encoder over the training steps,
+and the share of the monitored steps where it was negative, for the whole encoder, its embeddings
+and its layers. Read from the run's CSV logs (grad/cos/..., grad/norm/..., mtl/model/gradients.py)."""
 
 from __future__ import annotations
 
@@ -92,3 +92,38 @@ def add_conflict_panel(fig, run_dir: Path, folds: list[int]) -> None:
     shares.set_title("share of monitored steps with a negative cosine")
     shares.grid(alpha=0.3, axis="y")
     shares.legend(fontsize=8)
+
+
+def conflict_markdown(run_dir: Path, folds: list[int]) -> str:
+    """report.md's section: per task pair and parameter group, over every fold's monitored steps,
+    the mean and median cosine and the share of steps where it was negative; per task, the median
+    gradient norm. "" when no fold logged gradient statistics."""
+    logs = [f for k in folds if (f := conflict_logs(run_dir, k)) is not None]
+    if not logs:
+        return ""
+    frame = pd.concat(logs, ignore_index=True)
+    lines = [
+        "",
+        "## Gradient conflict",
+        "",
+        f"Cosine between the tasks' gradients on the shared encoder at {len(frame)} monitored "
+        f"steps (folds {folds}; `gradient.log_every_n_steps`); a pair counts only at steps where "
+        "both tasks had rows. Negative = the tasks pull the shared weights apart.",
+        "",
+        "| pair | parameters | mean cos | median cos | steps with cos < 0 | steps |",
+        "|---|---|---|---|---|---|",
+    ]
+    for pair in pairs_of(frame):
+        for prefix, label in GROUPS:
+            values = frame.get(f"grad/cos/{prefix}{pair}", pd.Series(dtype=float)).dropna()
+            if len(values):
+                lines.append(
+                    f"| {pair.replace('__', ' · ')} | {label} | {values.mean():+.3f} | "
+                    f"{values.median():+.3f} | {(values < 0).mean():.1%} | {len(values)} |"
+                )
+    norms = sorted(c for c in frame.columns if c.startswith("grad/norm/") and c.count("/") == 2)
+    if norms:
+        lines += ["", "Median gradient norm on the whole encoder: " + ", ".join(
+            f"{c.rsplit('/', 1)[1]} {frame[c].dropna().median():.3g}" for c in norms
+        ) + "."]  # fmt: skip
+    return "\n".join(lines) + "\n"

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from mtl.run.conflict_panel import add_conflict_panel
+from mtl.run.conflict_panel import add_conflict_panel, conflict_markdown
 
 
 def epoch_history(run_dir: Path, fold: int) -> pd.DataFrame | None:
@@ -31,7 +31,10 @@ def report_files(run_dir: Path, results: dict) -> dict[str, str | bytes]:
     write together with results.json (mtl/run/cv.py)."""
     from mtl.run.cv import read_metas
 
-    files: dict[str, str | bytes] = {"report.md": markdown_table(results)}
+    folds = list(results["folds"])
+    files: dict[str, str | bytes] = {
+        "report.md": markdown_table(results) + conflict_markdown(run_dir, folds)
+    }
     histories = {k: h for k in results["folds"] if (h := epoch_history(run_dir, k)) is not None}
     if histories:
         primaries = {name: meta.primary_metric for name, meta in read_metas(run_dir).items()}

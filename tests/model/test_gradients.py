@@ -7,6 +7,7 @@ from __future__ import annotations
 import math
 from pathlib import Path
 
+import pandas as pd
 import pytest
 import torch
 from helpers import scalar_tags
@@ -164,3 +165,29 @@ def test_monitoring_logs_its_tags_and_trains_exactly_as_without(tiny_cfg):
 
     heights = [Image.open(r / "report.png").size[1] for r in runs]
     assert heights[1] > heights[0]
+    # report.md's table: every pair and group for the monitored run, nothing for the plain one
+    watched_md, plain_md = ((r / "report.md").read_text() for r in (runs[1], runs[0]))
+    assert "## Gradient conflict" in watched_md and "Gradient conflict" not in plain_md
+    for pair in pairs:
+        for group in ("whole encoder", "embeddings", "layers"):
+            assert f"| {pair.replace('__', ' · ')} | {group} |" in watched_md
+
+
+def test_the_conflict_table_summarises_the_logged_cosines(tmp_path):
+    from mtl.run.conflict_panel import conflict_markdown
+
+    log = tmp_path / "csv" / "fold_0"
+    log.mkdir(parents=True)
+    pd.DataFrame(
+        {
+            "step": [0, 5, 10, 15, 20],
+            "grad/cos/a__b": [0.5, -0.1, -0.3, 0.2, None],  # step 20: b had no rows
+            "grad/norm/a": [1.0, 2.0, 3.0, 4.0, 5.0],
+            "grad/norm/b": [2.0, 2.0, 2.0, 2.0, None],
+            "train/loss": [1.0, 1.0, 1.0, 1.0, 1.0],
+        }
+    ).to_csv(log / "metrics.csv", index=False)
+    table = conflict_markdown(tmp_path, [0])
+    assert "| a · b | whole encoder | +0.075 | +0.050 | 50.0% | 4 |" in table
+    assert "a 3, b 2." in table
+    assert conflict_markdown(tmp_path, [1]) == ""  # no logs for that fold
