@@ -60,7 +60,15 @@ DEFAULTS: dict[str, Any] = {
     },
     # selection: "best" = the best epoch on selection rows (the fold's rows in k-fold, a held-out
     # data.val_fraction of the training rows with one split); "last" = the last epoch, nothing chosen
-    "cv": {"n_splits": 1, "blend": "mean", "folds": None, "selection": "best"},
+    # threshold_bootstrap: resamples of the rows that tune a threshold; a tuned cut is kept only
+    # where they say it transfers (mtl/run/threshold_bootstrap.py); 0 = off, every tuned cut kept
+    "cv": {
+        "n_splits": 1,
+        "blend": "mean",
+        "folds": None,
+        "selection": "best",
+        "threshold_bootstrap": 200,
+    },
     "optim": {
         "lr_backbone": 2.0e-5,
         "lr_heads": 5.0e-5,
@@ -192,6 +200,7 @@ RANGES: dict[str, tuple] = {
     "data.max_dropped_fraction": (0.0, 1.0, True, True),
     "data.num_workers": (0, INF, True, True),
     "cv.n_splits": (1, INF, True, True),
+    "cv.threshold_bootstrap": (0, 10_000, True, True),
     "trainer.max_epochs": (1, INF, True, True),
     "trainer.accumulate_grad_batches": (1, INF, True, True),
     "trainer.gradient_clip_val": (0.0, INF, True, True),
@@ -214,6 +223,7 @@ RANGES: dict[str, tuple] = {
 RANGE_MEANING = {
     "seed": " (the seeds numpy and Lightning's seed_everything accept)",
     "cv.n_splits": " (1 = no k-fold)",
+    "cv.threshold_bootstrap": " (bootstrap resamples of a tuned threshold's rows; 0 = off)",
     "trainer.max_epochs": " (at least one epoch of training)",
     "data.max_dropped_fraction": " (the share of a file data.on_bad_rows=drop may drop)",
     "weighting.famo_lr": " (a finite number)",

@@ -17,9 +17,13 @@ import numpy as np
 from mtl.portable import BLEND_METHODS, blend
 
 __all__ = [
-    "BLEND_METHODS", "blend", "cross_fit_thresholds", "fold_thresholds", "rank_blend",
-    "tune_binary_threshold", "tune_thresholds",
+    "BLEND_METHODS", "CUT_GRID", "best_cut_index", "blend", "cross_fit_thresholds", "f1_counts",
+    "fold_thresholds", "rank_blend", "tune_binary_threshold", "tune_thresholds",
 ]  # fmt: skip
+
+# the cuts a tuned threshold is chosen from (tune_binary_threshold, tune_thresholds, and the
+# bootstrap in mtl/run/threshold_bootstrap.py that re-tunes them on resamples)
+CUT_GRID = np.round(np.arange(0.05, 0.951, 0.01), 2)
 
 
 def rank_blend(fold_probs: list[np.ndarray]) -> np.ndarray:
@@ -67,15 +71,24 @@ def f1_rows(truth: np.ndarray, preds: np.ndarray) -> np.ndarray:
     it is undefined: scikit-learn's f1_score with zero_division=0, as 2·tp / (2·tp + fp + fn),
     for a whole threshold grid at once (the grid search would make thousands of sklearn calls)."""
     truth = np.asarray(truth).astype(bool)
-    tp = (preds & truth).sum(axis=1)
-    wrong = (preds != truth).sum(axis=1)  # fp + fn
+    return f1_counts((preds & truth).sum(axis=1), (preds != truth).sum(axis=1))
+
+
+def f1_counts(tp: np.ndarray, wrong: np.ndarray) -> np.ndarray:
+    """F1 from counts (or whole-number weights) of true positives and of wrong calls (fp + fn):
+    2·tp / (2·tp + fp + fn), 0 where undefined (scikit-learn's zero_division=0)."""
     return np.where(tp + wrong > 0, 2 * tp / np.maximum(2 * tp + wrong, 1), 0.0)
 
 
+def best_cut_index(scores: np.ndarray, grid: np.ndarray) -> np.ndarray:
+    """(..., G) scores of the cuts `grid` → (...) index of the highest; ties (np.isclose) → the
+    cut closest to 0.5, the first of those in grid order."""
+    top = np.isclose(scores, scores.max(axis=-1, keepdims=True))
+    return np.argmin(np.where(top, np.abs(grid - 0.5), np.inf), axis=-1)
+
+
 def _best_cut(scores: np.ndarray, grid: np.ndarray) -> float:
-    """The cut with the highest score; ties (np.isclose) → the one closest to 0.5."""
-    top = np.flatnonzero(np.isclose(scores, scores.max()))
-    return float(grid[top[np.argmin(np.abs(grid[top] - 0.5))]])
+    return float(grid[best_cut_index(scores, grid)])
 
 
 def tune_binary_threshold(
@@ -83,7 +96,7 @@ def tune_binary_threshold(
 ) -> list[float]:
     """[t]: the cut on the second class's probability (of (N, 2) `probs`; `labels` (N,) class
     indices) that maximises macro-F1 over both classes, on `grid` (ties → closest to 0.5)."""
-    grid = np.round(np.arange(0.05, 0.951, 0.01), 2) if grid is None else np.asarray(grid)
+    grid = CUT_GRID if grid is None else np.asarray(grid)
     truth = np.asarray(labels).astype(int) == 1
     preds = np.asarray(probs)[:, 1][None, :] >= grid[:, None]  # (G, N): second class called
     return [_best_cut((f1_rows(truth, preds) + f1_rows(~truth, ~preds)) / 2, grid)]
@@ -93,7 +106,7 @@ def tune_thresholds(
     probs: np.ndarray, labels: np.ndarray, grid: np.ndarray | None = None
 ) -> list[float]:
     """Per label, the threshold on `grid` that maximises that label's F1 (ties → closest to 0.5)."""
-    grid = np.round(np.arange(0.05, 0.951, 0.01), 2) if grid is None else np.asarray(grid)
+    grid = CUT_GRID if grid is None else np.asarray(grid)
     probs, labels = np.asarray(probs), np.asarray(labels)
     return [
         _best_cut(f1_rows(labels[:, c], probs[:, c][None, :] >= grid[:, None]), grid)

@@ -10,6 +10,7 @@ from pathlib import Path
 import pandas as pd
 
 from mtl.run.conflict_panel import add_conflict_panel, conflict_markdown
+from mtl.run.threshold_bootstrap import tuning_lines
 
 
 def epoch_history(run_dir: Path, fold: int) -> pd.DataFrame | None:
@@ -156,12 +157,13 @@ def markdown_table(results: dict) -> str:
                 for t, o in overlap.items()
             ),
         ]
-    lines += ["", *threshold_notes(results)]
+    lines += ["", *threshold_notes(results), *tuning_lines(results)]
     return "\n".join(lines) + "\n"
 
 
 def threshold_notes(results: dict) -> list[str]:
     """Per task, which rows chose the thresholds of each column (mtl/run/summary.py's rules)."""
+    checked = " Each tuned cut is kept only where the bootstrap below says it transfers."
     lines = [
         "Decision thresholds (multi-label: per label; binary: on the second class), per column:"
     ]
@@ -177,6 +179,7 @@ def threshold_notes(results: dict) -> list[str]:
                 f"at thresholds tuned on the other finished folds' validation rows (cross-fitted; "
                 f"a fold alone keeps 0.5): {folds}. Val set and test (blended), `Predictor` and "
                 f"exports: tuned on every OOF row (all folds' validation rows): {_cut(blends)}."
+                + (checked if task in results.get("threshold_tuning", {}) else "")
             )
         elif rule == "fixed":
             lines.append(f"- {task}: fixed {_cut(blends)} (config) in every column.")

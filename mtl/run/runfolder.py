@@ -44,6 +44,7 @@ NOT_FINGERPRINTED = (
     "data_dir",
     "cv.folds",
     "cv.blend",
+    "cv.threshold_bootstrap",  # decides thresholds in the blend, after training
     "data.num_workers",
     "data.cache_dir",
     "trainer.enable_progress_bar",

@@ -9,6 +9,9 @@ Every column of one task is scored from the prediction files under one threshold
           thresholds tuned on the other finished folds' validation rows (cross-fitted); the
           val-set and test blends, Predictor and exports at thresholds tuned on every OOF row.
           A fold alone has no other rows to tune on and keeps the configured start (0.5).
+          With `cv.threshold_bootstrap` > 0 every tuned cut (per fold and on every OOF row)
+          is kept only where a bootstrap of its tuning rows says it transfers, else it falls
+          back to the configured cut (mtl/run/threshold_bootstrap.py).
 """
 
 from __future__ import annotations
@@ -28,6 +31,7 @@ from mtl.run.blend import (
     tune_binary_threshold,
     tune_thresholds,
 )
+from mtl.run.threshold_bootstrap import TransferCheck
 
 KINDS = ("val", "valfile", "test")  # fold_<k>/<kind>_<task>.csv: its own rows, val set, test
 FoldFrames = dict[int, pd.DataFrame]  # fold → one task's prediction frame of one kind
@@ -44,6 +48,7 @@ class TaskThresholds:
     rule: str  # tuned | fixed | argmax
     blends: list[float] | None  # the val-set and test blends (results.json "thresholds")
     folds: dict[int, list[float] | None]  # fold k's rows: its column and its share of OOF
+    tuning: dict | None = None  # the bootstrap of the tuned cuts (results.json "threshold_tuning")
 
 
 def threshold_rule(meta: TaskMeta, configured) -> str:
@@ -81,16 +86,26 @@ def out_of_fold(frames: FoldFrames) -> pd.DataFrame | None:
 
 
 def task_thresholds(
-    meta: TaskMeta, rule: str, oof: pd.DataFrame | None, folds: list[int]
+    meta: TaskMeta,
+    rule: str,
+    oof: pd.DataFrame | None,
+    folds: list[int],
+    resamples: int = 0,
+    seed: int = 0,
 ) -> TaskThresholds:
-    """The thresholds of every column of one task (see the module docstring)."""
+    """The thresholds of every column of one task (see the module docstring); `resamples` > 0:
+    each tuned cut checked by that many bootstrap resamples seeded from `seed`."""
     fixed = list(meta.threshold) or None
     if rule != "tuned" or oof is None:
         return TaskThresholds(rule, fixed, {k: fixed for k in folds})
     tune = tune_thresholds if meta.multilabel else tune_binary_threshold
+    if resamples:
+        tune = TransferCheck(meta, resamples, seed)
     probs, truth = probs_of(oof, meta), truth_of(oof, meta)
     crossed = fold_thresholds(probs, truth, oof["fold"].to_numpy(), tune)
-    return TaskThresholds(rule, tune(probs, truth), {k: crossed.get(k) or fixed for k in folds})
+    blends = tune(probs, truth)
+    tuning = tune.report(crossed) if isinstance(tune, TransferCheck) else None
+    return TaskThresholds(rule, blends, {k: crossed.get(k) or fixed for k in folds}, tuning)
 
 
 def fold_table(
@@ -153,6 +168,7 @@ def summarise(
     expected = list(range(max(1, cfg.cv.n_splits)))
     monitored = [float(fm.get("metrics", {}).get(monitor_key(cfg), np.nan)) for fm in folds.values()]  # fmt: skip
     weights = {k: float(fm.get("metrics", {}).get("val/score", 0.0)) for k, fm in folds.items()}
+    resamples = cfg.cv.threshold_bootstrap
     results: dict = {
         "run": cfg.run.name,
         "n_splits": max(1, cfg.cv.n_splits),
@@ -175,9 +191,12 @@ def summarise(
     for name, meta in metas.items():
         sets = predictions.get(name, {})
         oof = out_of_fold(sets.get("val", {}))
-        cuts = task_thresholds(meta, threshold_rule(meta, cfg.tasks[name].threshold), oof, list(folds))  # fmt: skip
+        rule = threshold_rule(meta, cfg.tasks[name].threshold)
+        cuts = task_thresholds(meta, rule, oof, list(folds), resamples, cfg.seed)
         if cuts.blends is not None:
             results["thresholds"][name] = cuts.blends
+        if cuts.tuning is not None:
+            results.setdefault("threshold_tuning", {})[name] = cuts.tuning
         entry = fold_table(meta, sets.get("val", {}), cuts, folds)
         entry["threshold_rule"] = cuts.rule
         entry["fold_thresholds"] = {str(k): cuts.folds[k] for k in sets.get("val", {})}

@@ -10,6 +10,7 @@ import shutil
 import subprocess
 import sys
 import threading
+import zlib
 from pathlib import Path
 
 import numpy as np
@@ -19,6 +20,7 @@ import pytest
 from mtl.data.tasks import TaskMeta
 from mtl.model.metrics import score_arrays
 from mtl.run.blend import tune_binary_threshold, tune_thresholds
+from mtl.run.threshold_bootstrap import check_cuts
 
 
 @pytest.fixture(scope="module")
@@ -63,6 +65,17 @@ def arrays(frame: pd.DataFrame, meta: TaskMeta):
     return frame[meta.prob_columns()].to_numpy(), truth
 
 
+def transferred(cfg, meta: TaskMeta, frame: pd.DataFrame, call: int) -> list[float]:
+    """The documented rule, recomputed from the files: the cuts tuned on `frame`'s rows (in the
+    OOF file's order), each kept or replaced by the configured cut as the bootstrap seeded
+    [seed, crc32(task), call] decides (call k: fold k's cuts; call n_splits: every OOF row's)."""
+    seed = [cfg.seed, zlib.crc32(meta.name.encode()), call]
+    fallback = list(meta.threshold) or [0.5]
+    probs, truth = arrays(frame, meta)
+    checks = check_cuts(probs, truth, meta.multilabel, fallback, cfg.cv.threshold_bootstrap, seed)
+    return [c.used for c in checks]
+
+
 def snapshot(folder: Path) -> dict[str, bytes]:
     """Every file of a run folder (the lock file aside: taking a lock writes its holder's name)."""
     return {
@@ -78,17 +91,17 @@ def snapshot(folder: Path) -> dict[str, bytes]:
 def test_each_fold_column_is_its_prediction_file_scored_at_thresholds_tuned_on_the_other_folds(
     finished_run,
 ):
-    _, folder, results = finished_run
+    cfg, folder, results = finished_run
     metas = metas_of(folder)
     for task in ("emotion", "toxicity"):
         meta, entry = metas[task], results["tasks"][task]
         assert entry["threshold_rule"] == "tuned"
-        tune = tune_thresholds if meta.multilabel else tune_binary_threshold
         frames = {k: pd.read_csv(folder / f"fold_{k}" / f"val_{task}.csv") for k in range(3)}
+        oof = pd.read_csv(folder / f"oof_{task}.csv")
         for k, frame in frames.items():
-            others = pd.concat([f for j, f in frames.items() if j != k])
-            cut = tune(*arrays(others, meta))  # the documented rule, recomputed from the files
+            cut = transferred(cfg, meta, oof[oof.fold != k], call=k)
             assert entry["fold_thresholds"][str(k)] == cut
+            assert results["threshold_tuning"][task]["folds"][str(k)]["used"] == cut
             expected = score_arrays(meta, *arrays(frame, meta), cut)
             scored = {m: v for m, v in entry["folds"][str(k)].items() if m != "loss"}
             assert scored == pytest.approx(expected, nan_ok=True)
@@ -115,19 +128,20 @@ def test_each_fold_column_is_its_prediction_file_scored_at_thresholds_tuned_on_t
 def test_oof_pools_the_fold_columns_and_the_report_says_which_rows_chose_each_columns_thresholds(
     finished_run,
 ):
-    _, folder, results = finished_run
+    cfg, folder, results = finished_run
     metas = metas_of(folder)
     oof = pd.read_csv(folder / "oof_emotion.csv")
     entry = results["tasks"]["emotion"]
     cut = np.asarray([entry["fold_thresholds"][str(k)] for k in oof.fold])
     assert entry["oof"] == pytest.approx(score_arrays(metas["emotion"], *arrays(oof, metas["emotion"]), cut))  # fmt: skip
-    assert results["thresholds"]["emotion"] == tune_thresholds(*arrays(oof, metas["emotion"]))
+    assert results["thresholds"]["emotion"] == transferred(cfg, metas["emotion"], oof, call=3)
     assert results["tasks"]["sentiment"]["threshold_rule"] == "argmax"
     report = (folder / "report.md").read_text()
     assert "emotion: **tuned**" in report and "toxicity: **tuned**" in report
     assert "tuned on the other finished folds' validation rows" in report
     assert "tuned on every OOF row" in report
     assert "sentiment: argmax (no thresholds) in every column" in report
+    assert "Thresholds that transfer" in report and "| emotion | joy |" in report
 
 
 # --- item 13: blends take turns under the run lock ---------------------------------------------

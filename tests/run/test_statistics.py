@@ -86,7 +86,12 @@ def test_cross_fitted_oof_score_is_not_the_optimistic_in_sample_one():
 def test_kfold_oof_score_uses_cross_fitted_thresholds(tiny_cfg):
     from mtl.run.train import train
 
-    cfg = tiny_cfg("cv.n_splits=3", "tasks.emotion.threshold=tuned", "trainer.max_epochs=1")
+    # the tuning functions' own cuts: the bootstrap that may replace them by the configured cut
+    # (cv.threshold_bootstrap) has its tests in test_threshold_bootstrap.py
+    cfg = tiny_cfg(
+        "cv.n_splits=3", "tasks.emotion.threshold=tuned", "trainer.max_epochs=1",
+        "cv.threshold_bootstrap=0",
+    )  # fmt: skip
     results = train(cfg)
     folder = Path(cfg.run.output_dir) / cfg.run.name
     oof = pd.read_csv(folder / "oof_emotion.csv")
@@ -125,7 +130,10 @@ def test_a_tuned_binary_threshold_is_cross_fitted_oof_and_decides_the_blends(tin
     from mtl.run.blend import tune_binary_threshold
     from mtl.run.train import train
 
-    cfg = tiny_cfg("cv.n_splits=3", "tasks.toxicity.threshold=tuned", "trainer.max_epochs=1")
+    cfg = tiny_cfg(
+        "cv.n_splits=3", "tasks.toxicity.threshold=tuned", "trainer.max_epochs=1",
+        "cv.threshold_bootstrap=0",  # the tuning function's own cut (as in the test above)
+    )  # fmt: skip
     results = train(cfg)
     folder = Path(cfg.run.output_dir) / cfg.run.name
     meta = TaskMeta(**json.loads((folder / "tasks.json").read_text())["toxicity"])
