@@ -86,7 +86,7 @@ def by_hand(fold: dict, task: str, k: int, multilabel: bool) -> np.ndarray:
 
 
 def test_predictor_calibrates_each_fold_with_its_own_params_before_the_weighted_blend(
-    calibrated, blended_export, texts
+    calibrated, blended_export, texts, tmp_path
 ):
     predictor = Predictor.from_run(calibrated, device="cpu")
     assert [p.parent.name for p in predictor.sources] == ["fold_0", "fold_1"]
@@ -101,6 +101,14 @@ def test_predictor_calibrates_each_fold_with_its_own_params_before_the_weighted_
         # the params move every task's probabilities far beyond any tolerance below
         assert np.abs(got[task] - uncalibrated[task]).max() > 0.05, task
     np.testing.assert_allclose(predictor.predict_proba(texts)["emotion"], got["emotion"], atol=0)
+    # predict.py --input's path (chunked files) blends through the same calibration
+    source, out = tmp_path / "texts.csv", tmp_path / "preds.csv"
+    pd.DataFrame({"text": texts}).to_csv(source, index=False)
+    predictor.predict_file(source, out)
+    written = pd.read_csv(out, keep_default_na=False)
+    for task in got:
+        columns = predictor.prob_columns(task)
+        np.testing.assert_allclose(written[columns].to_numpy(float), got[task], atol=1e-6)
 
 
 def test_every_backend_answers_the_same_calibrated_probabilities(calibrated, texts):
