@@ -106,22 +106,68 @@ def calibrated(logits: np.ndarray, multilabel: bool, scale, bias) -> np.ndarray:
     return e / e.sum(axis=1, keepdims=True)
 
 
+def calibration_arrays(params, width: int, multilabel: bool) -> tuple[np.ndarray, np.ndarray]:
+    """One fold's {"scale", "bias"} as float64 arrays that fit a task of `width` outputs (one scale
+    per label, or one; one bias per output; finite; scales positive), else a ValueError."""
+    try:
+        scale, bias = (np.asarray(params[k], np.float64).reshape(-1) for k in ("scale", "bias"))
+    except (KeyError, TypeError, ValueError) as err:
+        raise ValueError(f'{params!r} is not {{"scale": [...], "bias": [...]}} ({err!r})') from None
+    fits = scale.size == (width if multilabel else 1) and bias.size == width
+    if not (fits and np.isfinite(scale).all() and np.isfinite(bias).all() and (scale > 0).all()):
+        raise ValueError(
+            f"scale {scale.tolist()} and bias {bias.tolist()} do not fit a task of {width} "
+            f"outputs: {'one scale per label' if multilabel else 'one scale'} and one bias per "
+            "output, all finite, every scale positive"
+        )
+    return scale, bias
+
+
 def calibrate(probs: np.ndarray, multilabel: bool, params: dict | None) -> np.ndarray:
     """(N, C) probabilities of one fold → calibrated by that fold's {"scale", "bias"} (results.json
     "calibration"), float64; None (no calibration, or a run from before it): unchanged. The one
     function every backend applies before the blend, so they answer alike."""
     if not params:
         return np.asarray(probs)
-    scale = np.asarray(params["scale"], dtype=np.float64).reshape(-1)
-    bias = np.asarray(params["bias"], dtype=np.float64).reshape(-1)
-    width = np.asarray(probs).shape[1]
-    if scale.size != (width if multilabel else 1) or bias.size != width or np.any(scale <= 0):
-        raise ValueError(
-            f"calibration parameters do not fit a task of {width} outputs: scale "
-            f"{scale.tolist()} (positive; {'one per label' if multilabel else 'one'}), bias "
-            f"{bias.tolist()} (one per output); {REEXPORT} or refit the run's calibration"
-        )
+    try:
+        scale, bias = calibration_arrays(params, np.asarray(probs).shape[1], multilabel)
+    except ValueError as err:
+        raise ValueError(f"calibration parameters: {err}; {REEXPORT} or refit them") from None
     return calibrated(calibration_logits(probs, multilabel), multilabel, scale, bias)
+
+
+def fold_calibrations(block, tasks: dict, folds: list[str]) -> dict[str, dict]:
+    """predictor.json's "calibration", {task: {"method", "folds": [params per model]}} (None in
+    exports from before it), checked against `tasks` ({task: (outputs, multilabel)}) and the
+    models (`folds`, their names): the calibrated tasks, or a ValueError naming task and model."""
+    if block is not None and not isinstance(block, dict):
+        raise ValueError(f"it must be an object per task, not a {type(block).__name__}")
+    out = {}
+    for name, entry in (block or {}).items():
+        entry = entry if isinstance(entry, dict) else {}
+        method, params = entry.get("method"), entry.get("folds")
+        count = len(params) if isinstance(params, list) else type(params).__name__
+        if name not in tasks:
+            raise ValueError(f"task '{name}' is not among the models' tasks {list(tasks)}")
+        if method not in CALIBRATION_METHODS:
+            raise ValueError(
+                f"task '{name}': unknown calibration method {method!r}; one of "
+                f"{CALIBRATION_METHODS}"
+            )
+        if method == "none":
+            continue
+        if count != len(folds):
+            raise ValueError(
+                f"task '{name}': 'folds' holds {count}, not one {{scale, bias}} per model "
+                f"({', '.join(folds)})"
+            )
+        for fold, values in zip(folds, params, strict=True):
+            try:
+                calibration_arrays(values, *tasks[name])
+            except ValueError as err:
+                raise ValueError(f"task '{name}', {fold}: {err}") from None
+        out[name] = {"method": method, "folds": params}
+    return out
 
 
 def single_label(probs: np.ndarray, thresholds=None, per_row: bool = False) -> np.ndarray:

@@ -94,6 +94,18 @@ class ExportedModel:
         for name, meta in spec["tasks"].items():
             if name not in self.thresholds and (self.tasks[name][1] or meta.get("threshold")):
                 self.thresholds[name] = np.asarray(meta.get("threshold") or 0.5, dtype=np.float64)
+        # each fold's params (predictor.json "calibration"; exports from before it have none)
+        try:
+            self.calibration = core.fold_calibrations(
+                spec.get("calibration"),
+                {name: (len(classes), multi) for name, (classes, multi) in self.tasks.items()},
+                list(files[self.model_kind]),
+            )
+        except ValueError as err:
+            raise ValueError(
+                f"The calibration in {self.folder / core.SPEC_FILE} does not fit its models: "
+                f"{err}; {core.REEXPORT}."
+            ) from None
         self.blend_method = spec.get("blend", "mean")
         self.fold_scores = spec.get("fold_scores")
         self.tokenizer, self.pad_id = core.load_tokenizer(self.folder, spec)
@@ -134,12 +146,17 @@ class ExportedModel:
         return out
 
     def predict_proba(self, texts: list[str]) -> dict[str, np.ndarray]:
-        """{task: (N, C) float64} blended over the folds as the run blends them."""
+        """{task: (N, C) float64}: each fold's probabilities calibrated with its params, then
+        blended over the folds as the run blends them."""
         folds = self.fold_probabilities(texts)
-        return {
-            name: core.blend([f[name] for f in folds], self.blend_method, self.fold_scores)
-            for name in self.tasks
-        }
+        out = {}
+        for name, (_, multilabel) in self.tasks.items():
+            params = self.calibration.get(name, {}).get("folds") or [None] * len(folds)
+            fold_probs = [
+                core.calibrate(f[name], multilabel, p) for f, p in zip(folds, params, strict=True)
+            ]
+            out[name] = core.blend(fold_probs, self.blend_method, self.fold_scores)
+        return out
 
     def labels(self, probs: dict[str, np.ndarray]) -> dict[str, list]:
         return {

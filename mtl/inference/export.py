@@ -11,9 +11,11 @@ RUN/export/
                        Runtime `Attention` op (com.microsoft) where the graph matches
   fold_<k>.int8.onnx   with --quantize int8: ONNX Runtime's dynamic int8 quantization of the above
   tokenizer/           the run's tokenizer, as Predictor loads it
-  predictor.json       what the blend needs: tasks and classes, blend method, fold scores (the
-                       `weighted` blend's weights), multi-label thresholds, the run's config
-                       (max_length, preprocessing, eval batch size)
+  predictor.json       what the blend needs: tasks and classes, each fold's calibration (per task:
+                       {"method", "folds": [{"scale", "bias"} per fold, in `files` order]}, from
+                       results.json; {} for a run without), blend method, fold scores (the
+                       `weighted` blend's weights), thresholds, the run's config (max_length,
+                       preprocessing, eval batch size)
   manifest.json        the source checkpoints (sha256, size, mtime) and every exported file
                        with sha256, versions, the parity checks the export ran on itself, and
                        with int8 its label agreement with fp32 on the run's val texts. Loaders
@@ -22,8 +24,8 @@ RUN/export/
                        of mtl/portable.py: predict from this folder with numpy, onnxruntime and
                        tokenizers alone (no mtl, torch or transformers)
 
-The models come from `Predictor.from_run`, so the export holds exactly the folds, thresholds and
-blend the PyTorch predictor uses; `mtl.inference.onnx_predict.OnnxPredictor` reads the folder and blends
+The models come from `Predictor.from_run`, so the export holds exactly the folds, calibration,
+thresholds and blend the PyTorch predictor uses; `mtl.inference.onnx_predict.OnnxPredictor` reads the folder and blends
 through Predictor's own code. The folder is built beside its destination and swapped in only when
 every check passed (mtl/inference/export_target.py says which destinations are refused).
 """
@@ -169,6 +171,8 @@ def build(reference, folder: Path, run_dir: Path, quantize, exporter: str, fuse:
         "blend": reference.blend_method,
         "fold_scores": reference.fold_scores,
         "thresholds": {name: cut.tolist() for name, cut in reference.thresholds.items()},
+        # per task and model in `files` order: each fold's params, applied before the blend
+        "calibration": reference.calibration,
         "files": files,
         # the side the tokenizer cuts texts over max_length; mtl_onnx.py cuts on the same one
         "tokenizer": {"truncation_side": getattr(reference.tokenizer, "truncation_side", "right")},

@@ -6,7 +6,8 @@
     p.predict(["I love this", "you idiot"])     # the same API and columns as mtl.Predictor
 
 `OnnxPredictor` is a `Predictor` whose folds are ONNX Runtime sessions: tokenization, length-
-sorted batching and padding, the blend, thresholds and label decisions are Predictor's own code,
+sorted batching and padding, each fold's calibration (predictor.json "calibration"), the blend,
+thresholds and label decisions are Predictor's own code,
 so the two backends cannot drift apart. Only running one model on one batch differs.
 """
 
@@ -21,6 +22,7 @@ import numpy as np
 
 from mtl import portable
 from mtl.errors import PredictError, first_line
+from mtl.inference import fold_calibration
 from mtl.inference.predictor import Predictor
 from mtl.inference.runs import load_run_tokenizer
 
@@ -33,7 +35,8 @@ def export_folder(path: str | Path, model: str | None = None) -> Path:
     """An export folder itself, or the run folder that holds one in export/; checked before use:
     every file its manifest lists that is here has its recorded sha256 (with `model`, fp32 / int8
     / auto, that kind's models must be here too), and an export inside the run it was made from
-    was made from the run's current finished folds (`stale_export`)."""
+    was made from the run's current finished folds (`stale_export`) and calibration
+    (`fold_calibration.stale`)."""
     path = Path(path)
     for candidate in (path, path / "export"):
         if (candidate / SPEC_FILE).is_file():
@@ -42,7 +45,11 @@ def export_folder(path: str | Path, model: str | None = None) -> Path:
                 required += read_spec(candidate)["files"][chosen_kind(candidate, model)]
             manifest = verify(candidate, required)
             run = recorded_run(candidate, manifest) if candidate == path else run_folder(path)
-            problem = None if run is None else stale_export(run, manifest)
+            problem = None
+            if run is not None:
+                problem = stale_export(run, manifest) or fold_calibration.stale(
+                    run, read_spec(candidate), manifest
+                )
             if problem is not None:
                 raise PredictError(
                     f"The export in {candidate} is older than the run {run}: {problem}. "
@@ -195,12 +202,23 @@ class OnnxPredictor(Predictor):
         tokenizer = load_run_tokenizer(folder / "tokenizer", cfg.backbone.name)
         # the side the run cut texts on, as mtl_onnx.py reads it (portable.truncation_side)
         tokenizer.truncation_side = portable.truncation_side(spec, folder)
+        # per task, one fold's params per model in files' order; absent in exports made before
+        # calibration, which load as they always did
+        fix = f"{portable.REEXPORT[0].upper()}{portable.REEXPORT[1:]}."
+        calibration = fold_calibration.checked(
+            spec.get("calibration"),
+            spec["tasks"],
+            spec["files"][model],
+            str(folder / SPEC_FILE),
+            fix,
+        )
         return cls(
             [str(p) for p in paths],
             spec["tasks"],
             cfg,
             tokenizer,
             thresholds=spec.get("thresholds"),
+            calibration=calibration,
             blend_method=spec.get("blend", "mean"),
             fold_scores=spec.get("fold_scores"),
             device=device,

@@ -12,10 +12,11 @@
 
 Texts go through exactly what the run's own predictions went through: the run's preprocessing
 (`data.preprocess`), its saved tokenizer with truncation at `data.max_length`, the best
-checkpoint of every finished fold in eval mode, and `mtl.run.blend.blend` with the run's method
-(`results.json` "blend", else `cv.blend`) and multi-label thresholds (`results.json`
-"thresholds", else the ones stored in the checkpoint). Rows are sorted by length and padded per
-batch, so the batch size changes speed, not results.
+checkpoint of every finished fold in eval mode, each fold's probabilities calibrated with its
+own params (`results.json` "calibration" when the run has it: inference/fold_calibration.py),
+and `mtl.run.blend.blend` with the run's method (`results.json` "blend", else `cv.blend`) and
+thresholds (`results.json` "thresholds", else the checkpoint's). Rows are sorted by length and
+padded per batch, so the batch size changes speed, not results.
 """
 
 from __future__ import annotations
@@ -30,6 +31,7 @@ import torch
 
 from mtl import portable
 from mtl.errors import PredictError
+from mtl.inference import fold_calibration
 from mtl.inference.checks import (
     NAN_MODEL,
     as_texts,
@@ -82,6 +84,7 @@ class Predictor:
         tokenizer,
         *,
         thresholds: dict[str, list[float]] | None = None,
+        calibration: dict[str, dict] | None = None,
         blend_method: str = "mean",
         fold_scores: list[float] | None = None,
         device: str | torch.device | None = None,
@@ -120,6 +123,7 @@ class Predictor:
         self.preprocess = preprocessor(cfg.data.preprocess)
         self.pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
         self.thresholds = label_thresholds(self.metas, thresholds)
+        self.calibration = fold_calibration.given(calibration, self.metas, len(models))
         self.models = self._place_models(models, device)
         self.batch_size = (
             default_batch_size(cfg, self.device) if batch_size is None else int(batch_size)
@@ -154,16 +158,11 @@ class Predictor:
         precision: str = "32-true",
     ) -> Predictor:
         """One checkpoint. The tokenizer comes from the run folder's tokenizer/ (`run_dir`,
-        default: the folder above the fold folder, path.parent.parent), else from the
-        backbone named in the checkpoint's config; multi-label thresholds from that run
-        folder's results.json when it has them, else from the checkpoint."""
+        default: the folder above the fold folder, path.parent.parent), else from the backbone
+        named in the checkpoint's config; thresholds from that run folder's results.json when it
+        has them, else from the checkpoint; calibration: its fold_<k>/'s (fold_calibration.py)."""
         return predictor_from_checkpoint(
-            cls,
-            path,
-            run_dir=run_dir,
-            device=device,
-            batch_size=batch_size,
-            precision=precision,
+            cls, path, run_dir=run_dir, device=device, batch_size=batch_size, precision=precision
         )
 
     # --- what it predicts -----------------------------------------------------------------------
@@ -199,7 +198,7 @@ class Predictor:
         batch_size: int | None = None,
         progress: Callable[[int], object] | None = None,
     ) -> list[dict[str, np.ndarray]]:
-        """Per model (fold), {task: (N, C) float32 probabilities}, in the order of `texts`.
+        """Per model (fold), {task: (N, C) float32 probabilities}, uncalibrated, in text order.
 
         Batches of length-sorted rows, each padded to its own longest row; eval mode, no grad.
         `progress(n)` is called after every batch with the number of rows it held.
@@ -267,7 +266,9 @@ class Predictor:
         }
 
     def blend(self, fold_probs: list[dict[str, np.ndarray]]) -> dict[str, np.ndarray]:
-        """Per-model probabilities → {task: (N, C) float64}, with the run's blend method."""
+        """Per-model probabilities → {task: (N, C) float64}: each model's calibrated with its
+        params (`calibration`), then blended with the run's method."""
+        fold_probs = fold_calibration.calibrate_folds(fold_probs, self.calibration, self.metas)
         out = {}
         for name in self.metas:
             out[name] = blend([p[name] for p in fold_probs], self.blend_method, self.fold_scores)

@@ -1,6 +1,6 @@
 """A trained run's parts for a Predictor: the finished folds' checkpoints rebuilt as models, the
-stored config, the saved tokenizer, results.json (blend method, thresholds), and the device they
-run on. `Predictor.from_run` and `Predictor.from_checkpoint` (mtl/inference/predictor.py) call these."""
+stored config, the saved tokenizer, results.json (blend method, thresholds, calibration per fold),
+and the device they run on. `Predictor.from_run` and `Predictor.from_checkpoint` (mtl/inference/predictor.py) call these."""
 
 from __future__ import annotations
 
@@ -12,6 +12,7 @@ import numpy as np
 import torch
 
 from mtl.errors import CheckpointError, ConfigError, PredictError, first_line
+from mtl.inference import fold_calibration
 from mtl.inference.checkpoint import build_model, load_checkpoint
 from mtl.run.cv import finished_folds
 
@@ -101,6 +102,9 @@ def predictor_from_run(cls, run_dir: str | Path, blend: str | None, **options):
         cfg,
         load_run_tokenizer(run_dir / "tokenizer", cfg.backbone.name),
         thresholds=results.get("thresholds"),
+        calibration=fold_calibration.from_results(
+            results, run_dir / "results.json", list(folds), metas
+        ),
         blend_method=method,
         fold_scores=scores,
         sources=paths,
@@ -110,17 +114,20 @@ def predictor_from_run(cls, run_dir: str | Path, blend: str | None, **options):
 
 def predictor_from_checkpoint(cls, path: str | Path, run_dir: str | Path | None, **options):
     """`cls` (a Predictor class) over one checkpoint: `Predictor.from_checkpoint`.
-    `options` (device, batch_size, precision) go to `cls` as they are."""
+    `options` (device, batch_size, precision) go to `cls` as they are. Calibration: the fold's
+    own (`fold_calibration.for_checkpoint`)."""
     path = Path(path)
     model, metas, config = build_model(load_checkpoint(path), path)
     cfg = _config(config, path)
     run_dir = Path(run_dir) if run_dir is not None else path.resolve().parent.parent
+    results = _run_results(run_dir)
     return cls(
         [model],
         metas,
         cfg,
         load_run_tokenizer(run_dir / "tokenizer", cfg.backbone.name),
-        thresholds=_run_results(run_dir).get("thresholds"),
+        thresholds=results.get("thresholds"),
+        calibration=fold_calibration.for_checkpoint(results, run_dir / "results.json", path, metas),
         blend_method="mean",
         sources=[path],
         **options,
