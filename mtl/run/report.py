@@ -173,7 +173,13 @@ def threshold_notes(results: dict) -> list[str]:
             lines.append(
                 f"- {task}: **tuned**. Fold columns, fold mean ± std and OOF: each fold's rows "
                 f"at thresholds tuned on the other finished folds' validation rows (cross-fitted; "
-                f"a fold alone keeps 0.5): {folds}. Val set and test (blended), `Predictor` and "
+                f"a fold alone keeps 0.5"
+                + (
+                    " of its uncalibrated model, re-expressed on the calibrated scale"
+                    if task in results.get("calibration", {})
+                    else ""
+                )
+                + f"): {folds}. Val set and test (blended), `Predictor` and "
                 f"exports: tuned on every OOF row (all folds' validation rows): {_cut(blends)}."
             )
         elif rule in ("fixed", "argmax") and task in results.get("calibration", {}) and blends:
