@@ -154,3 +154,18 @@ def test_a_run_folder_from_before_calibration_blends_calibrated_and_resumes(run_
     assert set(results["calibration"]) == set(TASKS)
     assert train(["--config", str(run_copy / "config.yaml")]) == 0, capsys.readouterr().err
     assert fold_state(run_copy) == before
+
+
+def test_a_blend_killed_while_staging_its_scalars_leaves_nothing_the_next_blend_keeps(run_copy):
+    """A dead writer's staged calibration folder in tensorboard/ is removed by the next blend."""
+    from mtl.cli.blend import main
+    from mtl.io import _HOST
+
+    orphan = run_copy / "tensorboard" / f".calibration~{2**22 + 12345}@{_HOST}~x1"
+    (orphan / "calibrated").mkdir(parents=True)
+    assert main([str(run_copy), "tasks.toxicity.calibration=vector"]) == 0
+    assert not orphan.exists()
+    assert sorted(p.name for p in (run_copy / "tensorboard" / "calibration").iterdir()) == [
+        "calibrated",
+        "uncalibrated",
+    ]
