@@ -11,6 +11,7 @@ from mtl.model.gradients import AGGREGATORS
 from mtl.model.network import HEADS, POOLINGS
 from mtl.model.optim import ADAMW_IMPLS, SCHEDULERS
 from mtl.model.weighting import WEIGHTINGS
+from mtl.portable import CALIBRATION_METHODS
 from mtl.run.blend import BLEND_METHODS
 
 DEFAULTS: dict[str, Any] = {
@@ -122,6 +123,9 @@ TASK_DEFAULTS: dict[str, Any] = {
     "class_weights": None,
     "label_smoothing": 0.0,
     "threshold": 0.5,
+    # fitted on each fold's own validation rows after training (mtl/calibration.py,
+    # docs/calibration.md); changes the blend and results only, never what a fold trains
+    "calibration": "vector",
     "weight": 1.0,
     "max_train_rows": None,  # int: this task's own data.max_train_rows
     "encoding": None,  # text encoding of the task's CSV / TSV / JSON Lines files; null = UTF-8
@@ -149,6 +153,7 @@ CHOICES: dict[str, tuple] = {
     "tune.direction": ("maximize", "minimize"),
     "tune.pruner": ("none", "median", "hyperband"),
     "task.type": tuple(TASK_TYPES),
+    "task.calibration": CALIBRATION_METHODS,
     "task.loss": (None, *dict.fromkeys(loss for t in TASK_TYPES.values() for loss in t.losses)),
 }
 
@@ -173,6 +178,7 @@ TYPES: dict[str, tuple] = {
     "task.loss": (str, NoneType),
     "task.class_weights": (str, list, NoneType),
     "task.threshold": (float, str, list),
+    "task.calibration": (str, NoneType),  # null: refused with the choices named
     "task.max_train_rows": (int, NoneType),
     "task.encoding": (str, NoneType),
 }

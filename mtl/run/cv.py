@@ -18,11 +18,14 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
+import yaml
 from box import Box
 
+from mtl.config import to_dict
 from mtl.data.tasks import TaskMeta
 from mtl.errors import MTLError, first_line, first_rows
 from mtl.io import _to_builtin, default_mode, remove_orphaned_tmp, tmp_prefix
+from mtl.run.calibration_report import PNG, reliability_png, write_tensorboard
 from mtl.run.runfolder import run_lock
 from mtl.run.summary import KINDS, FoldFrames, summarise
 
@@ -74,7 +77,7 @@ def selection_note(cfg: Box) -> str:
     )
 
 
-def collect(cfg: Box, run_dir: Path) -> dict:
+def collect(cfg: Box, run_dir: Path, with_config: bool = False) -> dict:
     """Blend every fold finished at this moment; write results.json, the blended CSVs and the
     report together; return the results (mtl/run/summary.py computes them).
 
@@ -84,12 +87,15 @@ def collect(cfg: Box, run_dir: Path) -> dict:
 
     Under the run lock: fold jobs of one run (a SLURM array) each blend when they finish, and a
     blend that read fewer folds must never land after one that read more. Inside the lock the
-    folds are read, so the last blend written has every fold finished by then."""
+    folds are read, so the last blend written has every fold finished by then. `with_config`:
+    `cfg` replaces the folder's config.yaml in the same write (scripts/blend.py's overrides of
+    blend-only keys), so the next blend keeps them."""
     from mtl.run.report import report_files
 
     with run_lock(run_dir):
         with contextlib.suppress(OSError):  # a read-only folder is refused by the write below
             remove_orphaned_tmp(run_dir)  # the staged files of a blend that was killed
+            remove_orphaned_tmp(run_dir / "tensorboard")  # its calibration scalars
         metas = read_metas(run_dir)
         folds = finished_folds(run_dir)
         if not folds:
@@ -109,6 +115,11 @@ def collect(cfg: Box, run_dir: Path) -> dict:
             )  # fmt: skip
         files: dict[str, str | bytes | pd.DataFrame] = dict(summary.tables)
         files.update(report_files(run_dir, results))
+        diagram = reliability_png(results, summary.reliability)
+        if diagram is not None:
+            files[PNG] = diagram
+        if with_config:
+            files["config.yaml"] = yaml.safe_dump(to_dict(cfg), sort_keys=False)
         files["results.json"] = json.dumps(results, indent=2, default=_to_builtin) + "\n"
         try:
             write_together(run_dir, files)
@@ -121,6 +132,15 @@ def collect(cfg: Box, run_dir: Path) -> dict:
                 f"space, then run scripts/blend.py {run_dir} again; or copy the folder somewhere "
                 f"writable and blend the copy."
             ) from None
+        if diagram is None:  # nothing calibrated now: no diagram of an earlier blend's
+            (run_dir / PNG).unlink(missing_ok=True)
+        try:
+            write_tensorboard(run_dir, results)
+        except OSError as err:  # a view of results.json, which is written: say so, go on
+            log.warning(
+                "calibration scalars not written to %s: %s: %s (results.json has them)",
+                run_dir / "tensorboard" / "calibration", type(err).__name__, first_line(err),
+            )  # fmt: skip
     return results
 
 

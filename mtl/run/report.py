@@ -9,6 +9,7 @@ from pathlib import Path
 
 import pandas as pd
 
+from mtl.run.calibration_report import calibration_lines
 from mtl.run.conflict_panel import add_conflict_panel, conflict_markdown
 from mtl.run.threshold_bootstrap import tuning_lines
 
@@ -157,7 +158,7 @@ def markdown_table(results: dict) -> str:
                 for t, o in overlap.items()
             ),
         ]
-    lines += ["", *threshold_notes(results), *tuning_lines(results)]
+    lines += ["", *threshold_notes(results), *tuning_lines(results), *calibration_lines(results)]
     return "\n".join(lines) + "\n"
 
 
@@ -177,9 +178,25 @@ def threshold_notes(results: dict) -> list[str]:
             lines.append(
                 f"- {task}: **tuned**. Fold columns, fold mean ± std and OOF: each fold's rows "
                 f"at thresholds tuned on the other finished folds' validation rows (cross-fitted; "
-                f"a fold alone keeps 0.5): {folds}. Val set and test (blended), `Predictor` and "
+                f"a fold alone keeps 0.5"
+                + (
+                    " of its uncalibrated model, re-expressed on the calibrated scale"
+                    if task in results.get("calibration", {})
+                    else ""
+                )
+                + f"): {folds}. Val set and test (blended), `Predictor` and "
                 f"exports: tuned on every OOF row (all folds' validation rows): {_cut(blends)}."
                 + (checked if task in results.get("threshold_tuning", {}) else "")
+            )
+        elif rule in ("fixed", "argmax") and task in results.get("calibration", {}) and blends:
+            folds = "; ".join(
+                f"fold {k}: {_cut(v)}" for k, v in entry.get("fold_thresholds", {}).items()
+            )
+            lines.append(
+                f"- {task}: {'the configured cut' if rule == 'fixed' else 'argmax'} of the "
+                f"uncalibrated model, re-expressed on the calibrated scale so each fold decides "
+                f"as its model did: {folds}. Val set and test (blended), `Predictor` and "
+                f"exports: the mean of the folds' re-expressed cuts, {_cut(blends)}."
             )
         elif rule == "fixed":
             lines.append(f"- {task}: fixed {_cut(blends)} (config) in every column.")

@@ -36,6 +36,9 @@ log = logging.getLogger(__name__)
 
 IDENTITY_FILE = "fingerprint.json"
 SPLIT_FILES = ("train", "val", "test")
+# Task keys that change only the blend of finished folds (results.json, the blended tables), so a
+# finished run takes a new value without retraining (docs/calibration.md)
+TASK_KEYS_NOT_FINGERPRINTED = ("calibration",)
 # Keys that do not change what a fold trains or predicts: where the run is written, which of its
 # folds this process runs, how finished folds are blended (redone from the fold files every
 # time), logging, and the hardware it runs on (a requeued job may land on another node type).
@@ -77,6 +80,8 @@ def _fingerprinted(key: str) -> bool:
     parts = key.split(".")
     if parts[0] == "tasks" and len(parts) == 3 and parts[2] in SPLIT_FILES:
         return False  # the file's contents are fingerprinted instead: data may move
+    if parts[0] == "tasks" and len(parts) == 3 and parts[2] in TASK_KEYS_NOT_FINGERPRINTED:
+        return False
     return not any(key == k or key.startswith(k + ".") for k in NOT_FINGERPRINTED)
 
 

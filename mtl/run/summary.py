@@ -12,10 +12,16 @@ Every column of one task is scored from the prediction files under one threshold
           With `cv.threshold_bootstrap` > 0 every tuned cut (per fold and on every OOF row)
           is kept only where a bootstrap of its tuning rows says it transfers, else it falls
           back to the configured cut (mtl/run/threshold_bootstrap.py).
+
+Calibration (tasks.<t>.calibration; mtl/run/calibrate_folds.py) comes first: every fold's
+frames are calibrated (its own rows by cross-fitted params, its val-file and test rows by its
+own), so thresholds are tuned, tables written and every column scored on calibrated
+probabilities; fixed cuts are re-expressed on that scale, so a fold's decisions stay its model's.
 """
 
 from __future__ import annotations
 
+import logging
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -31,16 +37,31 @@ from mtl.run.blend import (
     tune_binary_threshold,
     tune_thresholds,
 )
+from mtl.run.calibrate_folds import (
+    calibrated_sets,
+    fit_task,
+    fixed_cuts,
+    results_entry,
+    task_metrics,
+)
+from mtl.run.frames import KINDS, FoldFrames, probs_of, truth_of
 from mtl.run.threshold_bootstrap import TransferCheck
 
-KINDS = ("val", "valfile", "test")  # fold_<k>/<kind>_<task>.csv: its own rows, val set, test
-FoldFrames = dict[int, pd.DataFrame]  # fold → one task's prediction frame of one kind
+__all__ = ["KINDS", "FoldFrames", "RunSummary", "probs_of", "summarise", "truth_of"]
+log = logging.getLogger(__name__)
+NO_FIT_ROWS = (
+    "not fitted: with cv.n_splits=1 and cv.selection=last no rows are set aside to fit it on "
+    "(the fold's validation rows are the val set, which only reports); use cv.selection=best or "
+    "k-fold (cv.n_splits>1) to calibrate"
+)
 
 
 @dataclass
 class RunSummary:
     results: dict  # results.json
     tables: dict[str, pd.DataFrame] = field(default_factory=dict)  # run-folder file → frame
+    # task → the val set's blended (before, after, truth, multilabel): calibration.png
+    reliability: dict[str, tuple] = field(default_factory=dict)
 
 
 @dataclass
@@ -56,17 +77,6 @@ def threshold_rule(meta: TaskMeta, configured) -> str:
     if configured == "tuned" and (meta.multilabel or meta.type == "binary"):
         return "tuned"
     return "fixed" if meta.multilabel or meta.threshold else "argmax"
-
-
-def probs_of(frame: pd.DataFrame, meta: TaskMeta) -> np.ndarray:
-    return frame[meta.prob_columns()].to_numpy(dtype=np.float64)
-
-
-def truth_of(frame: pd.DataFrame, meta: TaskMeta) -> np.ndarray | None:
-    if not all(c in frame.columns for c in meta.truth_columns()):
-        return None
-    values = frame[meta.truth_columns()].to_numpy()
-    return values if meta.multilabel else values[:, 0].astype(np.int64)
 
 
 def out_of_fold(frames: FoldFrames) -> pd.DataFrame | None:
@@ -90,22 +100,27 @@ def task_thresholds(
     rule: str,
     oof: pd.DataFrame | None,
     folds: list[int],
+    fixed=None,
     resamples: int = 0,
     seed: int = 0,
 ) -> TaskThresholds:
-    """The thresholds of every column of one task (see the module docstring); `resamples` > 0:
-    each tuned cut checked by that many bootstrap resamples seeded from `seed`."""
-    fixed = list(meta.threshold) or None
+    """The thresholds of every column of one task (see the module docstring). `fixed`: (the blends'
+    cut, fold → its rows' cut) of the configured threshold on the calibrated scale
+    (mtl.run.calibrate_folds.fixed_cuts); default the configured threshold itself. `resamples` > 0:
+    each tuned cut checked by that many bootstrap resamples seeded from `seed`, falling back to
+    the blends' configured cut on that scale."""
+    configured = list(meta.threshold) or None
+    blended, at_fold = fixed or (configured, {k: configured for k in folds})
     if rule != "tuned" or oof is None:
-        return TaskThresholds(rule, fixed, {k: fixed for k in folds})
+        return TaskThresholds(rule, blended, at_fold)
     tune = tune_thresholds if meta.multilabel else tune_binary_threshold
     if resamples:
-        tune = TransferCheck(meta, resamples, seed)
+        tune = TransferCheck(meta, resamples, seed, fallback=blended)
     probs, truth = probs_of(oof, meta), truth_of(oof, meta)
     crossed = fold_thresholds(probs, truth, oof["fold"].to_numpy(), tune)
     blends = tune(probs, truth)
     tuning = tune.report(crossed) if isinstance(tune, TransferCheck) else None
-    return TaskThresholds(rule, blends, {k: crossed.get(k) or fixed for k in folds}, tuning)
+    return TaskThresholds(rule, blends, {k: crossed.get(k) or at_fold[k] for k in folds}, tuning)
 
 
 def fold_table(
@@ -129,7 +144,7 @@ def fold_table(
 def score_oof(meta: TaskMeta, oof: pd.DataFrame, cuts: TaskThresholds) -> dict:
     """Every OOF row at its own fold's thresholds: the pooled version of the fold columns."""
     per_row = None
-    if cuts.rule != "argmax":
+    if all(cuts.folds.get(k) is not None for k in set(oof["fold"])):  # argmax: none
         per_row = np.asarray([cuts.folds[k] for k in oof["fold"]], dtype=np.float64)
     return score_arrays(meta, probs_of(oof, meta), truth_of(oof, meta), per_row)
 
@@ -184,15 +199,32 @@ def summarise(
         "selection_score": float(np.mean(monitored)),
         "selection_score_std": float(np.std(monitored)),
         "thresholds": {},
+        "calibration": {},
         "tasks": {},
     }
+    no_fit_rows = cfg.cv.n_splits <= 1 and cfg.cv.selection == "last"
+    if no_fit_rows and any(cfg.tasks[n].calibration != "none" for n in metas):
+        results["calibration_note"] = NO_FIT_ROWS
+        log.warning("calibration: %s", NO_FIT_ROWS)
     tables: dict[str, pd.DataFrame] = {}
+    reliability: dict[str, tuple] = {}
     oof_scores, test_scores, val_scores = [], [], []
     for name, meta in metas.items():
-        sets = predictions.get(name, {})
+        raw = predictions.get(name, {})
+        method = "none" if no_fit_rows else cfg.tasks[name].calibration
+        cal = fit_task(meta, raw.get("val", {}), method)
+        sets = calibrated_sets(meta, raw, cal)
         oof = out_of_fold(sets.get("val", {}))
         rule = threshold_rule(meta, cfg.tasks[name].threshold)
-        cuts = task_thresholds(meta, rule, oof, list(folds), resamples, cfg.seed)
+        cuts = task_thresholds(
+            meta,
+            rule,
+            oof,
+            list(folds),
+            fixed_cuts(meta, cal, list(folds)),
+            resamples,
+            cfg.seed,
+        )
         if cuts.blends is not None:
             results["thresholds"][name] = cuts.blends
         if cuts.tuning is not None:
@@ -220,6 +252,11 @@ def summarise(
             if kind == "valfile":
                 entry["baseline"] = majority_baseline(meta, truth)
         results["tasks"][name] = entry
+        if cal is not None:
+            metrics, diagram = task_metrics(meta, raw, sets, cal, cfg.cv.blend, weights)
+            if diagram is not None:
+                reliability[name] = (*diagram, meta.multilabel)
+            results["calibration"][name] = results_entry(meta, cal, cfg.cv.n_splits, metrics)
     if val_scores:
         results["score"] = float(np.mean(val_scores))
         results["score_tasks"] = [n for n, e in results["tasks"].items() if "valfile_blended" in e]
@@ -227,4 +264,4 @@ def summarise(
         results["oof_score"] = float(np.mean(oof_scores))
     if test_scores and len(test_scores) == len(metas):
         results["test_score"] = float(np.mean(test_scores))
-    return RunSummary(results, tables)
+    return RunSummary(results, tables, reliability)

@@ -191,7 +191,9 @@ def test_predict_frame_columns_and_labels(predictor, texts):
         over = [c for c, p, t in zip(emotions, probs["emotion"][i], cuts, strict=True) if p >= t]
         assert chosen == over
         assert frame["emotion_label"][i] == "|".join(over)
-    assert frame["toxicity_label"].tolist() == [[0, 1][j] for j in probs["toxicity"].argmax(axis=1)]
+    # issue 26: a binary argmax under vector calibration is a cut on the calibrated scale
+    [cut] = predictor.thresholds["toxicity"]
+    assert frame["toxicity_label"].tolist() == [int(p >= cut) for p in probs["toxicity"][:, 1]]
 
 
 # --- files ----------------------------------------------------------------------------------

@@ -84,16 +84,56 @@ def test_oof_covers_each_training_row_once_and_results_hold_the_cv_table(kfold_r
 
 
 def test_mean_blend_equals_the_mean_of_the_fold_predictions(kfold_run):
-    cfg, _ = kfold_run
+    """The mean of the folds' calibrated predictions (issue 26: each fold's probabilities by its
+    own results.json "calibration" params, before the blend), labels at the blends' cut (a binary
+    argmax re-expressed on the calibrated scale)."""
+    from mtl.portable import calibrate
+
+    cfg, results = kfold_run
+    folder = run_dir(cfg)
+    cols = [f"sentiment_{c}" for c in (0, 1)]
+    params = results["calibration"]["sentiment"]["folds"]
+    folds = [
+        calibrate(
+            pd.read_csv(folder / f"fold_{k}" / "test_sentiment.csv")[cols].to_numpy(),
+            False,
+            params[str(k)],
+        )
+        for k in range(3)
+    ]
+    blended = pd.read_csv(folder / "test_sentiment.csv")
+    np.testing.assert_allclose(blended[cols].to_numpy(), np.mean(folds, axis=0), atol=1e-9)
+    labels = blended["sentiment_label"].to_numpy()
+    [cut] = results["thresholds"]["sentiment"]
+    np.testing.assert_array_equal(labels, (np.mean(folds, axis=0)[:, 1] >= cut).astype(int))
+
+
+def test_mean_blend_without_calibration_is_the_plain_mean(tiny_backbone, data_dir, tmp_path):
+    """calibration: none leaves the blend as it was before issue 26: the plain mean, argmax."""
+    from helpers import tiny_overrides
+
+    from mtl.config import load_config
+
+    cfg = load_config(
+        "configs/default.yaml",
+        tiny_overrides(tiny_backbone, data_dir, tmp_path)
+        + [
+            "cv.n_splits=2",
+            *(f"tasks.{t}.calibration=none" for t in ("toxicity", "emotion", "sentiment")),
+        ],
+    )
+    results = train(cfg)
     folder = run_dir(cfg)
     cols = [f"sentiment_{c}" for c in (0, 1)]
     folds = [
-        pd.read_csv(folder / f"fold_{k}" / "test_sentiment.csv")[cols].to_numpy() for k in range(3)
+        pd.read_csv(folder / f"fold_{k}" / "test_sentiment.csv")[cols].to_numpy() for k in range(2)
     ]
     blended = pd.read_csv(folder / "test_sentiment.csv")
     np.testing.assert_allclose(blended[cols].to_numpy(), np.mean(folds, axis=0), atol=1e-9)
     labels = blended["sentiment_label"].to_numpy()
     np.testing.assert_array_equal(labels, np.mean(folds, axis=0).argmax(axis=1))
+    assert results["calibration"] == {} and "sentiment" not in results["thresholds"]
+    assert not (folder / "calibration.png").exists()
 
 
 def test_blend_methods():

@@ -65,15 +65,38 @@ def arrays(frame: pd.DataFrame, meta: TaskMeta):
     return frame[meta.prob_columns()].to_numpy(), truth
 
 
-def transferred(cfg, meta: TaskMeta, frame: pd.DataFrame, call: int) -> list[float]:
-    """The documented rule, recomputed from the files: the cuts tuned on `frame`'s rows (in the
-    OOF file's order), each kept or replaced by the configured cut as the bootstrap seeded
-    [seed, crc32(task), call] decides (call k: fold k's cuts; call n_splits: every OOF row's)."""
+def transferred(cfg, meta: TaskMeta, probs, truth, call: int, fallback) -> list[float]:
+    """The documented rule, recomputed: the cuts tuned on these rows (in the OOF file's order),
+    each kept or replaced by the fallback cut as the bootstrap seeded [seed, crc32(task), call]
+    decides (call k: fold k's cuts; call n_splits: every OOF row's)."""
     seed = [cfg.seed, zlib.crc32(meta.name.encode()), call]
-    fallback = list(meta.threshold) or [0.5]
-    probs, truth = arrays(frame, meta)
     checks = check_cuts(probs, truth, meta.multilabel, fallback, cfg.cv.threshold_bootstrap, seed)
     return [c.used for c in checks]
+
+
+def cross_fitted(frames: dict[int, pd.DataFrame], meta: TaskMeta, method: str):
+    """Issue 26: each fold's own rows calibrated by params fitted on the other folds' rows,
+    recomputed from the prediction files: {fold: (probs, truth)}."""
+    from mtl.calibration import fit
+    from mtl.portable import calibrate
+
+    out = {}
+    for k, frame in frames.items():
+        others = pd.concat([f for j, f in frames.items() if j != k])
+        params = fit(*arrays(others, meta), meta.multilabel, method)
+        probs, truth = arrays(frame, meta)
+        out[k] = (calibrate(probs, meta.multilabel, params), truth)
+    return out
+
+
+def untuned_cut(meta: TaskMeta, calibration: dict) -> list[float]:
+    """Issue 26: the cut a tuned task falls back to, the configured start (0.5) re-expressed on
+    each fold's calibrated scale, averaged over the folds as the blends' cut is."""
+    from mtl.run.calibrate_folds import reexpress
+
+    base = list(meta.threshold) or [0.5]
+    cuts = [reexpress(meta, base, params) for params in calibration["folds"].values()]
+    return [float(v) for v in np.mean(cuts, axis=0)]
 
 
 def snapshot(folder: Path) -> dict[str, bytes]:
@@ -97,12 +120,21 @@ def test_each_fold_column_is_its_prediction_file_scored_at_thresholds_tuned_on_t
         meta, entry = metas[task], results["tasks"][task]
         assert entry["threshold_rule"] == "tuned"
         frames = {k: pd.read_csv(folder / f"fold_{k}" / f"val_{task}.csv") for k in range(3)}
-        oof = pd.read_csv(folder / f"oof_{task}.csv")
-        for k, frame in frames.items():
-            cut = transferred(cfg, meta, oof[oof.fold != k], call=k)
-            assert entry["fold_thresholds"][str(k)] == cut
-            assert results["threshold_tuning"][task]["folds"][str(k)]["used"] == cut
-            expected = score_arrays(meta, *arrays(frame, meta), cut)
+        # issue 26: on the rows as the report scores them, calibrated (vector, the default) by
+        # the other folds' params, in the OOF file's order (by row, then fold)
+        calibrated = cross_fitted(frames, meta, "vector")
+        fallback = untuned_cut(meta, results["calibration"][task])
+        for k in frames:
+            others = [j for j in frames if j != k]
+            rows = np.concatenate([frames[j]["row"].to_numpy() for j in others])
+            fold_of = np.concatenate([np.full(len(frames[j]), j) for j in others])
+            order = np.lexsort((fold_of, rows))
+            probs = np.concatenate([calibrated[j][0] for j in others])[order]
+            truth = np.concatenate([calibrated[j][1] for j in others])[order]
+            cut = transferred(cfg, meta, probs, truth, call=k, fallback=fallback)
+            assert entry["fold_thresholds"][str(k)] == pytest.approx(cut)
+            assert results["threshold_tuning"][task]["folds"][str(k)]["used"] == pytest.approx(cut)
+            expected = score_arrays(meta, *calibrated[k], cut)
             scored = {m: v for m, v in entry["folds"][str(k)].items() if m != "loss"}
             assert scored == pytest.approx(expected, nan_ok=True)
         assert entry["mean"]["f1_macro"] == pytest.approx(
@@ -134,13 +166,19 @@ def test_oof_pools_the_fold_columns_and_the_report_says_which_rows_chose_each_co
     entry = results["tasks"]["emotion"]
     cut = np.asarray([entry["fold_thresholds"][str(k)] for k in oof.fold])
     assert entry["oof"] == pytest.approx(score_arrays(metas["emotion"], *arrays(oof, metas["emotion"]), cut))  # fmt: skip
-    assert results["thresholds"]["emotion"] == transferred(cfg, metas["emotion"], oof, call=3)
+    meta = metas["emotion"]
+    fallback = untuned_cut(meta, results["calibration"]["emotion"])
+    assert results["thresholds"]["emotion"] == pytest.approx(
+        transferred(cfg, meta, *arrays(oof, meta), call=3, fallback=fallback)
+    )
     assert results["tasks"]["sentiment"]["threshold_rule"] == "argmax"
     report = (folder / "report.md").read_text()
     assert "emotion: **tuned**" in report and "toxicity: **tuned**" in report
     assert "tuned on the other finished folds' validation rows" in report
     assert "tuned on every OOF row" in report
-    assert "sentiment: argmax (no thresholds) in every column" in report
+    # issue 26: sentiment's argmax under vector calibration is a cut on the calibrated scale
+    assert "sentiment: argmax of the uncalibrated model, re-expressed" in report
+    assert len(results["thresholds"]["sentiment"]) == 1
     assert "Thresholds that transfer" in report and "| emotion | joy |" in report
 
 
