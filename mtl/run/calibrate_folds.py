@@ -89,22 +89,33 @@ def reexpress(meta: TaskMeta, cut: list[float], params: dict | None) -> list[flo
     return [float(calibrate(np.asarray([[1.0 - t, t]]), False, params)[0, 1])]
 
 
-def fixed_cuts(
-    meta: TaskMeta, cal: TaskCalibration | None, folds: list[int]
+def calibrated_cuts(
+    meta: TaskMeta,
+    cal: TaskCalibration | None,
+    blends: list[float] | None,
+    at_folds: dict[int, list[float] | None],
 ) -> tuple[list[float] | None, dict[int, list[float] | None]]:
-    """(the blends' cut, fold → the cut of its own rows) for the configured threshold, on the scale
-    the rows are scored on. A binary task under vector calibration has a cut even at the argmax
-    (0.5 before, sigmoid(b1 - b0) after: a class bias moves the argmax); a multiclass task keeps
-    the argmax of its calibrated probabilities (temperature leaves it as it was; vector may not)."""
-    configured = list(meta.threshold) or None
+    """Cuts of the uncalibrated probabilities (configured, or tuned on them) → the same cuts on the
+    calibrated scale: (the blends' cut, fold → the cut of its own rows). Each label's map is
+    increasing, so a fold decides its rows exactly as its uncalibrated model did; the blends' cut
+    is the mean of the folds' re-expressed cuts (exact with one fold). A binary task under vector
+    calibration has a cut even at the argmax (0.5 before, sigmoid(b1 - b0) after: a class bias
+    moves the argmax); a multiclass task keeps the argmax of its calibrated probabilities
+    (temperature leaves it as it was; vector may not)."""
     if cal is None or (not meta.multilabel and meta.num_outputs != 2):
-        return configured, {k: configured for k in folds}
-    base = configured or ([0.5] if meta.type == "binary" and cal.method == "vector" else None)
-    if base is None:
-        return None, {k: None for k in folds}
-    at_folds = {k: reexpress(meta, base, cal.crossed.get(k)) for k in folds}
-    blended = np.mean([reexpress(meta, base, p) for p in cal.own.values()], axis=0)
-    return [float(v) for v in blended], at_folds
+        return blends, at_folds
+
+    def base(cut: list[float] | None) -> list[float] | None:
+        return cut or ([0.5] if meta.type == "binary" and cal.method == "vector" else None)
+
+    folds = {
+        k: reexpress(meta, b, cal.crossed.get(k)) if (b := base(cut)) else None
+        for k, cut in at_folds.items()
+    }
+    if (b := base(blends)) is None:
+        return None, folds
+    blended = np.mean([reexpress(meta, b, p) for p in cal.own.values()], axis=0)
+    return [float(v) for v in blended], folds
 
 
 def blend_pair(

@@ -38,9 +38,9 @@ from mtl.run.blend import (
     tune_thresholds,
 )
 from mtl.run.calibrate_folds import (
+    calibrated_cuts,
     calibrated_sets,
     fit_task,
-    fixed_cuts,
     results_entry,
     task_metrics,
 )
@@ -100,27 +100,23 @@ def task_thresholds(
     rule: str,
     oof: pd.DataFrame | None,
     folds: list[int],
-    fixed=None,
     resamples: int = 0,
     seed: int = 0,
 ) -> TaskThresholds:
-    """The thresholds of every column of one task (see the module docstring). `fixed`: (the blends'
-    cut, fold → its rows' cut) of the configured threshold on the calibrated scale
-    (mtl.run.calibrate_folds.fixed_cuts); default the configured threshold itself. `resamples` > 0:
-    each tuned cut checked by that many bootstrap resamples seeded from `seed`, falling back to
-    the blends' configured cut on that scale."""
+    """The thresholds of every column of one task (see the module docstring), on the scale of
+    `oof`'s probabilities; `resamples` > 0: each tuned cut checked by that many bootstrap
+    resamples seeded from `seed`, falling back to the configured cut."""
     configured = list(meta.threshold) or None
-    blended, at_fold = fixed or (configured, {k: configured for k in folds})
     if rule != "tuned" or oof is None:
-        return TaskThresholds(rule, blended, at_fold)
+        return TaskThresholds(rule, configured, {k: configured for k in folds})
     tune = tune_thresholds if meta.multilabel else tune_binary_threshold
     if resamples:
-        tune = TransferCheck(meta, resamples, seed, fallback=blended)
+        tune = TransferCheck(meta, resamples, seed)
     probs, truth = probs_of(oof, meta), truth_of(oof, meta)
     crossed = fold_thresholds(probs, truth, oof["fold"].to_numpy(), tune)
     blends = tune(probs, truth)
     tuning = tune.report(crossed) if isinstance(tune, TransferCheck) else None
-    return TaskThresholds(rule, blends, {k: crossed.get(k) or at_fold[k] for k in folds}, tuning)
+    return TaskThresholds(rule, blends, {k: crossed.get(k) or configured for k in folds}, tuning)
 
 
 def fold_table(
@@ -216,15 +212,13 @@ def summarise(
         sets = calibrated_sets(meta, raw, cal)
         oof = out_of_fold(sets.get("val", {}))
         rule = threshold_rule(meta, cfg.tasks[name].threshold)
-        cuts = task_thresholds(
-            meta,
-            rule,
-            oof,
-            list(folds),
-            fixed_cuts(meta, cal, list(folds)),
-            resamples,
-            cfg.seed,
+        # cuts tuned (and bootstrap-checked) on the uncalibrated OOF rows, then re-expressed, so
+        # each fold decides as its model did: on calibrated rows the cut grid (0.05..0.95) misses
+        # the low cuts a rare label needs (the full-data emotion lost 0.016 macro-F1 that way)
+        uncal = task_thresholds(
+            meta, rule, out_of_fold(raw.get("val", {})), list(folds), resamples, cfg.seed
         )
+        cuts = TaskThresholds(rule, *calibrated_cuts(meta, cal, uncal.blends, uncal.folds), uncal.tuning)  # fmt: skip
         if cuts.blends is not None:
             results["thresholds"][name] = cuts.blends
         if cuts.tuning is not None:

@@ -147,14 +147,11 @@ class TransferCheck:
     order, then on every OOF row — and it remembers each call's checks for `report`.
     Call i resamples from SeedSequence([seed, crc32(task name), i]): deterministic."""
 
-    def __init__(self, meta: TaskMeta, resamples: int, seed: int, fallback=None):
-        """`fallback`: the cut the model decides at untuned, on the scale the rows are tuned on
-        (a calibrated run's configured cut re-expressed: mtl.run.calibrate_folds.fixed_cuts);
-        default the configured threshold, else 0.5."""
+    def __init__(self, meta: TaskMeta, resamples: int, seed: int):
         self.meta, self.resamples = meta, resamples
         self.seed = [seed, zlib.crc32(meta.name.encode())]
         width = meta.num_outputs if meta.multilabel else 1
-        self.fallback = list(fallback or meta.threshold or [0.5] * width)
+        self.fallback = list(meta.threshold) or [0.5] * width
         self.calls: list[tuple[int, list[CutCheck]]] = []
 
     def __call__(self, probs: np.ndarray, labels: np.ndarray) -> list[float]:

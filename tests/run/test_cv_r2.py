@@ -20,6 +20,7 @@ import pytest
 from mtl.data.tasks import TaskMeta
 from mtl.model.metrics import score_arrays
 from mtl.run.blend import tune_binary_threshold, tune_thresholds
+from mtl.run.calibrate_folds import reexpress
 from mtl.run.threshold_bootstrap import check_cuts
 
 
@@ -89,14 +90,14 @@ def cross_fitted(frames: dict[int, pd.DataFrame], meta: TaskMeta, method: str):
     return out
 
 
-def untuned_cut(meta: TaskMeta, calibration: dict) -> list[float]:
-    """Issue 26: the cut a tuned task falls back to, the configured start (0.5) re-expressed on
-    each fold's calibrated scale, averaged over the folds as the blends' cut is."""
-    from mtl.run.calibrate_folds import reexpress
-
-    base = list(meta.threshold) or [0.5]
-    cuts = [reexpress(meta, base, params) for params in calibration["folds"].values()]
-    return [float(v) for v in np.mean(cuts, axis=0)]
+def in_oof_order(frames: dict[int, pd.DataFrame], meta: TaskMeta, folds: list[int]):
+    """(probs, truth) of these folds' rows in the OOF file's order (by row, then fold), as the
+    prediction files hold them (uncalibrated)."""
+    rows = np.concatenate([frames[j]["row"].to_numpy() for j in folds])
+    fold_of = np.concatenate([np.full(len(frames[j]), j) for j in folds])
+    order = np.lexsort((fold_of, rows))
+    probs, truth = zip(*(arrays(frames[j], meta) for j in folds), strict=True)
+    return np.concatenate(probs)[order], np.concatenate(truth)[order]
 
 
 def snapshot(folder: Path) -> dict[str, bytes]:
@@ -120,20 +121,18 @@ def test_each_fold_column_is_its_prediction_file_scored_at_thresholds_tuned_on_t
         meta, entry = metas[task], results["tasks"][task]
         assert entry["threshold_rule"] == "tuned"
         frames = {k: pd.read_csv(folder / f"fold_{k}" / f"val_{task}.csv") for k in range(3)}
-        # issue 26: on the rows as the report scores them, calibrated (vector, the default) by
-        # the other folds' params, in the OOF file's order (by row, then fold)
+        # issue 26: tuned on the uncalibrated rows of the other folds, re-expressed on the scale
+        # fold k's rows are scored on (calibrated, vector by default, by the other folds' params)
         calibrated = cross_fitted(frames, meta, "vector")
-        fallback = untuned_cut(meta, results["calibration"][task])
+        crossed = results["calibration"][task]["own_rows_params"]
         for k in frames:
-            others = [j for j in frames if j != k]
-            rows = np.concatenate([frames[j]["row"].to_numpy() for j in others])
-            fold_of = np.concatenate([np.full(len(frames[j]), j) for j in others])
-            order = np.lexsort((fold_of, rows))
-            probs = np.concatenate([calibrated[j][0] for j in others])[order]
-            truth = np.concatenate([calibrated[j][1] for j in others])[order]
-            cut = transferred(cfg, meta, probs, truth, call=k, fallback=fallback)
+            others = in_oof_order(frames, meta, [j for j in frames if j != k])
+            raw_cut = transferred(
+                cfg, meta, *others, call=k, fallback=list(meta.threshold) or [0.5]
+            )
+            assert results["threshold_tuning"][task]["folds"][str(k)]["used"] == raw_cut
+            cut = reexpress(meta, raw_cut, crossed[str(k)])
             assert entry["fold_thresholds"][str(k)] == pytest.approx(cut)
-            assert results["threshold_tuning"][task]["folds"][str(k)]["used"] == pytest.approx(cut)
             expected = score_arrays(meta, *calibrated[k], cut)
             scored = {m: v for m, v in entry["folds"][str(k)].items() if m != "loss"}
             assert scored == pytest.approx(expected, nan_ok=True)
@@ -167,10 +166,14 @@ def test_oof_pools_the_fold_columns_and_the_report_says_which_rows_chose_each_co
     cut = np.asarray([entry["fold_thresholds"][str(k)] for k in oof.fold])
     assert entry["oof"] == pytest.approx(score_arrays(metas["emotion"], *arrays(oof, metas["emotion"]), cut))  # fmt: skip
     meta = metas["emotion"]
-    fallback = untuned_cut(meta, results["calibration"]["emotion"])
-    assert results["thresholds"]["emotion"] == pytest.approx(
-        transferred(cfg, meta, *arrays(oof, meta), call=3, fallback=fallback)
+    frames = {k: pd.read_csv(folder / f"fold_{k}" / "val_emotion.csv") for k in range(3)}
+    fallback = list(meta.threshold) or [0.5] * meta.num_outputs
+    raw_cut = transferred(
+        cfg, meta, *in_oof_order(frames, meta, [0, 1, 2]), call=3, fallback=fallback
     )
+    own = results["calibration"]["emotion"]["folds"].values()
+    blended = np.mean([reexpress(meta, raw_cut, params) for params in own], axis=0)
+    assert results["thresholds"]["emotion"] == pytest.approx(blended.tolist())
     assert results["tasks"]["sentiment"]["threshold_rule"] == "argmax"
     report = (folder / "report.md").read_text()
     assert "emotion: **tuned**" in report and "toxicity: **tuned**" in report

@@ -87,10 +87,11 @@ def test_kfold_oof_score_uses_cross_fitted_thresholds(tiny_cfg):
     from mtl.run.train import train
 
     # the tuning functions' own cuts: the bootstrap that may replace them by the configured cut
-    # (cv.threshold_bootstrap) has its tests in test_threshold_bootstrap.py
+    # (cv.threshold_bootstrap) has its tests in test_threshold_bootstrap.py, and cuts re-expressed
+    # on calibrated rows theirs in test_cv_r2.py
     cfg = tiny_cfg(
         "cv.n_splits=3", "tasks.emotion.threshold=tuned", "trainer.max_epochs=1",
-        "cv.threshold_bootstrap=0",
+        "cv.threshold_bootstrap=0", "tasks.emotion.calibration=none",
     )  # fmt: skip
     results = train(cfg)
     folder = Path(cfg.run.output_dir) / cfg.run.name
@@ -133,6 +134,7 @@ def test_a_tuned_binary_threshold_is_cross_fitted_oof_and_decides_the_blends(tin
     cfg = tiny_cfg(
         "cv.n_splits=3", "tasks.toxicity.threshold=tuned", "trainer.max_epochs=1",
         "cv.threshold_bootstrap=0",  # the tuning function's own cut (as in the test above)
+        "tasks.toxicity.calibration=none",  # cuts on the OOF file's own scale (as above)
     )  # fmt: skip
     results = train(cfg)
     folder = Path(cfg.run.output_dir) / cfg.run.name
