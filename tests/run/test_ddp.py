@@ -163,6 +163,7 @@ def test_slurm_requeue_checkpoint_resumes_the_same_fold(tiny_cfg, tmp_path, monk
 
     import mtl.run.fit
     from mtl.inference.predictor import Predictor
+    from mtl.portable import calibrate
     from mtl.run.train import train
 
     scontrol = tmp_path / "bin" / "scontrol"  # records the requeue instead of calling SLURM
@@ -219,14 +220,14 @@ def test_slurm_requeue_checkpoint_resumes_the_same_fold(tiny_cfg, tmp_path, monk
     assert fold["epochs_trained"] == 3
     assert not list(fold_dir.glob("hpc_ckpt_*"))  # a finished fold is never resumed
     assert not (fold_dir.parent / "fold_0").exists()  # only the array task's own fold
-    # test predictions come from best.ckpt, not from the leftover requeue checkpoint
+    # test predictions come from best.ckpt, not from the leftover requeue checkpoint; the fold
+    # file holds the model's probabilities, the Predictor fold 1's calibrated ones (issue 26)
     test = pd.read_csv(fold_dir / "test_toxicity.csv", keep_default_na=False)
     probs = Predictor.from_checkpoint(fold_dir / "best.ckpt").predict_proba(test.text.tolist())
-    np.testing.assert_allclose(
-        probs["toxicity"],
-        test[read_metas(fold_dir.parent)["toxicity"].prob_columns()].to_numpy(),
-        atol=1e-5,
-    )
+    results = json.loads((fold_dir.parent / "results.json").read_text())
+    raw = test[read_metas(fold_dir.parent)["toxicity"].prob_columns()].to_numpy()
+    params = results["calibration"]["toxicity"]["folds"]["1"]
+    np.testing.assert_allclose(probs["toxicity"], calibrate(raw, False, params), atol=1e-5)
 
 
 def test_fsdp_gets_one_unit_per_encoder_block_through_its_public_argument(tiny_backbone):
