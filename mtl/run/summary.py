@@ -15,8 +15,9 @@ Every column of one task is scored from the prediction files under one threshold
 
 Calibration (tasks.<t>.calibration; mtl/run/calibrate_folds.py) comes first: every fold's
 frames are calibrated (its own rows by cross-fitted params, its val-file and test rows by its
-own), so thresholds are tuned, tables written and every column scored on calibrated
-probabilities; fixed cuts are re-expressed on that scale, so a fold's decisions stay its model's.
+own), so tables are written and every column scored on calibrated probabilities; cuts (fixed,
+or tuned on the uncalibrated rows) are re-expressed on that scale, so a fold's decisions stay
+its model's.
 """
 
 from __future__ import annotations
