@@ -122,12 +122,19 @@ def quantize_int8(source: Path, target: Path) -> None:
     from onnx import TensorProto
     from onnxruntime.quantization import QuantType, quantize_dynamic
 
-    logging.getLogger("root").setLevel(logging.ERROR)  # its "consider pre-processing" warning
-    quantize_dynamic(
-        str(source),
-        str(target),
-        weight_type=QuantType.QInt8,
-        per_channel=True,
-        # shape inference cannot type the outputs of com.microsoft ops (the fused Attention)
-        extra_options={"DefaultTensorType": TensorProto.FLOAT},
-    )
+    # its "consider pre-processing" warning goes to the root logger: quiet it for this call only,
+    # else every later warning and info line of the process (the export's own) is lost too
+    root = logging.getLogger()
+    level = root.level
+    root.setLevel(logging.ERROR)
+    try:
+        quantize_dynamic(
+            str(source),
+            str(target),
+            weight_type=QuantType.QInt8,
+            per_channel=True,
+            # shape inference cannot type the outputs of com.microsoft ops (the fused Attention)
+            extra_options={"DefaultTensorType": TensorProto.FLOAT},
+        )
+    finally:
+        root.setLevel(level)

@@ -4,9 +4,10 @@ probabilities, each fold calibrated with its own params before the blend. Runs a
 before calibration load and answer as they did; calibration that does not fit is refused, naming
 the file and the fix.
 
-The calibrated run is a copy of conftest's trained run (2 folds, weighted blend) with a
-"calibration" block written into its results.json by hand: params far from identity, different
-per fold, so probabilities move far more than any tolerance here."""
+The calibrated run is a copy of conftest's trained run (2 folds, weighted blend) with its
+"calibration" block replaced by hand: params far from identity, different per fold, so
+probabilities move far more than any tolerance here. A run from before calibration is a copy with
+no "calibration" block at all (conftest's run is calibrated, the default)."""
 
 from __future__ import annotations
 
@@ -63,6 +64,19 @@ def calibrated(blended_export, tmp_path_factory) -> Path:
     results = json.loads((run / "results.json").read_text())
     write_json(run / "results.json", dict(results, calibration=CALIBRATION))
     export_run(run, quantize="int8", force=True)
+    return run
+
+
+@pytest.fixture(scope="module")
+def before_calibration(blended_export, tmp_path_factory) -> Path:
+    """conftest's run, copied, as results.json was before calibration existed (no "calibration"
+    block), exported fp32."""
+    run = tmp_path_factory.mktemp("before_calibration") / "run"
+    shutil.copytree(blended_export.parent, run, ignore=shutil.ignore_patterns("export"))
+    results = json.loads((run / "results.json").read_text())
+    assert results.pop("calibration")  # conftest's run is calibrated by default
+    write_json(run / "results.json", results)
+    export_run(run, force=True)
     return run
 
 
@@ -205,10 +219,10 @@ def test_a_checkpoint_in_its_fold_folder_takes_its_folds_calibration(calibrated,
 
 
 def test_a_run_and_an_export_from_before_calibration_answer_as_before(
-    blended_export, texts, tmp_path
+    before_calibration, texts, tmp_path
 ):
-    old = Predictor.from_run(blended_export.parent, device="cpu")
-    assert "calibration" not in json.loads((blended_export.parent / "results.json").read_text())
+    old = Predictor.from_run(before_calibration, device="cpu")
+    assert "calibration" not in json.loads((before_calibration / "results.json").read_text())
     assert old.calibration == {}
     folds = old.fold_probabilities(texts)
     got = old.predict_proba(texts)
@@ -218,13 +232,12 @@ def test_a_run_and_an_export_from_before_calibration_answer_as_before(
         np.testing.assert_allclose(got[task], want, rtol=0, atol=1e-12)
     # an export made before predictor.json had "calibration"
     export = tmp_path / "export"
-    shutil.copytree(blended_export, export)
+    shutil.copytree(before_calibration / "export", export)
     spec = json.loads((export / "predictor.json").read_text())
     assert spec.pop("calibration") == {}
     rewrite(export, spec)
-    reference = OnnxPredictor.from_export(blended_export, model="fp32", device="cpu").predict_proba(
-        texts
-    )
+    reference = OnnxPredictor.from_export(before_calibration, model="fp32", device="cpu")
+    reference = reference.predict_proba(texts)
     assert OnnxPredictor.from_export(export, model="fp32", device="cpu").calibration == {}
     got = OnnxPredictor.from_export(export, model="fp32", device="cpu").predict_proba(texts)
     portable = test_portable.run_portable(export, texts, "fp32")
@@ -349,16 +362,25 @@ def test_a_run_whose_calibration_does_not_fit_is_refused_naming_results_json(scr
     assert f"python scripts/blend.py {scratch}" in message
 
 
-def test_an_export_older_than_its_runs_calibration_is_refused(blended_export, tmp_path):
-    """A run exported before calibration, then refitted (scripts/blend.py) with it: its export
-    would answer uncalibrated probabilities while Predictor answers calibrated ones."""
+@pytest.mark.parametrize("exported", ["before calibration", "calibrated"])
+def test_an_export_older_than_its_runs_calibration_is_refused(
+    exported, before_calibration, blended_export, tmp_path
+):
+    """A run exported before calibration, then refitted (scripts/blend.py) with it, or exported
+    calibrated and then refitted with other params: its export would answer other probabilities
+    than Predictor."""
+    source = before_calibration if exported == "before calibration" else blended_export.parent
     run = tmp_path / "run"
-    shutil.copytree(blended_export.parent, run)
+    shutil.copytree(source, run)
     OnnxPredictor.from_export(run, model="fp32", device="cpu")  # as exported: the same
     results = json.loads((run / "results.json").read_text())
     write_json(run / "results.json", dict(results, calibration=CALIBRATION))
     with pytest.raises(PredictError) as err:
         OnnxPredictor.from_export(run, model="fp32", device="cpu")
     message = str(err.value)
-    assert "older than the run" in message and "its calibration (none)" in message, message
-    assert f"python scripts/export.py {run} --format onnx --quantize int8" in message
+    had, quantized = (
+        ("none", "") if exported == "before calibration"
+        else ("toxicity, emotion, sentiment", " --quantize int8")
+    )  # fmt: skip
+    assert "older than the run" in message and f"its calibration ({had})" in message, message
+    assert message.endswith(f"python scripts/export.py {run} --format onnx{quantized}"), message

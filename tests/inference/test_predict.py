@@ -17,6 +17,7 @@ from mtl.cli.predict import main
 from mtl.config import load_config
 from mtl.errors import CheckpointError, PredictError
 from mtl.inference.predictor import Predictor
+from mtl.portable import calibrate
 from mtl.run.blend import blend
 from mtl.run.train import train
 
@@ -76,11 +77,16 @@ def test_predict_equals_the_runs_blended_test_predictions(run, predictor, data_d
 
 
 def test_one_checkpoint_equals_its_folds_predictions(run, data_dir):
-    """fold_<k>/val_<task>.csv (out-of-fold rows of the train file) and fold_<k>/test_<task>.csv."""
+    """fold_<k>/val_<task>.csv (out-of-fold rows of the train file) and fold_<k>/test_<task>.csv:
+    the fold's own (uncalibrated) probabilities, which its checkpoint gives before calibration;
+    calibrated with the fold's params (results.json) they are what it predicts (issue 26)."""
     folds = sorted(run.glob("fold_*/metrics.json"))
     assert len(folds) == 2
+    calibration = json.loads((run / "results.json").read_text())["calibration"]
+    assert set(calibration) == set(TASKS)  # calibrated by default
     for metrics in folds:
         fold = metrics.parent
+        k = fold.name.removeprefix("fold_")
         p = Predictor.from_checkpoint(best_checkpoint(fold), device="cpu")
         for task in TASKS:
             for kind, split in (("val", "train"), ("test", "test")):
@@ -91,9 +97,15 @@ def test_one_checkpoint_equals_its_folds_predictions(run, data_dir):
                 # older folds name probability columns by class only
                 columns = prob if prob[0] in stored else [str(c) for c in p.classes[task]]
                 frame = pd.read_csv(data_dir / f"{task}_{split}.csv")
-                got = p.predict_proba(frame["text"].iloc[stored["row"].to_numpy()].tolist())
+                rows = frame["text"].iloc[stored["row"].to_numpy()].tolist()
+                want = stored[columns].to_numpy(dtype=np.float64)
+                [raw] = p.fold_probabilities(rows)
+                np.testing.assert_allclose(raw[task], want, atol=1e-5)
+                params = calibration[task]["folds"][k]
                 np.testing.assert_allclose(
-                    got[task], stored[columns].to_numpy(dtype=np.float64), atol=1e-5
+                    p.predict_proba(rows)[task],
+                    calibrate(want, p.metas[task].multilabel, params),
+                    atol=1e-5,
                 )
 
 
@@ -163,11 +175,14 @@ def test_empty_and_very_long_texts(predictor):
 
 
 def test_the_runs_preprocessing_is_applied(run, tmp_path):
-    """data.preprocess from the checkpoint's config runs before tokenizing, as in training."""
+    """data.preprocess from the checkpoint's config runs before tokenizing, as in training. The
+    edited copy stays in a fold_0/ folder: a copy elsewhere with the calibrated run as `run_dir`
+    is refused (which fold's calibration applies is unknown: test_calibrated_backends.py)."""
     path = best_checkpoint(run / "fold_0")
     ckpt = torch.load(path, map_location="cpu", weights_only=True)
     ckpt["hyper_parameters"]["config"]["data"]["preprocess"] = "tweet"
-    tweet = tmp_path / "tweet.ckpt"
+    tweet = tmp_path / "fold_0" / "tweet.ckpt"
+    tweet.parent.mkdir()
     torch.save(ckpt, tweet)
     plain = Predictor.from_checkpoint(path, device="cpu")
     p = Predictor.from_checkpoint(tweet, run_dir=run, device="cpu")
@@ -329,12 +344,17 @@ def test_run_folder_without_a_finished_fold_is_an_error(tmp_path):
 
 
 def test_checkpoint_outside_a_run_folder_uses_the_backbone_tokenizer(run, tmp_path, texts):
+    """With no run around it, it has no calibration either: it answers its model's own
+    probabilities, those of the same checkpoint in its run before calibration."""
     lone = tmp_path / "a" / "b" / "model.ckpt"
     lone.parent.mkdir(parents=True)
     lone.write_bytes(best_checkpoint(run / "fold_1").read_bytes())
-    got = Predictor.from_checkpoint(lone, device="cpu").predict_proba(texts)
+    alone = Predictor.from_checkpoint(lone, device="cpu")
+    assert alone.calibration == {}
+    got = alone.predict_proba(texts)
     ref = Predictor.from_checkpoint(best_checkpoint(run / "fold_1"), device="cpu")
-    want = ref.predict_proba(texts)
+    assert ref.calibration  # the run's: fold 1's params
+    [want] = ref.fold_probabilities(texts)
     for task in TASKS:
         np.testing.assert_allclose(got[task], want[task], atol=1e-6)
 
