@@ -9,9 +9,10 @@ Which rows fit what (docs/calibration.md):
            OOF score and calibration metrics): fitted on the other finished folds' validation
            rows, as thresholds are cross-fitted, so no row is scored with a calibration fitted on
            it. A fold alone has no other rows: its rows get its own params (labelled in-sample).
-Fixed cuts (a configured threshold, a binary argmax) are re-expressed on the calibrated scale by
-the same map (`reexpress`), so the label decisions of each fold stay those of its uncalibrated
-model; the blends' cut is the mean of the folds' re-expressed cuts.
+Cuts of the uncalibrated models (a configured threshold, a binary argmax, or cuts tuned on the
+uncalibrated rows) are re-expressed on the calibrated scale by the same map (`calibrated_cuts`),
+so the label decisions of each fold stay those of its uncalibrated model; the blends' cut is the
+mean of the folds' re-expressed cuts.
 """
 
 from __future__ import annotations
