@@ -171,10 +171,10 @@ def threshold_notes(results: dict) -> list[str]:
     for task, entry in results["tasks"].items():
         rule = entry.get("threshold_rule")
         blends = results.get("thresholds", {}).get(task)
+        folds = "; ".join(
+            f"fold {k}: {_cut(v)}" for k, v in entry.get("fold_thresholds", {}).items()
+        )
         if rule == "tuned":
-            folds = "; ".join(
-                f"fold {k}: {_cut(v)}" for k, v in entry.get("fold_thresholds", {}).items()
-            )
             lines.append(
                 f"- {task}: **tuned**. Fold columns, fold mean ± std and OOF: each fold's rows "
                 f"at thresholds tuned on the other finished folds' validation rows (cross-fitted; "
@@ -189,9 +189,6 @@ def threshold_notes(results: dict) -> list[str]:
                 + (checked if task in results.get("threshold_tuning", {}) else "")
             )
         elif rule in ("fixed", "argmax") and task in results.get("calibration", {}) and blends:
-            folds = "; ".join(
-                f"fold {k}: {_cut(v)}" for k, v in entry.get("fold_thresholds", {}).items()
-            )
             lines.append(
                 f"- {task}: {'the configured cut' if rule == 'fixed' else 'argmax'} of the "
                 f"uncalibrated model, re-expressed on the calibrated scale so each fold decides "
