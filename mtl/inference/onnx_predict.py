@@ -35,8 +35,8 @@ def export_folder(path: str | Path, model: str | None = None) -> Path:
     """An export folder itself, or the run folder that holds one in export/; checked before use:
     every file its manifest lists that is here has its recorded sha256 (with `model`, fp32 / int8
     / auto, that kind's models must be here too), and an export inside the run it was made from
-    was made from the run's current finished folds (`stale_export`) and calibration
-    (`fold_calibration.stale`)."""
+    was made from the run's current finished folds (`stale_export`), blend and thresholds
+    (`stale_decisions`) and calibration (`fold_calibration.stale`)."""
     path = Path(path)
     for candidate in (path, path / "export"):
         if (candidate / SPEC_FILE).is_file():
@@ -47,8 +47,11 @@ def export_folder(path: str | Path, model: str | None = None) -> Path:
             run = recorded_run(candidate, manifest) if candidate == path else run_folder(path)
             problem = None
             if run is not None:
-                problem = stale_export(run, manifest) or fold_calibration.stale(
-                    run, read_spec(candidate), manifest
+                spec = read_spec(candidate)
+                problem = (
+                    stale_export(run, manifest)
+                    or stale_decisions(run, spec)
+                    or fold_calibration.stale(run, spec, manifest)
                 )
             if problem is not None:
                 raise PredictError(
@@ -103,6 +106,31 @@ def recorded_run(folder: Path, manifest: dict) -> Path | None:
     its own thing and is not compared)."""
     run = manifest.get("run")
     return folder.parent if run and folder.parent.resolve() == Path(run).resolve() else None
+
+
+def stale_decisions(run_dir: Path, spec: dict) -> str | None:
+    """None when an export blends and cuts as its run's results.json says now, else what differs:
+    `scripts/blend.py RUN cv.blend=rank` re-blends and re-tunes the thresholds of a run exported
+    before, and that export would otherwise answer other labels than Predictor.from_run."""
+    from mtl.data.tasks import TaskMeta
+    from mtl.inference.runs import label_thresholds
+
+    path = run_dir / "results.json"
+    try:
+        results = json.loads(path.read_text(encoding="utf-8"))
+        metas = {name: TaskMeta(**meta) for name, meta in spec["tasks"].items()}
+        blend = results.get("blend") or spec["config"]["cv"]["blend"]
+        cuts = label_thresholds(metas, results.get("thresholds"))
+    except (OSError, ValueError, AttributeError, KeyError, TypeError, PredictError):
+        return None  # nothing readable to compare with (Predictor.from_run says why)
+    if blend != spec.get("blend"):
+        return f"it blends its folds by '{spec.get('blend')}', {path} by '{blend}' now"
+    held = spec.get("thresholds") or {}
+    for name in sorted(set(cuts) | set(held)):
+        now = cuts[name].tolist() if name in cuts else None
+        if now != held.get(name):
+            return f"its thresholds for '{name}' are {held.get(name)}, {path}'s are {now}"
+    return None
 
 
 def stale_export(run_dir: Path, manifest: dict) -> str | None:

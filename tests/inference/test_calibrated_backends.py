@@ -384,3 +384,28 @@ def test_an_export_older_than_its_runs_calibration_is_refused(
     )  # fmt: skip
     assert "older than the run" in message and f"its calibration ({had})" in message, message
     assert message.endswith(f"python scripts/export.py {run} --format onnx{quantized}"), message
+
+
+@pytest.mark.parametrize("change", ["blend", "thresholds"])
+def test_an_export_older_than_its_runs_blend_or_thresholds_is_refused(
+    change, blended_export, tmp_path
+):
+    """`scripts/blend.py RUN cv.blend=rank` re-blends a run and re-tunes its cuts: an export made
+    before would answer other labels than Predictor.from_run, so it is refused as stale."""
+    run = tmp_path / "run"
+    shutil.copytree(blended_export.parent, run)
+    OnnxPredictor.from_export(run, model="fp32", device="cpu")  # as exported: the same
+    results = json.loads((run / "results.json").read_text())
+    if change == "blend":
+        assert results["blend"] == "weighted"
+        results["blend"] = "rank"
+        words = "it blends its folds by 'weighted'"
+    else:
+        results["thresholds"]["emotion"][3] += 0.05
+        words = "its thresholds for 'emotion' are ["
+    write_json(run / "results.json", results)
+    with pytest.raises(PredictError) as err:
+        OnnxPredictor.from_export(run, model="fp32", device="cpu")
+    message = str(err.value)
+    assert "older than the run" in message and words in message, message
+    assert str(run / "results.json") in message, message
