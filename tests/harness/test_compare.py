@@ -84,8 +84,40 @@ def test_natural_proportion_configs_differ_only_in_each_task_s_row_budget():
     assert caps == {"sentiment": 3370, "toxicity": 600, "emotion": 2170}
 
 
+def test_the_full_data_study_trains_the_full_data_config_but_for_its_budget_keys():
+    """configs/benchmark/full/tune_mtl_equal.yaml (RESULTS "Hyperparameter search") must search
+    around the run it is compared with: the same config, but a row subset, a larger selection
+    slice, one bf16 epoch and the search space (its best.yaml is retrained at full size)."""
+    from mtl.config import to_dict
+
+    def flat(tree, prefix=""):
+        out = {}
+        for key, value in tree.items():
+            if isinstance(value, dict) and key != "space":
+                out.update(flat(value, f"{prefix}{key}."))
+            else:
+                out[f"{prefix}{key}"] = value
+        return out
+
+    study = flat(to_dict(load_config(BENCH / "full" / "tune_mtl_equal.yaml")))
+    equal = flat(to_dict(load_config(BENCH / "full" / "mtl_equal.yaml")))
+    differ = {k for k in study.keys() | equal.keys() if study.get(k) != equal.get(k)}
+    assert {k for k in differ if not k.startswith("tune.")} == {
+        "run.name",
+        "data.max_train_rows",
+        "data.val_fraction",
+        "trainer.max_epochs",
+        "trainer.precision",
+    }
+    assert study["cv.n_splits"] == 1 and study["cv.selection"] == "best"  # chosen off the val files
+    for key, entry in study["tune.space"].items():
+        assert entry["low"] <= equal[key] <= entry["high"], key  # trial 0 is the hand-picked run
+
+
 def test_full_data_configs_differ_only_in_weighting_and_tasks_and_select_off_the_val_files():
-    paths = sorted(p for p in (BENCH / "full").glob("*.yaml") if not p.stem.startswith("mpnet_"))
+    paths = sorted(
+        p for p in (BENCH / "full").glob("*.yaml") if not p.stem.startswith(("mpnet_", "tune_"))
+    )
     assert {p.stem for p in paths} == {
         "mtl_equal",
         "mtl_uncertainty",
