@@ -89,18 +89,11 @@ def test_the_full_data_study_trains_the_full_data_config_but_for_its_budget_keys
     around the run it is compared with: the same config, but a row subset, a larger selection
     slice, one bf16 epoch and the search space (its best.yaml is retrained at full size)."""
     from mtl.config import to_dict
+    from mtl.run.runfolder import flatten
 
-    def flat(tree, prefix=""):
-        out = {}
-        for key, value in tree.items():
-            if isinstance(value, dict) and key != "space":
-                out.update(flat(value, f"{prefix}{key}."))
-            else:
-                out[f"{prefix}{key}"] = value
-        return out
-
-    study = flat(to_dict(load_config(BENCH / "full" / "tune_mtl_equal.yaml")))
-    equal = flat(to_dict(load_config(BENCH / "full" / "mtl_equal.yaml")))
+    study_cfg = load_config(BENCH / "full" / "tune_mtl_equal.yaml")
+    study = flatten(to_dict(study_cfg))
+    equal = flatten(to_dict(load_config(BENCH / "full" / "mtl_equal.yaml")))
     differ = {k for k in study.keys() | equal.keys() if study.get(k) != equal.get(k)}
     assert {k for k in differ if not k.startswith("tune.")} == {
         "run.name",
@@ -110,7 +103,7 @@ def test_the_full_data_study_trains_the_full_data_config_but_for_its_budget_keys
         "trainer.precision",
     }
     assert study["cv.n_splits"] == 1 and study["cv.selection"] == "best"  # chosen off the val files
-    for key, entry in study["tune.space"].items():
+    for key, entry in study_cfg.tune.space.items():
         assert entry["low"] <= equal[key] <= entry["high"], key  # trial 0 is the hand-picked run
 
 
