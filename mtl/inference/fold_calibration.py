@@ -9,7 +9,6 @@ function `mtl.portable.calibrate`.
 
 from __future__ import annotations
 
-import json
 import re
 from pathlib import Path
 
@@ -103,16 +102,14 @@ def for_checkpoint(results: dict, path: Path, checkpoint: Path, metas: dict) -> 
     return from_results(results, path, [fold], metas)
 
 
-def stale(run_dir: Path, spec: dict, manifest: dict) -> str | None:
-    """None when an export's calibration (predictor.json) is its run's (results.json) for the folds
-    it holds, else what differs: a run whose calibration was (re)fitted after the export, e.g. by
-    `scripts/blend.py` on a run exported before calibration existed, would otherwise have its
-    export answer other probabilities than Predictor."""
-    path = run_dir / "results.json"
-    try:
-        block = json.loads(path.read_text(encoding="utf-8")).get("calibration") or {}
-    except (OSError, ValueError, AttributeError):
-        return None  # no readable results.json: nothing to compare with (Predictor says why)
+def stale(results: dict, path: Path, spec: dict, manifest: dict) -> str | None:
+    """None when an export's calibration (predictor.json) is its run's (`results`, read from
+    `path`) for the folds it holds, else what differs: a run whose calibration was (re)fitted after
+    the export, e.g. by `scripts/blend.py` on a run exported before calibration existed, would
+    otherwise have its export answer other probabilities than Predictor."""
+    block = results.get("calibration") or {}
+    if not isinstance(block, dict):
+        return None  # unreadable calibration: nothing to compare with (Predictor says why)
     folds = [str(s.get("fold", "")).removeprefix("fold_") for s in manifest.get("sources") or []]
     want = {
         name: {"method": entry.get("method"), "folds": [(entry.get("folds") or {}).get(k) for k in folds]}

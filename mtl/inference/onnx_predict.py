@@ -48,10 +48,12 @@ def export_folder(path: str | Path, model: str | None = None) -> Path:
             problem = None
             if run is not None:
                 spec = read_spec(candidate)
-                problem = (
-                    stale_export(run, manifest)
-                    or stale_decisions(run, spec)
-                    or fold_calibration.stale(run, spec, manifest)
+                results = readable_results(run)
+                problem = stale_export(run, manifest) or (
+                    None
+                    if results is None  # nothing to compare with (Predictor.from_run says why)
+                    else stale_decisions(results, run / "results.json", spec)
+                    or fold_calibration.stale(results, run / "results.json", spec, manifest)
                 )
             if problem is not None:
                 raise PredictError(
@@ -108,20 +110,29 @@ def recorded_run(folder: Path, manifest: dict) -> Path | None:
     return folder.parent if run and folder.parent.resolve() == Path(run).resolve() else None
 
 
-def stale_decisions(run_dir: Path, spec: dict) -> str | None:
-    """None when an export blends and cuts as its run's results.json says now, else what differs:
-    `scripts/blend.py RUN cv.blend=rank` re-blends and re-tunes the thresholds of a run exported
-    before, and that export would otherwise answer other labels than Predictor.from_run."""
-    from mtl.data.tasks import TaskMeta
-    from mtl.inference.runs import label_thresholds
-
-    path = run_dir / "results.json"
+def readable_results(run_dir: Path) -> dict | None:
+    """The run's results.json once for the staleness checks; None when there is none or it cannot
+    be read (then nothing is compared, and Predictor.from_run says why)."""
     try:
-        results = json.loads(path.read_text(encoding="utf-8"))
+        results = json.loads((run_dir / "results.json").read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
+    return results if isinstance(results, dict) else None
+
+
+def stale_decisions(results: dict, path: Path, spec: dict) -> str | None:
+    """None when an export blends and cuts as its run's `results` (read from `path`) say now, else
+    what differs: `scripts/blend.py RUN cv.blend=rank` re-blends and re-tunes the thresholds of a
+    run exported before, and that export would otherwise answer other labels than
+    Predictor.from_run."""
+    from mtl.data.tasks import TaskMeta
+    from mtl.inference.runs import blend_method, label_thresholds
+
+    try:
         metas = {name: TaskMeta(**meta) for name, meta in spec["tasks"].items()}
-        blend = results.get("blend") or spec["config"]["cv"]["blend"]
+        blend = blend_method(results, spec["config"]["cv"]["blend"])
         cuts = label_thresholds(metas, results.get("thresholds"))
-    except (OSError, ValueError, AttributeError, KeyError, TypeError, PredictError):
+    except (ValueError, AttributeError, KeyError, TypeError, PredictError):
         return None  # nothing readable to compare with (Predictor.from_run says why)
     if blend != spec.get("blend"):
         return f"it blends its folds by '{spec.get('blend')}', {path} by '{blend}' now"

@@ -52,6 +52,12 @@ def _run_results(run_dir: Path | None) -> dict:
     return _read_json(path) if path is not None and path.is_file() else {}
 
 
+def blend_method(results: dict, config_blend: str) -> str:
+    """The blend a run predicts with: the one its results.json records (`scripts/blend.py` may
+    have re-blended it since training), else its config's `cv.blend`."""
+    return results.get("blend") or config_blend
+
+
 def fold_checkpoint(run_dir: Path, k: int, metrics: dict) -> Path:
     """The checkpoint finished fold k predicts with (and exports): its best, else last.ckpt."""
     folder = run_dir / f"fold_{k}"
@@ -95,7 +101,7 @@ def predictor_from_run(cls, run_dir: str | Path, blend: str | None, **options):
         log.info("fold %d: %s", k, path)
     cfg = _config(configs, paths[0])
     results = _run_results(run_dir)
-    method = blend or results.get("blend") or cfg.cv.blend
+    method = blend or blend_method(results, cfg.cv.blend)
     return cls(
         models,
         metas,
