@@ -19,7 +19,7 @@ from mtl.errors import MTLError, first_line
 from mtl.io import atomic_write, write_csv, write_text
 from mtl.tune.objective import objective_value, rows_note, trial_config
 from mtl.tune.space import get_key, set_key
-from mtl.tune.study import StudyContext
+from mtl.tune.study import TPE_STARTUP_TRIALS, StudyContext
 
 log = logging.getLogger(__name__)
 
@@ -173,7 +173,8 @@ def report_markdown(
         f"Storage: `{ctx.storage}`. Trials: {states[TrialState.COMPLETE]} complete, "
         f"{states[TrialState.PRUNED]} pruned, {states[TrialState.FAIL]} failed"
         + (f", {states[TrialState.RUNNING]} still running" if states[TrialState.RUNNING] else "")
-        + f"; sampler TPE seeded from seed {base.seed}, pruner {base.tune.pruner}.",
+        + f"; sampler TPE seeded from seed {base.seed}, pruner {base.tune.pruner}."
+        + startup_note(states[TrialState.COMPLETE] + states[TrialState.PRUNED]),
         "",
         f"Objective: `{base.tune.metric}` ({base.tune.direction}) on {rows_note(base)}. Every "
         "choice of the study was made on these rows; no trial's val-file or test-file score was "
@@ -220,6 +221,19 @@ def report_markdown(
         "",
     ]
     return "\n".join(lines)
+
+
+def startup_note(finished: int) -> str:
+    """What a study too small for TPE can and cannot say (empty when TPE had started)."""
+    if finished >= TPE_STARTUP_TRIALS:
+        return ""
+    return (
+        f" **Only {finished} finished trial(s), fewer than TPE's {TPE_STARTUP_TRIALS} start-up "
+        "trials: every trial's values (but the default config's) were seeded random draws, a "
+        "random search rather than TPE's, and "
+        "the importances below rest on too few trials to be more than noise.** Add trials with "
+        f"`--trials {TPE_STARTUP_TRIALS + 10}` or more (the study continues where it is)."
+    )
 
 
 def _per_label(metric: str, scores: dict) -> bool:

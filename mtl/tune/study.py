@@ -41,6 +41,9 @@ log = logging.getLogger(__name__)
 IDENTITY_ATTR = "mtl_identity"
 FAILS_IN_A_ROW = 3  # non-finite objectives in a row: the space reaches diverging settings
 FINISHED = (TrialState.COMPLETE, TrialState.PRUNED)
+# Optuna's TPESampler default, passed explicitly so the report can say when TPE never modelled:
+# until this many trials have finished, its values are seeded random draws
+TPE_STARTUP_TRIALS = 10
 
 
 @dataclass
@@ -185,7 +188,9 @@ def one_trial(ctx: StudyContext, worker: str) -> TrialState:
     seed = int(np.random.SeedSequence([ctx.base.seed, trial.number]).generate_state(1)[0])
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
-        ctx.study.sampler = optuna.samplers.TPESampler(seed=seed)
+        ctx.study.sampler = optuna.samplers.TPESampler(
+            n_startup_trials=TPE_STARTUP_TRIALS, seed=seed
+        )
     run_name = trial.user_attrs.get("run_dir") or f"trial_{trial.number}"  # a retry: the same
     try:
         return _train_and_tell(ctx, trial, run_name)

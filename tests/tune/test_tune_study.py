@@ -77,6 +77,7 @@ def test_a_stopped_study_resumes_with_its_finished_trials_and_writes_its_outputs
     assert cfg.run.name == "tune_sample-best" and cfg.tune.space  # can seed a narrower study
     report = (study_dir / "report.md").read_text()
     assert "## Val files (read here only)" in report and "| toxicity | f1_macro |" in report
+    assert "Only 3 finished trial(s), fewer than TPE's 10 start-up trials" in report
     assert "best trial" in capsys.readouterr().out
 
     # a study stopped between trials draws what an uninterrupted one does
@@ -219,3 +220,11 @@ def test_a_trial_stopped_by_ctrl_c_is_failed_and_queued_again_in_its_folder(
     }
     assert queued.user_attrs["run_dir"] == "trial_0"  # ... in its folder
     assert queued.user_attrs["default_config"]  # still the config as given
+
+
+def test_the_report_says_when_tpe_never_started_modelling():
+    from mtl.tune.outputs import startup_note
+    from mtl.tune.study import TPE_STARTUP_TRIALS
+
+    assert "fewer than TPE's 10 start-up trials" in startup_note(TPE_STARTUP_TRIALS - 1)
+    assert startup_note(TPE_STARTUP_TRIALS) == ""  # from here on TPE models: nothing to warn
