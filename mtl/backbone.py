@@ -15,6 +15,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import re
 import warnings
 from pathlib import Path
 
@@ -202,6 +203,7 @@ def load_encoder(backbone: Box, config: dict | None = None):
         # no gradient, so no AdamW state, no clipping and no update (mtl/model/optim.py skips it):
         # the word-embedding matrix is half of MiniLM's parameters
         encoder.get_input_embeddings().weight.requires_grad_(False)
+    freeze_lower_layers(encoder, backbone.get("freeze_layers", 0), backbone.name)
     return encoder.train()  # from_pretrained returns eval mode: dropout would stay off in training
 
 
@@ -244,6 +246,97 @@ def encoder_record(encoder) -> dict:
     record = json.loads(encoder.config.to_json_string(use_diff=False))
     record[ATTENTION_KEY] = attention_of(encoder)
     return record
+
+
+# which layer a parameter belongs to, for layer-wise LR decay (mtl/model/optim.py), the
+# gradient-conflict view and backbone.freeze_layers
+_LAYER = re.compile(r"\.(?:layer|layers|block|blocks)\.(\d+)\.")
+_ALBERT_GROUP = re.compile(r"\.albert_layer_groups\.(\d+)\.")
+# outside the numbered layers, what every layer reads as input: embeddings and their projections
+# (ALBERT's embedding_hidden_mapping_in, ELECTRA's embeddings_project), relative-position tables
+# (DeBERTa's encoder.rel_embeddings, MPNet's encoder.relative_attention_bias)
+_INPUT_SIDE = ("embed", "relative_attention_bias")
+
+
+def layer_depth(name: str, num_layers: int, config=None) -> float:
+    """0 for embeddings and position tables, i + 1 for encoder layer i, num_layers + 1 for
+    anything above the layers (the pooler). `config` (the encoder's) places what only its family
+    has: DeBERTa-v2's encoder.LayerNorm normalises the relative-position table (`norm_rel_ebd`),
+    so it goes with it (0); its encoder.conv mixes into layer 0's output (1). ALBERT's one layer
+    group is shared by all its layers: the middle of the layers it serves, (1 + num_layers) / 2,
+    whose LR is the geometric mean of those layers' LRs."""
+    match = _LAYER.search(name)
+    if match:
+        return int(match.group(1)) + 1
+    match = _ALBERT_GROUP.search(name)
+    if match:
+        groups = getattr(config, "num_hidden_groups", 1) or 1
+        # the group transformers' AlbertTransformer runs at layer i: int(i / (layers / groups))
+        served = [
+            i + 1
+            for i in range(num_layers)
+            if int(i / (num_layers / groups)) == int(match.group(1))
+        ]
+        return sum(served) / len(served) if served else (1 + num_layers) / 2
+    if any(part in name for part in _INPUT_SIDE):
+        return 0
+    if "layer_norm" in str(getattr(config, "norm_rel_ebd", "")) and ".encoder.LayerNorm." in name:
+        return 0
+    if getattr(config, "conv_kernel_size", 0) and ".encoder.conv." in name:
+        return 1
+    return num_layers + 1
+
+
+def frozen_depth(config, freeze_layers: int, name: str) -> int:
+    """`backbone.freeze_layers` checked against the encoder's config: the depth (mtl/backbone.py
+    `layer_depth`) up to which parameters are frozen, 0 for none. ALBERT-style encoders share one
+    layer across every depth, so only all of it or none can be frozen."""
+    if not freeze_layers:
+        return 0
+    layers = getattr(config, "num_hidden_layers", None)
+    if not isinstance(layers, int) or layers < 1:
+        raise ConfigError(
+            f"Config key 'backbone.freeze_layers' is {freeze_layers}, but backbone '{name}' "
+            f"({getattr(config, 'model_type', '?')}) does not say how many layers it has "
+            "(no num_hidden_layers). Set backbone.freeze_layers=0."
+        )
+    if freeze_layers > layers:
+        raise ConfigError(
+            f"Config key 'backbone.freeze_layers' is {freeze_layers}, but backbone '{name}' has "
+            f"{layers} layers. Use 0..{layers} ({layers} freezes every layer: only the heads "
+            "and the pooler train)."
+        )
+    if getattr(config, "num_hidden_groups", None) and freeze_layers < layers:
+        raise ConfigError(
+            f"Config key 'backbone.freeze_layers' is {freeze_layers}, but backbone '{name}' "
+            f"({config.model_type}) shares its layer weights across all {layers} layers, so "
+            f"some cannot be frozen without the rest. Use 0 or {layers}."
+        )
+    return freeze_layers
+
+
+def freeze_lower_layers(encoder, freeze_layers: int, name: str) -> None:
+    """`backbone.freeze_layers: N`: the embeddings and encoder layers 1..N get no gradient, so no
+    AdamW state, clipping or update (mtl/model/optim.py skips them), and backward stops at layer
+    N + 1 instead of running through the whole encoder: a base-size encoder's cheapest lever on a
+    CPU (docs/backbones.md)."""
+    depth = frozen_depth(encoder.config, freeze_layers, name)
+    if not depth:
+        return
+    layers = encoder.config.num_hidden_layers
+    for param_name, param in encoder.named_parameters():
+        if layer_depth(f".{param_name}", layers, encoder.config) <= depth:
+            param.requires_grad_(False)
+    log.info("backbone %s: embeddings and layers 1-%d of %d frozen", name, depth, layers)
+
+
+def check_freeze_layers(backbone: Box) -> None:
+    """`backbone.freeze_layers` against the encoder's layer count, before any work."""
+    if not backbone.get("freeze_layers", 0):
+        return
+    config = _model_config(backbone.name)
+    if config is not None:
+        frozen_depth(config, backbone.freeze_layers, backbone.name)
 
 
 def has_pooler(config) -> bool:

@@ -27,6 +27,7 @@ DEFAULTS: dict[str, Any] = {
         "gradient_checkpointing": False,
         "attn_implementation": "sdpa",
         "freeze_embeddings": False,  # the word-embedding matrix: out of the optimizer and clipping
+        "freeze_layers": 0,  # the embeddings and the lowest N encoder layers: no gradient at all
     },
     "tasks": {},
     "loss_weighting": "equal",  # issue 15: uncertainty lost emotion F1 in every table (docs/RESULTS.md)
@@ -196,6 +197,7 @@ RANGES: dict[str, tuple] = {
     "seed": (0, SEED_MAX, True, True),
     "backbone.dropout": (0.0, 1.0, True, False),
     "backbone.head_hidden": (1, INF, True, True),
+    "backbone.freeze_layers": (0, INF, True, True),
     "optim.lr_backbone": (0.0, INF, True, True),
     "optim.lr_heads": (0.0, INF, True, True),
     "optim.lr_log_vars": (0.0, INF, True, True),

@@ -2,51 +2,15 @@
 
 from __future__ import annotations
 
-import re
-
 import torch
 from box import Box
 from torch import nn
 
+from mtl.backbone import layer_depth
 from mtl.errors import ConfigError
 
 SCHEDULERS = ("onecycle", "linear", "cosine", "constant")  # optim.scheduler
 ADAMW_IMPLS = ("auto", "fused", "foreach", "for_loop")  # optim.adamw_impl: see adamw_kwargs
-_LAYER = re.compile(r"\.(?:layer|layers|block|blocks)\.(\d+)\.")
-_ALBERT_GROUP = re.compile(r"\.albert_layer_groups\.(\d+)\.")
-# outside the numbered layers, what every layer reads as input: embeddings and their projections
-# (ALBERT's embedding_hidden_mapping_in, ELECTRA's embeddings_project), relative-position tables
-# (DeBERTa's encoder.rel_embeddings, MPNet's encoder.relative_attention_bias)
-_INPUT_SIDE = ("embed", "relative_attention_bias")
-
-
-def layer_depth(name: str, num_layers: int, config=None) -> float:
-    """0 for embeddings and position tables, i + 1 for encoder layer i, num_layers + 1 for
-    anything above the layers (the pooler). `config` (the encoder's) places what only its family
-    has: DeBERTa-v2's encoder.LayerNorm normalises the relative-position table (`norm_rel_ebd`),
-    so it goes with it (0); its encoder.conv mixes into layer 0's output (1). ALBERT's one layer
-    group is shared by all its layers: the middle of the layers it serves, (1 + num_layers) / 2,
-    whose LR is the geometric mean of those layers' LRs."""
-    match = _LAYER.search(name)
-    if match:
-        return int(match.group(1)) + 1
-    match = _ALBERT_GROUP.search(name)
-    if match:
-        groups = getattr(config, "num_hidden_groups", 1) or 1
-        # the group transformers' AlbertTransformer runs at layer i: int(i / (layers / groups))
-        served = [
-            i + 1
-            for i in range(num_layers)
-            if int(i / (num_layers / groups)) == int(match.group(1))
-        ]
-        return sum(served) / len(served) if served else (1 + num_layers) / 2
-    if any(part in name for part in _INPUT_SIDE):
-        return 0
-    if "layer_norm" in str(getattr(config, "norm_rel_ebd", "")) and ".encoder.LayerNorm." in name:
-        return 0
-    if getattr(config, "conv_kernel_size", 0) and ".encoder.conv." in name:
-        return 1
-    return num_layers + 1
 
 
 def param_groups(model: nn.Module, weighting: nn.Module, optim: Box) -> list[dict]:

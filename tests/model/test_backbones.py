@@ -238,6 +238,29 @@ def test_mpnet_relative_attention_bias_decays_with_the_embeddings(backbones):
     assert lrs["pooler.dense.weight"] == 1.0
 
 
+def test_albert_shared_layers_freeze_all_or_none(backbones):
+    folder = backbones("albert")  # 2 layers sharing one group
+    with pytest.raises(
+        ConfigError, match="shares its layer weights across all 2 layers.*Use 0 or 2"
+    ):
+        load_encoder(Box(_backbone_box(folder), freeze_layers=1))
+    encoder = load_encoder(Box(_backbone_box(folder), freeze_layers=2))
+    trainable = {n for n, p in encoder.named_parameters() if p.requires_grad}
+    assert trainable == {"pooler.weight", "pooler.bias"}
+
+
+def test_freeze_layers_past_the_depth_is_refused_before_the_run_folder(
+    backbones, data_dir, tmp_path
+):
+    cfg = load_config(
+        REPO / "configs" / "default.yaml",
+        tiny_overrides(backbones("roberta"), data_dir, tmp_path) + ["backbone.freeze_layers=5"],
+    )
+    with pytest.raises(ConfigError, match="backbone.freeze_layers' is 5.*has 2 layers"):
+        train(cfg)
+    assert not (tmp_path / cfg.run.name).exists()
+
+
 # --- item 5: one home for the backbone -------------------------------------------------------
 
 

@@ -1,5 +1,6 @@
 """AdamW: parameter groups (layer depth, layer-wise LR decay, weight decay by tensor rank), its
-implementations (optim.adamw_impl) and frozen word embeddings (backbone.freeze_embeddings)."""
+implementations (optim.adamw_impl), frozen word embeddings (backbone.freeze_embeddings) and
+frozen lower layers (backbone.freeze_layers)."""
 
 from __future__ import annotations
 
@@ -138,6 +139,42 @@ def test_frozen_word_embeddings_leave_the_optimizer_and_do_not_move(tiny_cfg):
     # the rest of the encoder still trains
     layer = frozen.module.model.encoder.encoder.layer[0].output.dense.weight
     assert id(layer) in in_optimizer and layer.grad is not None
+
+
+def test_frozen_lower_layers_leave_the_optimizer_and_do_not_move_while_the_top_trains(tiny_cfg):
+    before = Setup(tiny_cfg(), None).module().model.encoder
+    step = trained_step(tiny_cfg("backbone.freeze_layers=1"), steps=1)
+    encoder = step.module.model.encoder
+    in_optimizer = {id(p) for p in step.params}
+    old = dict(before.named_parameters())
+    frozen = [
+        n
+        for n, _ in encoder.named_parameters()
+        if n.startswith(("embeddings.", "encoder.layer.0."))
+    ]
+    assert len(frozen) > 10  # every embedding table, their norm, all of layer 0
+    for name, param in encoder.named_parameters():
+        if name in frozen:
+            assert not param.requires_grad and id(param) not in in_optimizer, name
+            assert torch.equal(param, old[name]), name  # unchanged after a training step
+        else:  # layer 1 (the top of 2) and the pooler train as before
+            assert param.requires_grad and id(param) in in_optimizer, name
+    top = "encoder.layer.1.output.dense.weight"
+    assert not torch.equal(dict(encoder.named_parameters())[top], old[top])
+
+
+def test_freeze_layers_beyond_the_encoder_depth_is_refused_naming_the_range(tiny_cfg):
+    from mtl.backbone import load_encoder
+
+    cfg = tiny_cfg(f"backbone.freeze_layers={LAYERS + 1}")
+    with pytest.raises(ConfigError, match=f"has {LAYERS} layers. Use 0..{LAYERS}"):
+        load_encoder(cfg.backbone)
+    with pytest.raises(ConfigError, match="backbone.freeze_layers"):
+        tiny_cfg("backbone.freeze_layers=-1")
+    every = load_encoder(tiny_cfg(f"backbone.freeze_layers={LAYERS}").backbone)
+    assert [n for n, p in every.named_parameters() if p.requires_grad] == [
+        "pooler.dense.weight", "pooler.dense.bias"
+    ]  # fmt: skip
 
 
 def test_freeze_embeddings_must_be_a_bool(tiny_cfg):

@@ -28,6 +28,12 @@ METHOD_PATHS = {
         "trainer.precision=bf16-mixed",
         "backbone.freeze_embeddings=true",
     ],
+    # the embeddings and the lower half of MPNet's 12 layers frozen: backward stops at layer 7
+    "mpnet_bf16_freeze6": [
+        "backbone.name=mpnet",
+        "trainer.precision=bf16-mixed",
+        "backbone.freeze_layers=6",
+    ],
 }
 ALL_PATHS = DEFAULT_PATHS + tuple(METHOD_PATHS)
 

@@ -82,6 +82,7 @@ def benchmark(args: argparse.Namespace) -> dict:
                 "num_workers": cfg.data.num_workers,
                 "adamw_impl": cfg.optim.adamw_impl,
                 "freeze_embeddings": cfg.backbone.freeze_embeddings,
+                "freeze_layers": cfg.backbone.freeze_layers,
                 "sampling": to_dict(cfg.sampling),
                 "rows_per_task": {name: len(part) for name, part in setup.parts.items()},
                 "data_dir": str(cfg.data_dir),
