@@ -27,8 +27,8 @@ import itertools
 import torch
 from torch import nn
 
+from mtl.backbone import layer_depth
 from mtl.model.distributed import any_over_ranks, mean_over_ranks
-from mtl.model.optim import layer_depth
 
 # gradient.aggregator: "none" or a torchjd aggregator (mtl/model/aggregation.py)
 AGGREGATORS = (
