@@ -198,7 +198,9 @@ def load_encoder(backbone: Box, config: dict | None = None):
                 f"backbone.gradient_checkpointing: {backbone.name} does not support it; set it "
                 f"to false."
             )
-        encoder.gradient_checkpointing_enable()
+        # transformers 5 renamed it (the old name warns, and goes in v6); 4.x has only the old one
+        enable = getattr(encoder, "activation_checkpointing_enable", None)
+        (enable or encoder.gradient_checkpointing_enable)()
     if backbone.get("freeze_embeddings", False):
         # no gradient, so no AdamW state, no clipping and no update (mtl/model/optim.py skips it):
         # the word-embedding matrix is half of MiniLM's parameters
