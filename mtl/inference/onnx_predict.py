@@ -24,7 +24,7 @@ from mtl import portable
 from mtl.errors import PredictError, first_line
 from mtl.inference import fold_calibration
 from mtl.inference.predictor import Predictor
-from mtl.inference.runs import load_run_tokenizer
+from mtl.inference.runs import load_run_tokenizer, read_json
 
 log = logging.getLogger(__name__)
 
@@ -114,10 +114,9 @@ def readable_results(run_dir: Path) -> dict | None:
     """The run's results.json once for the staleness checks; None when there is none or it cannot
     be read (then nothing is compared, and Predictor.from_run says why)."""
     try:
-        results = json.loads((run_dir / "results.json").read_text(encoding="utf-8"))
-    except (OSError, ValueError):
+        return read_json(run_dir / "results.json")
+    except PredictError:
         return None
-    return results if isinstance(results, dict) else None
 
 
 def stale_decisions(results: dict, path: Path, spec: dict) -> str | None:

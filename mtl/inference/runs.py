@@ -37,7 +37,8 @@ def load_run_tokenizer(folder: Path | None, backbone_name: str):
     return load_tokenizer(backbone_name)
 
 
-def _read_json(path: Path) -> dict:
+def read_json(path: Path) -> dict:
+    """A run file that must hold a JSON object; PredictError naming the file otherwise."""
     try:
         data = json.loads(path.read_text(encoding="utf-8"))
     except (OSError, ValueError) as err:
@@ -49,7 +50,7 @@ def _read_json(path: Path) -> dict:
 
 def _run_results(run_dir: Path | None) -> dict:
     path = None if run_dir is None else run_dir / "results.json"
-    return _read_json(path) if path is not None and path.is_file() else {}
+    return read_json(path) if path is not None and path.is_file() else {}
 
 
 def blend_method(results: dict, config_blend: str) -> str:

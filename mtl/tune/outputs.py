@@ -19,7 +19,7 @@ from mtl.errors import MTLError, first_line
 from mtl.io import atomic_write, write_csv, write_text
 from mtl.tune.objective import objective_value, rows_note, trial_config
 from mtl.tune.space import get_key, set_key
-from mtl.tune.study import TPE_STARTUP_TRIALS, StudyContext
+from mtl.tune.study import FINISHED, TPE_STARTUP_TRIALS, StudyContext
 
 log = logging.getLogger(__name__)
 
@@ -174,7 +174,7 @@ def report_markdown(
         f"{states[TrialState.PRUNED]} pruned, {states[TrialState.FAIL]} failed"
         + (f", {states[TrialState.RUNNING]} still running" if states[TrialState.RUNNING] else "")
         + f"; sampler TPE seeded from seed {base.seed}, pruner {base.tune.pruner}."
-        + startup_note(states[TrialState.COMPLETE] + states[TrialState.PRUNED]),
+        + startup_note(sum(states[s] for s in FINISHED)),
         "",
         f"Objective: `{base.tune.metric}` ({base.tune.direction}) on {rows_note(base)}. Every "
         "choice of the study was made on these rows; no trial's val-file or test-file score was "

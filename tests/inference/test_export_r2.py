@@ -282,3 +282,19 @@ def test_int8_check_samples_a_large_val_file_with_a_seed(run, tmp_path):
     assert len(texts) == ROWS_PER_TASK and texts != [f"row {i}" for i in range(ROWS_PER_TASK)]
     assert texts == sorted(texts, key=lambda t: int(t.split()[1]))  # in file order
     assert val_texts(cfg, run, ["toxicity"])[0] == texts  # the same sample every export
+
+
+@pytest.mark.parametrize(
+    ("text", "expected"),
+    [(None, None), ("{not json", None), ("[1, 2]", None), ('{"blend": "rank"}', {"blend": "rank"})],
+)
+def test_the_staleness_checks_read_results_json_only_when_it_is_a_json_object(
+    tmp_path, text, expected
+):
+    """An export loads beside a run whose results.json is missing or unreadable (Predictor.from_run
+    says why); only a JSON object is compared with the export's blend, cuts and calibration."""
+    from mtl.inference.onnx_predict import readable_results
+
+    if text is not None:
+        (tmp_path / "results.json").write_text(text, encoding="utf-8")
+    assert readable_results(tmp_path) == expected
