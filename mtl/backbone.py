@@ -332,15 +332,6 @@ def freeze_lower_layers(encoder, freeze_layers: int, name: str) -> None:
     log.info("backbone %s: embeddings and layers 1-%d of %d frozen", name, depth, layers)
 
 
-def check_freeze_layers(backbone: Box) -> None:
-    """`backbone.freeze_layers` against the encoder's layer count, before any work."""
-    if not backbone.get("freeze_layers", 0):
-        return
-    config = _model_config(backbone.name)
-    if config is not None:
-        frozen_depth(config, backbone.freeze_layers, backbone.name)
-
-
 def has_pooler(config) -> bool:
     """Whether the model class has a pooler (BERT, RoBERTa, ALBERT, MPNet do; DistilBERT,
     ELECTRA, DeBERTa do not), read from an instance on the meta device (no memory, no weights)."""
@@ -353,17 +344,25 @@ def has_pooler(config) -> bool:
     return getattr(model, "pooler", None) is not None
 
 
-def check_pooling(backbone: Box) -> None:
-    """`backbone.pooling: pooler` on an encoder without one: refused before any work (the forward
-    pass would only find out at the first training step, after the run folder was made)."""
-    if backbone.pooling != "pooler":
+def check_backbone(backbone: Box) -> None:
+    """The `backbone` keys that depend on the encoder's own config, refused before any work (the
+    run would otherwise find out at its first step, after the run folder was made):
+    `pooling: pooler` on an encoder without a pooler, `freeze_layers` past its depth. The config
+    is read once; an unreadable one is reported by the tokenizer and model loaders."""
+    pooler = backbone.pooling == "pooler"
+    freeze = backbone.get("freeze_layers", 0)
+    if not (pooler or freeze):
         return
     config = _model_config(backbone.name)
-    if config is not None and not has_pooler(config):
+    if config is None:
+        return
+    if pooler and not has_pooler(config):
         raise ConfigError(
             f"Config key 'backbone.pooling' is 'pooler', but backbone '{backbone.name}' "
             f"({config.model_type}) has no pooler layer. Use backbone.pooling=cls or mean."
         )
+    if freeze:
+        frozen_depth(config, freeze, backbone.name)
 
 
 def _unloadable(name: str, path: str, err: Exception) -> str:

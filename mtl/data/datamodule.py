@@ -24,7 +24,7 @@ import torch
 from box import Box
 from torch.utils.data import DataLoader
 
-from mtl.backbone import check_freeze_layers, check_pooling, load_tokenizer, position_limit
+from mtl.backbone import check_backbone, load_tokenizer, position_limit
 from mtl.data.files import TaskData
 from mtl.data.folds import (
     VAL_SET,
@@ -171,8 +171,7 @@ class MultiTaskDataModule(L.LightningDataModule):
             return
         cfg = self.cfg
         check_max_length(cfg)
-        check_pooling(cfg.backbone)
-        check_freeze_layers(cfg.backbone)
+        check_backbone(cfg.backbone)
         self.tokenizer = load_tokenizer(cfg.backbone.name)
         data, self.metas = load_tasks(cfg, self.tokenizer)
         if cfg.data.drop_overlap:

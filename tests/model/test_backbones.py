@@ -192,10 +192,10 @@ def test_pooler_pooling_without_a_pooler_is_refused_before_the_run_folder(
 
 
 def test_pooler_pooling_is_accepted_where_the_model_has_one(backbones):
-    from mtl.backbone import check_pooling
+    from mtl.backbone import check_backbone
 
     for family in ("bert", "albert", "mpnet"):
-        check_pooling(Box(name=str(backbones(family)), pooling="pooler"))
+        check_backbone(Box(name=str(backbones(family)), pooling="pooler"))
 
 
 # --- item 4: layer-wise LR decay depths -----------------------------------------------------
